@@ -1,0 +1,42 @@
+# The README's two commands: `make run` and `make test`. Both install what is missing.
+
+CARGO    ?= cargo
+DATA_DIR ?= $(CURDIR)/.rkube-data
+# Debian packages the build and the tests need (etcd-client's build uses protoc; the
+# etcd backend's tests run a real etcd).
+APT_PACKAGES := protobuf-compiler etcd-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build run test lint bench clean
+
+## deps: install missing Debian packages (idempotent)
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace
+
+## run: build and start a single-node server on ./.rkube-data
+run: build
+	@echo "starting rkube server with data in $(DATA_DIR) (Ctrl-C stops it)"
+	./target/debug/rkube server --data-dir $(DATA_DIR)
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: formatting, lints and every test (root-only tests skip loudly without root)
+test: lint
+	$(CARGO) test --workspace
+
+## bench: datastore figures for the embedded store and a real etcd on the same disk
+bench: deps
+	$(CARGO) build --release -p rkube
+	./target/release/rkube bench datastore
+
+clean:
+	$(CARGO) clean

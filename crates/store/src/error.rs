@@ -1,0 +1,64 @@
+//! Errors of the datastore, shaped for the apiserver to map onto `metav1.Status`.
+
+use std::path::PathBuf;
+
+use crate::{KeyValue, Revision};
+
+/// A `Result` with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `create` found the key (the apiserver answers 409 AlreadyExists).
+    #[error("key {} already exists", lossy(&.current.key))]
+    AlreadyExists { current: KeyValue },
+    /// `update` / `delete` found no such key (404).
+    #[error("key {key} not found")]
+    NotFound { key: String },
+    /// The key's mod_revision is not the expected one (409 Conflict).
+    #[error("key {} was modified: expected revision {expected}, found {}", lossy(&.current.key), .current.mod_revision)]
+    Conflict { expected: Revision, current: KeyValue },
+    /// The requested revision is older than the compaction point (410 Gone).
+    #[error("required revision {requested} has been compacted (compacted up to {compacted})")]
+    Compacted { requested: Revision, compacted: Revision },
+    /// The requested revision has not happened yet.
+    #[error("required revision {requested} is a future revision (current revision {current})")]
+    FutureRevision { requested: Revision, current: Revision },
+    /// Another process has the data directory open.
+    #[error("datastore {} is in use by another process{}; stop it first", .path.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
+    /// A file of the data directory is damaged or is not an rkube datastore file.
+    #[error("datastore file {} is damaged: {detail}; restore a snapshot (`rkube datastore snapshot restore`) or move the directory aside", .path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    /// Reading or writing the data directory failed; the store is unchanged.
+    #[error("datastore I/O error on {}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A previous durability failure stopped all writes (reads still work).
+    #[error("datastore is read-only after a failed sync: {0}; restart the server once the disk is healthy")]
+    Poisoned(String),
+    /// The etcd cluster failed or could not be reached.
+    #[error("etcd: {0}")]
+    Etcd(String),
+    /// The request itself is invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The store has been shut down.
+    #[error("datastore is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt { path: path.into(), detail: detail.into() }
+    }
+}
+
+/// Keys are UTF-8 in practice (`/registry/...`); show them readably either way.
+pub(crate) fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
