@@ -51,18 +51,32 @@ pub enum SnapshotCommand {
 
 pub async fn run(cmd: DatastoreCommand) -> anyhow::Result<()> {
     match cmd {
-        DatastoreCommand::Snapshot { command: SnapshotCommand::Save { file, data_dir } } => {
+        DatastoreCommand::Snapshot {
+            command: SnapshotCommand::Save { file, data_dir },
+        } => {
             let dir = Endpoint::embedded_dir(&data_dir);
             let out = file.clone();
-            let rev = tokio::task::spawn_blocking(move || EmbeddedStore::save_snapshot(&dir, &out)).await??;
+            let rev = tokio::task::spawn_blocking(move || EmbeddedStore::save_snapshot(&dir, &out))
+                .await??;
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            println!("saved snapshot at revision {rev} to {} ({size} bytes)", file.display());
+            println!(
+                "saved snapshot at revision {rev} to {} ({size} bytes)",
+                file.display()
+            );
         }
-        DatastoreCommand::Snapshot { command: SnapshotCommand::Restore { file, data_dir } } => {
+        DatastoreCommand::Snapshot {
+            command: SnapshotCommand::Restore { file, data_dir },
+        } => {
             let dir = Endpoint::embedded_dir(&data_dir);
             let src = file.clone();
-            let (rev, moved) = tokio::task::spawn_blocking(move || EmbeddedStore::restore_snapshot(&src, &dir)).await??;
-            println!("restored {} (revision {rev}) into {}", file.display(), Endpoint::embedded_dir(&data_dir).display());
+            let (rev, moved) =
+                tokio::task::spawn_blocking(move || EmbeddedStore::restore_snapshot(&src, &dir))
+                    .await??;
+            println!(
+                "restored {} (revision {rev}) into {}",
+                file.display(),
+                Endpoint::embedded_dir(&data_dir).display()
+            );
             if let Some(moved) = moved {
                 println!("the previous datastore was moved to {}", moved.display());
             }
@@ -80,13 +94,21 @@ async fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
     if let Endpoint::DataDir(d) = &src_ep {
         let dir = Endpoint::embedded_dir(d);
         if !dir.exists() {
-            bail!("{} holds no datastore (looked for {})", d.display(), dir.display());
+            bail!(
+                "{} holds no datastore (looked for {})",
+                d.display(),
+                dir.display()
+            );
         }
     }
     // History is not copied, so the destination needs no automatic compaction tuning.
     let opts = EmbeddedOptions::default();
-    let src = rkube_store::open(&src_ep, opts.clone()).await.with_context(|| format!("opening the source ({src_ep})"))?;
-    let dst = rkube_store::open(&dst_ep, opts).await.with_context(|| format!("opening the destination ({dst_ep})"))?;
+    let src = rkube_store::open(&src_ep, opts.clone())
+        .await
+        .with_context(|| format!("opening the source ({src_ep})"))?;
+    let dst = rkube_store::open(&dst_ep, opts)
+        .await
+        .with_context(|| format!("opening the destination ({dst_ep})"))?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} keys ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -107,7 +129,11 @@ async fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
         report.bytes,
         report.source_revision,
         started.elapsed().as_secs_f64(),
-        if report.expired > 0 { format!("; {} keys expired during the copy", report.expired) } else { String::new() }
+        if report.expired > 0 {
+            format!("; {} keys expired during the copy", report.expired)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -25,7 +25,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the datastore ({endpoint})"))?;
     let rev = store.current_revision().await?;
-    let keys = store.range(rkube_store::RangeRequest::prefix("").count_only()).await?.count;
+    let keys = store
+        .range(rkube_store::RangeRequest::prefix("").count_only())
+        .await?
+        .count;
     eprintln!("rkube server: datastore ready: {endpoint}, revision {rev}, {keys} keys");
     eprintln!("rkube server: the API server is not part of this build yet; press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;

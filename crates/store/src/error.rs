@@ -18,13 +18,22 @@ pub enum StoreError {
     NotFound { key: String },
     /// The key's mod_revision is not the expected one (409 Conflict).
     #[error("key {} was modified: expected revision {expected}, found {}", lossy(&.current.key), .current.mod_revision)]
-    Conflict { expected: Revision, current: KeyValue },
+    Conflict {
+        expected: Revision,
+        current: KeyValue,
+    },
     /// The requested revision is older than the compaction point (410 Gone).
     #[error("required revision {requested} has been compacted (compacted up to {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision has not happened yet.
     #[error("required revision {requested} is a future revision (current revision {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// Another process has the data directory open.
     #[error("datastore {} is in use by another process{}; stop it first", .path.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { path: PathBuf, pid: Option<u32> },
@@ -33,7 +42,10 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     /// Reading or writing the data directory failed; the store is unchanged.
     #[error("datastore I/O error on {}: {source}", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A previous durability failure stopped all writes (reads still work).
     #[error("datastore is read-only after a failed sync: {0}; restart the server once the disk is healthy")]
     Poisoned(String),
@@ -50,11 +62,17 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        StoreError::Io { path: path.into(), source }
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        StoreError::Corrupt { path: path.into(), detail: detail.into() }
+        StoreError::Corrupt {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions, WatchRequestSender, WatchResponseStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchRequestSender, WatchResponseStream,
 };
 use futures::stream;
 
@@ -33,10 +33,16 @@ pub struct EtcdStore {
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     let msg = e.to_string();
     if msg.contains("required revision has been compacted") {
-        return StoreError::Compacted { requested: 0, compacted: 0 };
+        return StoreError::Compacted {
+            requested: 0,
+            compacted: 0,
+        };
     }
     if msg.contains("required revision is a future revision") {
-        return StoreError::FutureRevision { requested: 0, current: 0 };
+        return StoreError::FutureRevision {
+            requested: 0,
+            current: 0,
+        };
     }
     StoreError::Etcd(msg)
 }
@@ -98,10 +104,17 @@ impl EtcdStore {
         let unreachable = |e: etcd_client::Error| {
             StoreError::Etcd(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))
         };
-        let mut client = Client::connect(endpoints, Some(opts)).await.map_err(unreachable)?;
+        let mut client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(unreachable)?;
         tokio::time::timeout(Duration::from_secs(10), client.status())
             .await
-            .map_err(|_| StoreError::Etcd(format!("etcd at {} did not answer in 10s", endpoints.join(","))))?
+            .map_err(|_| {
+                StoreError::Etcd(format!(
+                    "etcd at {} did not answer in 10s",
+                    endpoints.join(",")
+                ))
+            })?
             .map_err(unreachable)?;
         Ok(EtcdStore {
             client,
@@ -131,12 +144,16 @@ impl EtcdStore {
         let reuse = Duration::from_secs((secs / 10).min(60) as u64);
         if !reuse.is_zero() {
             let cached = self.leases.lock().ok().and_then(|m| m.get(&secs).copied());
-            if let Some((id, at)) = cached.filter(|(_, at)| at.elapsed() < reuse) {
-                let _ = at;
+            if let Some((id, _)) = cached.filter(|(_, at)| at.elapsed() < reuse) {
                 return Ok(opts.with_lease(id));
             }
         }
-        let granted = self.client.lease_client().grant(secs + reuse.as_secs() as i64, None).await.map_err(etcd_err)?;
+        let granted = self
+            .client
+            .lease_client()
+            .grant(secs + reuse.as_secs() as i64, None)
+            .await
+            .map_err(etcd_err)?;
         if !reuse.is_zero() {
             if let Ok(mut m) = self.leases.lock() {
                 m.insert(secs, (granted.id(), Instant::now()));
@@ -148,12 +165,20 @@ impl EtcdStore {
     /// Checks that `after` can still be watched from (not behind the compaction point).
     async fn check_not_compacted(&self, span: &KeySpan, after: Revision) -> Result<()> {
         let opts = GetOptions::new().with_revision(after).with_count_only();
-        match self.client.kv_client().get(start_key(span), Some(opts)).await {
+        match self
+            .client
+            .kv_client()
+            .get(start_key(span), Some(opts))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match etcd_err(e) {
                 StoreError::Compacted { .. } => {
                     let compacted = self.compacted_hint().await;
-                    Err(StoreError::Compacted { requested: after + 1, compacted })
+                    Err(StoreError::Compacted {
+                        requested: after + 1,
+                        compacted,
+                    })
                 }
                 StoreError::FutureRevision { .. } => Ok(()),
                 other => Err(other),
@@ -163,7 +188,15 @@ impl EtcdStore {
 
     /// etcd does not report its compaction point directly; a watch from revision 1 does.
     async fn compacted_hint(&self) -> Revision {
-        let Ok(mut s) = self.client.watch_client().watch(b"\0".to_vec(), Some(WatchOptions::new().with_start_revision(1))).await else {
+        let Ok(mut s) = self
+            .client
+            .watch_client()
+            .watch(
+                b"\0".to_vec(),
+                Some(WatchOptions::new().with_start_revision(1)),
+            )
+            .await
+        else {
             return 0;
         };
         for _ in 0..2 {
@@ -183,7 +216,10 @@ impl Store for EtcdStore {
         let mut opts = GetOptions::new();
         if !req.span.end.is_empty() {
             if req.span.end <= req.span.start && !req.span.unbounded() {
-                return Ok(RangeResponse { revision: self.current_revision().await?, ..Default::default() });
+                return Ok(RangeResponse {
+                    revision: self.current_revision().await?,
+                    ..Default::default()
+                });
             }
             opts = opts.with_range(req.span.end.to_vec());
         }
@@ -196,17 +232,32 @@ impl Store for EtcdStore {
         if req.count_only {
             opts = opts.with_count_only();
         }
-        let resp = self.client.kv_client().get(start_key(&req.span), Some(opts)).await.map_err(|e| match etcd_err(e) {
-            StoreError::Compacted { .. } => StoreError::Compacted { requested: req.revision, compacted: 0 },
-            StoreError::FutureRevision { .. } => StoreError::FutureRevision { requested: req.revision, current: 0 },
-            other => other,
-        })?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(start_key(&req.span), Some(opts))
+            .await
+            .map_err(|e| match etcd_err(e) {
+                StoreError::Compacted { .. } => StoreError::Compacted {
+                    requested: req.revision,
+                    compacted: 0,
+                },
+                StoreError::FutureRevision { .. } => StoreError::FutureRevision {
+                    requested: req.revision,
+                    current: 0,
+                },
+                other => other,
+            })?;
         let current = header_rev(resp.header());
         Ok(RangeResponse {
             kvs: resp.kvs().iter().map(to_kv).collect(),
             more: resp.more(),
             count: resp.count(),
-            revision: if req.revision > 0 { req.revision } else { current },
+            revision: if req.revision > 0 {
+                req.revision
+            } else {
+                current
+            },
         })
     }
 
@@ -222,7 +273,10 @@ impl Store for EtcdStore {
         }
         match txn_get(&resp) {
             Some(current) => Err(StoreError::AlreadyExists { current }),
-            None => Err(StoreError::Etcd(format!("create of {} failed without a current value", lossy(key)))),
+            None => Err(StoreError::Etcd(format!(
+                "create of {} failed without a current value",
+                lossy(key)
+            ))),
         }
     }
 
@@ -234,7 +288,12 @@ impl Store for EtcdStore {
         ttl: Option<Duration>,
     ) -> Result<(Revision, KeyValue)> {
         let put = self.lease(ttl).await?;
-        self.guarded(key, expected, TxnOp::put(key.to_vec(), value.to_vec(), Some(put))).await
+        self.guarded(
+            key,
+            expected,
+            TxnOp::put(key.to_vec(), value.to_vec(), Some(put)),
+        )
+        .await
     }
 
     async fn delete(&self, key: &[u8], expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
@@ -256,9 +315,21 @@ impl Store for EtcdStore {
         if after > 0 {
             opts = opts.with_start_revision(after + 1);
         }
-        let ws = self.client.watch_client().watch(start_key(&span), Some(opts)).await.map_err(etcd_err)?;
+        let ws = self
+            .client
+            .watch_client()
+            .watch(start_key(&span), Some(opts))
+            .await
+            .map_err(etcd_err)?;
         let (sender, responses) = ws.split();
-        let cursor = EtcdCursor { sender, responses, interval: self.progress_interval, last: Instant::now(), after, done: false };
+        let cursor = EtcdCursor {
+            sender,
+            responses,
+            interval: self.progress_interval,
+            last: Instant::now(),
+            after,
+            done: false,
+        };
         Ok(Box::pin(stream::unfold(cursor, next)))
     }
 
@@ -266,8 +337,14 @@ impl Store for EtcdStore {
         match self.client.kv_client().compact(revision, None).await {
             Ok(_) => Ok(()),
             Err(e) => Err(match etcd_err(e) {
-                StoreError::Compacted { .. } => StoreError::Compacted { requested: revision, compacted: 0 },
-                StoreError::FutureRevision { .. } => StoreError::FutureRevision { requested: revision, current: 0 },
+                StoreError::Compacted { .. } => StoreError::Compacted {
+                    requested: revision,
+                    compacted: 0,
+                },
+                StoreError::FutureRevision { .. } => StoreError::FutureRevision {
+                    requested: revision,
+                    current: 0,
+                },
                 other => other,
             }),
         }
@@ -275,7 +352,12 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision> {
         let opts = GetOptions::new().with_count_only();
-        let resp = self.client.kv_client().get(b"\0".to_vec(), Some(opts)).await.map_err(etcd_err)?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(b"\0".to_vec(), Some(opts))
+            .await
+            .map_err(etcd_err)?;
         Ok(header_rev(resp.header()))
     }
 
@@ -283,29 +365,49 @@ impl Store for EtcdStore {
         if kv.lease == 0 {
             return Ok(None);
         }
-        let resp = self.client.lease_client().time_to_live(kv.lease, None).await.map_err(etcd_err)?;
+        let resp = self
+            .client
+            .lease_client()
+            .time_to_live(kv.lease, None)
+            .await
+            .map_err(etcd_err)?;
         Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
     }
 }
 
 impl EtcdStore {
     /// Runs `op` on `key` if it exists (with mod_revision `expected`, when given).
-    async fn guarded(&self, key: &[u8], expected: Option<Revision>, op: TxnOp) -> Result<(Revision, KeyValue)> {
+    async fn guarded(
+        &self,
+        key: &[u8],
+        expected: Option<Revision>,
+        op: TxnOp,
+    ) -> Result<(Revision, KeyValue)> {
         let cmp = match expected {
             Some(rev) => Compare::mod_revision(key.to_vec(), CompareOp::Equal, rev),
             None => Compare::create_revision(key.to_vec(), CompareOp::Greater, 0),
         };
-        let txn = Txn::new().when([cmp]).and_then([op]).or_else([TxnOp::get(key.to_vec(), None)]);
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([op])
+            .or_else([TxnOp::get(key.to_vec(), None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
         if resp.succeeded() {
-            let prev = txn_prev(&resp)
-                .ok_or_else(|| StoreError::Etcd(format!("write to {} returned no previous value", lossy(key))))?;
+            let prev = txn_prev(&resp).ok_or_else(|| {
+                StoreError::Etcd(format!(
+                    "write to {} returned no previous value",
+                    lossy(key)
+                ))
+            })?;
             return Ok((header_rev(resp.header()), prev));
         }
         match (txn_get(&resp), expected) {
             (None, _) => Err(StoreError::NotFound { key: lossy(key) }),
             (Some(current), Some(expected)) => Err(StoreError::Conflict { expected, current }),
-            (Some(_), None) => Err(StoreError::Etcd(format!("write to {} failed its guard", lossy(key)))),
+            (Some(_), None) => Err(StoreError::Etcd(format!(
+                "write to {} failed its guard",
+                lossy(key)
+            ))),
         }
     }
 }
@@ -343,12 +445,21 @@ async fn next(mut c: EtcdCursor) -> Option<(Result<WatchResponse>, EtcdCursor)> 
         };
         if msg.compact_revision() != 0 {
             c.done = true;
-            let err = StoreError::Compacted { requested: c.after + 1, compacted: msg.compact_revision() };
+            let err = StoreError::Compacted {
+                requested: c.after + 1,
+                compacted: msg.compact_revision(),
+            };
             return Some((Err(err), c));
         }
         if msg.canceled() {
             c.done = true;
-            return Some((Err(StoreError::Etcd(format!("watch canceled: {}", msg.cancel_reason()))), c));
+            return Some((
+                Err(StoreError::Etcd(format!(
+                    "watch canceled: {}",
+                    msg.cancel_reason()
+                ))),
+                c,
+            ));
         }
         if msg.events().is_empty() {
             if msg.created() {
@@ -365,7 +476,11 @@ async fn next(mut c: EtcdCursor) -> Option<(Result<WatchResponse>, EtcdCursor)> 
                     etcd_client::EventType::Put => EventType::Put,
                     etcd_client::EventType::Delete => EventType::Delete,
                 };
-                Some(Event { kind, kv: to_kv(e.kv()?), prev_kv: e.prev_kv().map(to_kv) })
+                Some(Event {
+                    kind,
+                    kv: to_kv(e.kv()?),
+                    prev_kv: e.prev_kv().map(to_kv),
+                })
             })
             .collect();
         c.last = Instant::now();

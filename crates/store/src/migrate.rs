@@ -24,16 +24,31 @@ const PARALLEL: usize = 64;
 
 /// Copies every key of `src` into `dst`, which must be empty. `progress(done, total)` is
 /// called after every page.
-pub async fn migrate(src: &dyn Store, dst: &dyn Store, mut progress: impl FnMut(u64, u64)) -> Result<MigrateReport> {
-    let existing = dst.range(RangeRequest::prefix("").count_only()).await?.count;
+pub async fn migrate(
+    src: &dyn Store,
+    dst: &dyn Store,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<MigrateReport> {
+    let existing = dst
+        .range(RangeRequest::prefix("").count_only())
+        .await?
+        .count;
     if existing > 0 {
         return Err(StoreError::Invalid(format!(
             "the destination already holds {existing} keys; migrate only into an empty datastore"
         )));
     }
     let rev = src.current_revision().await?;
-    let total = src.range(RangeRequest::prefix("").at(rev).count_only()).await?.count as u64;
-    let mut report = MigrateReport { source_revision: rev, keys: 0, bytes: 0, expired: 0 };
+    let total = src
+        .range(RangeRequest::prefix("").at(rev).count_only())
+        .await?
+        .count as u64;
+    let mut report = MigrateReport {
+        source_revision: rev,
+        keys: 0,
+        bytes: 0,
+        expired: 0,
+    };
     let mut req = RangeRequest::prefix("").at(rev).limit(PAGE);
     loop {
         let page = src.range(req.clone()).await?;

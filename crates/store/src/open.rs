@@ -23,7 +23,11 @@ impl Endpoint {
             return Err(StoreError::Invalid("empty datastore endpoint".into()));
         }
         if s.contains("://") {
-            let urls: Vec<String> = s.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+            let urls: Vec<String> = s
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
             for u in &urls {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     return Err(StoreError::Invalid(format!(
@@ -45,7 +49,11 @@ impl Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::DataDir(d) => write!(f, "embedded store in {}", Endpoint::embedded_dir(d).display()),
+            Endpoint::DataDir(d) => write!(
+                f,
+                "embedded store in {}",
+                Endpoint::embedded_dir(d).display()
+            ),
             Endpoint::Etcd(urls) => write!(f, "etcd at {}", urls.join(",")),
         }
     }
@@ -58,7 +66,9 @@ pub async fn open(endpoint: &Endpoint, options: EmbeddedOptions) -> Result<Arc<d
             let dir = Endpoint::embedded_dir(dir);
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir, options))
                 .await
-                .map_err(|e| StoreError::Invalid(format!("opening the datastore panicked: {e}")))??;
+                .map_err(|e| {
+                    StoreError::Invalid(format!("opening the datastore panicked: {e}"))
+                })??;
             Arc::new(store)
         }
         Endpoint::Etcd(urls) => Arc::new(EtcdStore::connect(urls).await?),
@@ -73,9 +83,15 @@ mod tests {
     fn endpoints_parse() {
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:2379, http://127.0.0.1:2380").unwrap(),
-            Endpoint::Etcd(vec!["http://127.0.0.1:2379".into(), "http://127.0.0.1:2380".into()])
+            Endpoint::Etcd(vec![
+                "http://127.0.0.1:2379".into(),
+                "http://127.0.0.1:2380".into()
+            ])
         );
-        assert_eq!(Endpoint::parse("/var/lib/rkube").unwrap(), Endpoint::DataDir("/var/lib/rkube".into()));
+        assert_eq!(
+            Endpoint::parse("/var/lib/rkube").unwrap(),
+            Endpoint::DataDir("/var/lib/rkube".into())
+        );
         assert!(Endpoint::parse("mysql://x").is_err());
         assert!(Endpoint::parse(" ").is_err());
     }

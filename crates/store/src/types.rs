@@ -36,13 +36,19 @@ pub struct KeySpan {
 impl KeySpan {
     /// Just this key.
     pub fn key(key: impl AsRef<[u8]>) -> Self {
-        KeySpan { start: Bytes::copy_from_slice(key.as_ref()), end: Bytes::new() }
+        KeySpan {
+            start: Bytes::copy_from_slice(key.as_ref()),
+            end: Bytes::new(),
+        }
     }
 
     /// Every key that starts with `prefix` (every key for an empty prefix).
     pub fn prefix(prefix: impl AsRef<[u8]>) -> Self {
         let start = Bytes::copy_from_slice(prefix.as_ref());
-        KeySpan { end: prefix_end(&start), start }
+        KeySpan {
+            end: prefix_end(&start),
+            start,
+        }
     }
 
     /// Whether `key` is in the span.
@@ -96,7 +102,12 @@ impl RangeRequest {
 
     /// Read a span.
     pub fn span(span: KeySpan) -> Self {
-        RangeRequest { span, limit: 0, revision: 0, count_only: false }
+        RangeRequest {
+            span,
+            limit: 0,
+            revision: 0,
+            count_only: false,
+        }
     }
 
     /// Start at `key` (inclusive) instead of the span's start: the continue point of paging.

@@ -21,22 +21,43 @@ async fn create_get_update_delete(f: &Fixture) {
     assert_eq!(r1, r0 + 1);
     let (kv, read_rev) = s.get(b"/a", 0).await.unwrap();
     let kv = kv.unwrap();
-    assert_eq!((kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version), (b("one"), r1, r1, 1));
+    assert_eq!(
+        (
+            kv.value.clone(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (b("one"), r1, r1, 1)
+    );
     assert_eq!(read_rev, r1);
 
     match s.create(b"/a", b("again"), None).await {
         Err(StoreError::AlreadyExists { current }) => assert_eq!(current, kv),
         other => panic!("{}: create over an existing key gave {other:?}", f.name),
     }
-    assert_eq!(s.current_revision().await.unwrap(), r1, "a failed write takes no revision");
+    assert_eq!(
+        s.current_revision().await.unwrap(),
+        r1,
+        "a failed write takes no revision"
+    );
 
     let (r2, prev) = s.update(b"/a", b("two"), Some(r1), None).await.unwrap();
     assert_eq!((r2, prev.value), (r1 + 1, b("one")));
     let kv2 = s.get(b"/a", 0).await.unwrap().0.unwrap();
-    assert_eq!((kv2.create_revision, kv2.mod_revision, kv2.version), (r1, r2, 2));
+    assert_eq!(
+        (kv2.create_revision, kv2.mod_revision, kv2.version),
+        (r1, r2, 2)
+    );
 
-    assert!(matches!(s.update(b"/missing", b("x"), None, None).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(s.delete(b"/missing", None).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.update(b"/missing", b("x"), None, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete(b"/missing", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     let (r3, prev) = s.delete(b"/a", Some(r2)).await.unwrap();
     assert_eq!((r3, prev.value), (r2 + 1, b("two")));
@@ -56,12 +77,22 @@ async fn cas_conflicts(f: &Fixture) {
     let (r2, _) = s.update(b"/cas", b("1"), Some(r1), None).await.unwrap();
     match s.update(b"/cas", b("stale"), Some(r1), None).await {
         Err(StoreError::Conflict { expected, current }) => {
-            assert_eq!((expected, current.mod_revision, current.value), (r1, r2, b("1")));
+            assert_eq!(
+                (expected, current.mod_revision, current.value),
+                (r1, r2, b("1"))
+            );
         }
         other => panic!("{}: stale update gave {other:?}", f.name),
     }
-    assert!(matches!(s.delete(b"/cas", Some(r1)).await, Err(StoreError::Conflict { .. })));
-    assert_eq!(s.get(b"/cas", 0).await.unwrap().0.unwrap().value, b("1"), "a conflict changes nothing");
+    assert!(matches!(
+        s.delete(b"/cas", Some(r1)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.get(b"/cas", 0).await.unwrap().0.unwrap().value,
+        b("1"),
+        "a conflict changes nothing"
+    );
 
     // 16 tasks increment one counter 10 times each with read-modify-CAS retries.
     let key = b"/counter";
@@ -75,7 +106,10 @@ async fn cas_conflicts(f: &Fixture) {
                 let mut cur = s.get(key, 0).await.unwrap().0.unwrap();
                 loop {
                     let n: u64 = std::str::from_utf8(&cur.value).unwrap().parse().unwrap();
-                    match s.update(key, b((n + 1).to_string()), Some(cur.mod_revision), None).await {
+                    match s
+                        .update(key, b((n + 1).to_string()), Some(cur.mod_revision), None)
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StoreError::Conflict { current, .. }) => {
                             conflicts += 1;
@@ -98,14 +132,22 @@ async fn cas_conflicts(f: &Fixture) {
 async fn range_paging_at_fixed_revision(f: &Fixture) {
     let s = &*f.store;
     for i in 0..25 {
-        s.create(format!("/p/{i:02}").as_bytes(), b(format!("v{i}")), None).await.unwrap();
+        s.create(format!("/p/{i:02}").as_bytes(), b(format!("v{i}")), None)
+            .await
+            .unwrap();
     }
-    s.create(b"/pother", b("outside the prefix"), None).await.unwrap();
+    s.create(b"/pother", b("outside the prefix"), None)
+        .await
+        .unwrap();
     let rev = s.current_revision().await.unwrap();
     // Change the data after the revision we page at.
     for i in 0..5 {
-        s.update(format!("/p/{i:02}").as_bytes(), b("changed"), None, None).await.unwrap();
-        s.delete(format!("/p/{:02}", 20 + i).as_bytes(), None).await.unwrap();
+        s.update(format!("/p/{i:02}").as_bytes(), b("changed"), None, None)
+            .await
+            .unwrap();
+        s.delete(format!("/p/{:02}", 20 + i).as_bytes(), None)
+            .await
+            .unwrap();
     }
     s.create(b"/p/99", b("late"), None).await.unwrap();
 
@@ -116,7 +158,11 @@ async fn range_paging_at_fixed_revision(f: &Fixture) {
         let page = s.range(req.clone()).await.unwrap();
         pages += 1;
         assert_eq!(page.revision, rev);
-        assert_eq!(page.remaining(), 25 - seen.len() as i64 - page.kvs.len() as i64, "count of the rest");
+        assert_eq!(
+            page.remaining(),
+            25 - seen.len() as i64 - page.kvs.len() as i64,
+            "count of the rest"
+        );
         seen.extend(page.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
         if !page.more {
             break;
@@ -126,34 +172,64 @@ async fn range_paging_at_fixed_revision(f: &Fixture) {
         req = req.start_at(next);
     }
     assert_eq!(pages, 3);
-    let expected: Vec<_> = (0..25).map(|i| (b(format!("/p/{i:02}")), b(format!("v{i}")))).collect();
-    assert_eq!(seen, expected, "{}: pages at a fixed revision show that revision", f.name);
+    let expected: Vec<_> = (0..25)
+        .map(|i| (b(format!("/p/{i:02}")), b(format!("v{i}"))))
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "{}: pages at a fixed revision show that revision",
+        f.name
+    );
 
     let latest = s.range(RangeRequest::prefix("/p/")).await.unwrap();
     assert_eq!(latest.count, 21);
     assert_eq!(latest.kvs[0].value, b("changed"));
     assert!(!latest.more);
-    let counted = s.range(RangeRequest::prefix("/p/").count_only()).await.unwrap();
+    let counted = s
+        .range(RangeRequest::prefix("/p/").count_only())
+        .await
+        .unwrap();
     assert_eq!((counted.count, counted.kvs.len()), (21, 0));
     let everything = s.range(RangeRequest::prefix("")).await.unwrap();
     assert_eq!(everything.count, 22);
     let future = s.current_revision().await.unwrap() + 100;
-    assert!(matches!(s.range(RangeRequest::prefix("/p/").at(future)).await, Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        s.range(RangeRequest::prefix("/p/").at(future)).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
 }
 
 async fn watch_events_with_previous_values(f: &Fixture) {
     let s = &*f.store;
     let start = s.current_revision().await.unwrap();
     let r1 = s.create(b"/w/a", b("1"), None).await.unwrap();
-    s.create(b"/x/outside", b("not watched"), None).await.unwrap();
+    s.create(b"/x/outside", b("not watched"), None)
+        .await
+        .unwrap();
     let (r2, _) = s.update(b"/w/a", b("2"), None, None).await.unwrap();
     let (r3, _) = s.delete(b"/w/a", None).await.unwrap();
     let mut w = s.watch(KeySpan::prefix("/w/"), start).await.unwrap();
     let events = collect_until(&mut w, r3, Duration::from_secs(10)).await;
     assert_eq!(events.len(), 3, "{}: {events:?}", f.name);
-    assert_eq!((events[0].kind, events[0].kv.mod_revision, events[0].prev_kv.is_none()), (EventType::Put, r1, true));
-    assert_eq!((events[1].kv.value.clone(), events[1].prev_kv.as_ref().unwrap().value.clone()), (b("2"), b("1")));
-    assert_eq!((events[2].kind, events[2].kv.mod_revision), (EventType::Delete, r3));
+    assert_eq!(
+        (
+            events[0].kind,
+            events[0].kv.mod_revision,
+            events[0].prev_kv.is_none()
+        ),
+        (EventType::Put, r1, true)
+    );
+    assert_eq!(
+        (
+            events[1].kv.value.clone(),
+            events[1].prev_kv.as_ref().unwrap().value.clone()
+        ),
+        (b("2"), b("1"))
+    );
+    assert_eq!(
+        (events[2].kind, events[2].kv.mod_revision),
+        (EventType::Delete, r3)
+    );
     assert_eq!(events[2].prev_kv.as_ref().unwrap().mod_revision, r2);
 
     // A watch from now sees only later changes; a single-key watch only that key.
@@ -199,11 +275,16 @@ async fn watch_ordering_10000_writes_100_watchers(f: &Fixture) {
             for n in (wtr..WRITES).step_by(16) {
                 let key = format!("/order/{:03}", n % 100);
                 if n < 100 {
-                    s.create(key.as_bytes(), b(n.to_string()), None).await.unwrap();
+                    s.create(key.as_bytes(), b(n.to_string()), None)
+                        .await
+                        .unwrap();
                 } else {
                     let mut done = false;
                     while !done {
-                        done = s.update(key.as_bytes(), b(n.to_string()), None, None).await.is_ok();
+                        done = s
+                            .update(key.as_bytes(), b(n.to_string()), None, None)
+                            .await
+                            .is_ok();
                     }
                 }
             }
@@ -218,7 +299,11 @@ async fn watch_ordering_10000_writes_100_watchers(f: &Fixture) {
     for (i, w) in watchers.into_iter().enumerate() {
         let revs = w.await.unwrap();
         assert_eq!(revs.len(), expected.len(), "{}: watcher {i} count", f.name);
-        assert!(revs == expected, "{}: watcher {i} saw events missing or out of order", f.name);
+        assert!(
+            revs == expected,
+            "{}: watcher {i} saw events missing or out of order",
+            f.name
+        );
     }
 }
 
@@ -226,11 +311,20 @@ async fn compaction_gives_compacted(f: &Fixture) {
     let s = &*f.store;
     let r1 = s.create(b"/c/k", b("0"), None).await.unwrap();
     for i in 1..10 {
-        s.update(b"/c/k", b(i.to_string()), None, None).await.unwrap();
+        s.update(b"/c/k", b(i.to_string()), None, None)
+            .await
+            .unwrap();
     }
     let mid = r1 + 5;
     s.compact(mid).await.unwrap();
-    assert!(matches!(s.get(b"/c/k", r1 + 2).await, Err(StoreError::Compacted { .. })), "{}", f.name);
+    assert!(
+        matches!(
+            s.get(b"/c/k", r1 + 2).await,
+            Err(StoreError::Compacted { .. })
+        ),
+        "{}",
+        f.name
+    );
     assert_eq!(s.get(b"/c/k", mid).await.unwrap().0.unwrap().value, b("5"));
     expect_watch_compacted(s, KeySpan::prefix("/c/"), r1).await;
     // Watching from the compaction point itself still works and sees everything after it.
@@ -239,29 +333,52 @@ async fn compaction_gives_compacted(f: &Fixture) {
     assert_eq!(events.first().map(|e| e.kv.mod_revision), Some(mid + 1));
     assert_eq!(events.len(), 4);
     assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b("5"));
-    assert!(matches!(s.compact(r1).await, Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        s.compact(r1).await,
+        Err(StoreError::Compacted { .. })
+    ));
     let future = s.current_revision().await.unwrap() + 10;
-    assert!(matches!(s.compact(future).await, Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        s.compact(future).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
 }
 
 async fn leases_expire(f: &Fixture) {
     let s = &*f.store;
     let start = s.current_revision().await.unwrap();
     let mut w = s.watch(KeySpan::prefix("/ttl/"), start).await.unwrap();
-    let r1 = s.create(b"/ttl/event", b("short-lived"), Some(Duration::from_secs(2))).await.unwrap();
+    let r1 = s
+        .create(
+            b"/ttl/event",
+            b("short-lived"),
+            Some(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
     s.create(b"/ttl/keep", b("no ttl"), None).await.unwrap();
     let kv = s.get(b"/ttl/event", 0).await.unwrap().0.unwrap();
     assert_ne!(kv.lease, 0);
     let left = s.remaining_ttl(&kv).await.unwrap().expect("a TTL");
-    assert!(left <= Duration::from_secs(2) && left > Duration::ZERO, "{left:?}");
+    assert!(
+        left <= Duration::from_secs(2) && left > Duration::ZERO,
+        "{left:?}"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while s.get(b"/ttl/event", 0).await.unwrap().0.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "{}: key did not expire", f.name);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: key did not expire",
+            f.name
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(s.get(b"/ttl/keep", 0).await.unwrap().0.is_some());
     let events = collect_until(&mut w, r1 + 2, Duration::from_secs(10)).await;
-    let deletion = events.iter().find(|e| e.kind == EventType::Delete).expect("a delete event for the expiry");
+    let deletion = events
+        .iter()
+        .find(|e| e.kind == EventType::Delete)
+        .expect("a delete event for the expiry");
     assert_eq!(deletion.kv.key, b("/ttl/event"));
     assert_eq!(deletion.prev_kv.as_ref().unwrap().value, b("short-lived"));
 }
@@ -275,7 +392,10 @@ async fn progress_notifications(f: &Fixture) {
         match tokio::time::timeout_at(deadline, w.next()).await {
             Ok(Some(Ok(WatchResponse::Progress(rev)))) if rev >= written => break,
             Ok(Some(Ok(WatchResponse::Progress(_)))) => {}
-            other => panic!("{}: expected a progress notification, got {other:?}", f.name),
+            other => panic!(
+                "{}: expected a progress notification, got {other:?}",
+                f.name
+            ),
         }
     }
 }

@@ -18,7 +18,10 @@ pub fn etcd_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ETCD_BIN") {
         return Some(PathBuf::from(p));
     }
-    ["/usr/bin/etcd", "/usr/local/bin/etcd"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// A real single-member etcd on 127.0.0.1 with free ports and its own temp dir; killed on
@@ -34,8 +37,12 @@ impl Etcd {
     /// Starts etcd in a temp dir under `parent` (so benchmarks can put it on the same disk
     /// as the embedded store) and waits until it accepts connections.
     pub fn start_in(parent: &Path) -> Result<Etcd, String> {
-        let bin = etcd_binary().ok_or("etcd is not installed (apt-get install etcd-server, or `make deps`)")?;
-        let dir = tempfile::Builder::new().prefix("etcd-").tempdir_in(parent).map_err(|e| e.to_string())?;
+        let bin = etcd_binary()
+            .ok_or("etcd is not installed (apt-get install etcd-server, or `make deps`)")?;
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-")
+            .tempdir_in(parent)
+            .map_err(|e| e.to_string())?;
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -54,7 +61,11 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut etcd = Etcd { child, endpoint, dir };
+        let mut etcd = Etcd {
+            child,
+            endpoint,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", client)).is_err() {
             if let Ok(Some(status)) = etcd.child.try_wait() {
@@ -93,7 +104,9 @@ impl Drop for Etcd {
 
 /// Total size of the regular files under `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {

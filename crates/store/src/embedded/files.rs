@@ -39,7 +39,10 @@ fn wal_name(first_rev: Revision) -> String {
 }
 
 fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<Revision> {
-    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
 }
 
 /// The store files of a directory, each list sorted by revision.
@@ -71,7 +74,9 @@ pub(crate) fn list(dir: &Path) -> Result<Listing> {
 
 /// Makes directory entries (created, renamed, removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
 }
 
 /// The exclusive hold on a data directory, released when dropped (or the process dies).
@@ -94,7 +99,10 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut s = String::new();
             let _ = file.read_to_string(&mut s);
-            return Err(StoreError::Locked { path: dir.to_path_buf(), pid: s.trim().parse().ok() });
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                pid: s.trim().parse().ok(),
+            });
         }
         return Err(StoreError::io(&path, err));
     }
@@ -116,8 +124,15 @@ pub(crate) struct Checkpoint {
 impl Mvcc {
     /// A copy of the durable state to checkpoint (values are shared, not copied).
     pub fn checkpoint(&self) -> Checkpoint {
-        debug_assert_eq!(self.rev, self.visible, "checkpoints are taken between batches");
-        Checkpoint { keys: self.keys.clone(), rev: self.rev, compacted: self.compacted }
+        debug_assert_eq!(
+            self.rev, self.visible,
+            "checkpoints are taken between batches"
+        );
+        Checkpoint {
+            keys: self.keys.clone(),
+            rev: self.rev,
+            compacted: self.compacted,
+        }
     }
 }
 
@@ -171,7 +186,8 @@ pub(crate) fn write_snapshot(path: &Path, cp: &Checkpoint) -> Result<u64> {
 /// Reads and verifies a checkpoint file.
 pub(crate) fn read_snapshot(path: &Path, mut file: File) -> Result<Mvcc> {
     let mut data = Vec::new();
-    file.read_to_end(&mut data).map_err(|e| StoreError::io(path, e))?;
+    file.read_to_end(&mut data)
+        .map_err(|e| StoreError::io(path, e))?;
     parse_snapshot(&data).map_err(|detail| StoreError::corrupt(path, detail))
 }
 
@@ -183,7 +199,11 @@ fn parse_snapshot(data: &[u8]) -> Result<Mvcc, String> {
         return Err("truncated snapshot (no end marker)".into());
     }
     let body = &data[..data.len() - 12];
-    let stored = u32::from_le_bytes(data[data.len() - 12..data.len() - 8].try_into().unwrap_or_default());
+    let stored = u32::from_le_bytes(
+        data[data.len() - 12..data.len() - 8]
+            .try_into()
+            .unwrap_or_default(),
+    );
     if crc32fast::hash(body) != stored {
         return Err("checksum mismatch".into());
     }
@@ -207,10 +227,20 @@ fn parse_snapshot(data: &[u8]) -> Result<Mvcc, String> {
             let version = c.i64()?;
             let expires = c.u64()?;
             let value = if c.u8()? == 1 { Some(c.bytes()?) } else { None };
-            if mod_rev > rev || versions.last().is_some_and(|p: &Version| p.mod_rev >= mod_rev) {
+            if mod_rev > rev
+                || versions
+                    .last()
+                    .is_some_and(|p: &Version| p.mod_rev >= mod_rev)
+            {
                 return Err(format!("version {mod_rev} out of order"));
             }
-            versions.push(Version { mod_rev, create_rev, version, value, expires });
+            versions.push(Version {
+                mod_rev,
+                create_rev,
+                version,
+                value,
+                expires,
+            });
         }
         keys.insert(key, versions);
     }
@@ -218,7 +248,9 @@ fn parse_snapshot(data: &[u8]) -> Result<Mvcc, String> {
         return Err("trailing bytes after the last key".into());
     }
     if compacted > rev || compacted < 0 {
-        return Err(format!("compaction point {compacted} beyond revision {rev}"));
+        return Err(format!(
+            "compaction point {compacted} beyond revision {rev}"
+        ));
     }
     Ok(Mvcc::from_parts(keys, rev, compacted))
 }
@@ -241,15 +273,26 @@ impl Segment {
     pub fn create(dir: &Path, first_rev: Revision) -> Result<Segment> {
         let path = dir.join(wal_name(first_rev));
         let io_err = |e| StoreError::io(&path, e);
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err)?;
         let mut header = Vec::with_capacity(WAL_HEADER_LEN as usize);
         header.put_slice(WAL_MAGIC);
         header.put_u32_le(FORMAT);
         header.put_i64_le(first_rev);
         header.put_u32_le(crc32fast::hash(&header));
-        file.write_all(&header).and_then(|_| file.sync_all()).map_err(io_err)?;
+        file.write_all(&header)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err)?;
         sync_dir(dir)?;
-        Ok(Segment { file, path, len: WAL_HEADER_LEN })
+        Ok(Segment {
+            file,
+            path,
+            len: WAL_HEADER_LEN,
+        })
     }
 
     /// Reopens the last segment for appending after `valid_len` bytes (cutting a torn tail).
@@ -258,9 +301,15 @@ impl Segment {
         let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
         if file.metadata().map_err(io_err)?.len() != valid_len {
             tracing::warn!(path = %path.display(), valid_len, "cutting a torn write at the end of the log");
-            file.set_len(valid_len).and_then(|_| file.sync_all()).map_err(io_err)?;
+            file.set_len(valid_len)
+                .and_then(|_| file.sync_all())
+                .map_err(io_err)?;
         }
-        Ok(Segment { file, path: path.to_path_buf(), len: valid_len })
+        Ok(Segment {
+            file,
+            path: path.to_path_buf(),
+            len: valid_len,
+        })
     }
 
     /// Appends one frame and makes it durable.
@@ -270,7 +319,10 @@ impl Segment {
         frame.put_u32_le(crc32fast::hash(payload));
         frame.put_slice(payload);
         let io_err = |e| StoreError::io(&self.path, e);
-        let written = self.file.seek(SeekFrom::Start(self.len)).and_then(|_| self.file.write_all(&frame));
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&frame));
         if let Err(e) = written {
             // Take the partial frame back so the log stays a clean sequence of frames.
             return match self.file.set_len(self.len) {
@@ -278,7 +330,9 @@ impl Segment {
                 Err(_) => Err(AppendError::Sync(io_err(e))),
             };
         }
-        self.file.sync_data().map_err(|e| AppendError::Sync(io_err(e)))?;
+        self.file
+            .sync_data()
+            .map_err(|e| AppendError::Sync(io_err(e)))?;
         self.len += frame.len() as u64;
         Ok(())
     }
@@ -300,7 +354,9 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded> {
     let mut attempts = 0;
     loop {
         match try_load(dir) {
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 20 => {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && attempts < 20 =>
+            {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -321,7 +377,10 @@ fn try_load(dir: &Path) -> Result<Loaded> {
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             let state = read_snapshot(path, file)?;
             if state.rev != *rev {
-                return Err(StoreError::corrupt(path, format!("holds revision {} but is named for {rev}", state.rev)));
+                return Err(StoreError::corrupt(
+                    path,
+                    format!("holds revision {} but is named for {rev}", state.rev),
+                ));
             }
             (state, size)
         }
@@ -340,23 +399,37 @@ fn try_load(dir: &Path) -> Result<Loaded> {
     for (i, (first, path, mut file)) in needed.into_iter().enumerate() {
         let last = i + 1 == count;
         let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(|e| StoreError::io(&path, e))?;
+        file.read_to_end(&mut data)
+            .map_err(|e| StoreError::io(&path, e))?;
         let valid = replay_segment(&path, &data, first, last, &mut state)?;
         if last {
             tail = Some((path, valid));
         }
     }
     state.visible = state.rev;
-    Ok(Loaded { state, tail, snapshot_bytes })
+    Ok(Loaded {
+        state,
+        tail,
+        snapshot_bytes,
+    })
 }
 
 /// Applies a segment's records after the state's revision; returns the valid length. A
 /// damaged frame at the very end of the last segment is a write that was never
 /// acknowledged; anywhere else it is corruption.
-fn replay_segment(path: &Path, data: &[u8], first: Revision, last: bool, state: &mut Mvcc) -> Result<u64> {
+fn replay_segment(
+    path: &Path,
+    data: &[u8],
+    first: Revision,
+    last: bool,
+    state: &mut Mvcc,
+) -> Result<u64> {
     let corrupt = |detail: String| StoreError::corrupt(path, detail);
     if data.len() < WAL_HEADER_LEN as usize {
-        if last && data.iter().all(|&b| b == 0) || last && WAL_MAGIC.starts_with(&data[..data.len().min(8)]) {
+        // A segment whose creation was cut short: nothing in it was ever acknowledged.
+        let partial_header =
+            data.iter().all(|&b| b == 0) || WAL_MAGIC.starts_with(&data[..data.len().min(8)]);
+        if last && partial_header {
             return Ok(0);
         }
         return Err(corrupt("shorter than a log header".into()));
@@ -392,7 +465,8 @@ fn replay_segment(path: &Path, data: &[u8], first: Revision, last: bool, state: 
         };
         let mut c = Cursor::new(payload);
         while !c.is_empty() {
-            let rec = Record::decode(&mut c).map_err(|e| corrupt(format!("frame at byte {pos}: {e}")))?;
+            let rec =
+                Record::decode(&mut c).map_err(|e| corrupt(format!("frame at byte {pos}: {e}")))?;
             match &rec {
                 Record::Put { rev, .. } | Record::Delete { rev, .. } => {
                     if *rev <= state.rev {

@@ -25,7 +25,10 @@ use tokio::sync::oneshot;
 use self::files::Segment;
 use self::mvcc::{Mvcc, Op, Outcome};
 use self::writer::{WriteReq, Writer};
-use crate::{KeySpan, KeyValue, RangeRequest, RangeResponse, Result, Revision, Store, StoreError, WatchStream};
+use crate::{
+    KeySpan, KeyValue, RangeRequest, RangeResponse, Result, Revision, Store, StoreError,
+    WatchStream,
+};
 
 /// Tuning of an embedded store; the defaults suit a server.
 #[derive(Clone, Debug)]
@@ -83,7 +86,10 @@ pub struct EmbeddedStore {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl EmbeddedStore {
@@ -121,12 +127,22 @@ impl EmbeddedStore {
             closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { shared: shared.clone(), rx, segment, lock, samples: VecDeque::new() };
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            segment,
+            lock,
+            samples: VecDeque::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("rkube-store-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::io("writer thread", e))?;
-        Ok(EmbeddedStore { shared, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(EmbeddedStore {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Stops the writer (after the writes already queued) and releases the directory.
@@ -151,7 +167,10 @@ impl EmbeddedStore {
     pub fn save_snapshot(dir: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Revision> {
         let (dir, out) = (dir.as_ref(), out.as_ref());
         if files::list(dir)?.snaps.is_empty() && files::list(dir)?.wals.is_empty() {
-            return Err(StoreError::Invalid(format!("{} holds no datastore", dir.display())));
+            return Err(StoreError::Invalid(format!(
+                "{} holds no datastore",
+                dir.display()
+            )));
         }
         let state = files::load(dir)?.state;
         let tmp = out.with_extension("partial");
@@ -162,7 +181,10 @@ impl EmbeddedStore {
 
     /// Replaces the store in `dir` with the snapshot `file`; the server must be stopped.
     /// The previous contents are moved to a sibling directory, whose path is returned.
-    pub fn restore_snapshot(file: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<(Revision, Option<PathBuf>)> {
+    pub fn restore_snapshot(
+        file: impl AsRef<Path>,
+        dir: impl AsRef<Path>,
+    ) -> Result<(Revision, Option<PathBuf>)> {
         let (file, dir) = (file.as_ref(), dir.as_ref());
         let state = files::read_snapshot_file(file)?;
         let mut moved = None;
@@ -170,7 +192,8 @@ impl EmbeddedStore {
             let _lock = files::lock_dir(dir)?;
             let listing = files::list(dir)?;
             if !listing.snaps.is_empty() || !listing.wals.is_empty() {
-                let aside = PathBuf::from(format!("{}.pre-restore-{}", dir.display(), now_ms() / 1000));
+                let aside =
+                    PathBuf::from(format!("{}.pre-restore-{}", dir.display(), now_ms() / 1000));
                 std::fs::rename(dir, &aside).map_err(|e| StoreError::io(&aside, e))?;
                 moved = Some(aside);
             }
@@ -190,7 +213,11 @@ impl EmbeddedStore {
         {
             let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
             let tx = tx.as_ref().ok_or(StoreError::Closed)?;
-            tx.send(WriteReq { op, reply: Some(reply) }).map_err(|_| StoreError::Closed)?;
+            tx.send(WriteReq {
+                op,
+                reply: Some(reply),
+            })
+            .map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -218,7 +245,14 @@ impl Store for EmbeddedStore {
 
     async fn create(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<Revision> {
         let key = Bytes::copy_from_slice(key);
-        match self.write(Op::Create { key, value, expires: expiry(ttl) }).await? {
+        match self
+            .write(Op::Create {
+                key,
+                value,
+                expires: expiry(ttl),
+            })
+            .await?
+        {
             Outcome::Created(rev) => Ok(rev),
             o => Err(unexpected(o)),
         }
@@ -232,7 +266,15 @@ impl Store for EmbeddedStore {
         ttl: Option<Duration>,
     ) -> Result<(Revision, KeyValue)> {
         let key = Bytes::copy_from_slice(key);
-        match self.write(Op::Update { key, value, expected, expires: expiry(ttl) }).await? {
+        match self
+            .write(Op::Update {
+                key,
+                value,
+                expected,
+                expires: expiry(ttl),
+            })
+            .await?
+        {
             Outcome::Updated(rev, prev) => Ok((rev, prev)),
             o => Err(unexpected(o)),
         }

@@ -27,10 +27,24 @@ pub(crate) struct Version {
 /// A requested change, checked by [`Mvcc::plan`].
 #[derive(Debug)]
 pub(crate) enum Op {
-    Create { key: Bytes, value: Bytes, expires: u64 },
-    Update { key: Bytes, value: Bytes, expected: Option<Revision>, expires: u64 },
-    Delete { key: Bytes, expected: Option<Revision> },
-    Compact { rev: Revision },
+    Create {
+        key: Bytes,
+        value: Bytes,
+        expires: u64,
+    },
+    Update {
+        key: Bytes,
+        value: Bytes,
+        expected: Option<Revision>,
+        expires: u64,
+    },
+    Delete {
+        key: Bytes,
+        expected: Option<Revision>,
+    },
+    Compact {
+        rev: Revision,
+    },
 }
 
 /// What a successful [`Op`] answers.
@@ -80,7 +94,13 @@ impl Mvcc {
     /// An empty store. As in etcd, its revision is 1 (no write has revision 1), so that
     /// revision 0 can mean "now".
     pub fn new() -> Self {
-        Mvcc { rev: 1, visible: 1, log: VecDeque::from(vec![None]), log_base: 1, ..Default::default() }
+        Mvcc {
+            rev: 1,
+            visible: 1,
+            log: VecDeque::from(vec![None]),
+            log_base: 1,
+            ..Default::default()
+        }
     }
 
     /// A state loaded from a checkpoint: its keys with all retained versions.
@@ -89,13 +109,23 @@ impl Mvcc {
         rev: Revision,
         compacted: Revision,
     ) -> Self {
-        let mut m = Mvcc { keys, rev, visible: rev, compacted, log_base: compacted + 1, ..Default::default() };
+        let mut m = Mvcc {
+            keys,
+            rev,
+            visible: rev,
+            compacted,
+            log_base: compacted + 1,
+            ..Default::default()
+        };
         m.log = VecDeque::from(vec![None; (rev - compacted).max(0) as usize]);
         for (key, versions) in &m.keys {
             for v in versions.iter().filter(|v| v.mod_rev > compacted) {
                 m.log[(v.mod_rev - m.log_base) as usize] = Some(key.clone());
             }
-            if let Some(last) = versions.last().filter(|v| v.value.is_some() && v.expires != 0) {
+            if let Some(last) = versions
+                .last()
+                .filter(|v| v.value.is_some() && v.expires != 0)
+            {
                 m.expiries.insert((last.expires, key.clone()));
             }
         }
@@ -111,7 +141,11 @@ impl Mvcc {
     pub fn plan(&self, op: &Op) -> Result<(Record, Outcome)> {
         let rev = self.rev + 1;
         match op {
-            Op::Create { key, value, expires } => {
+            Op::Create {
+                key,
+                value,
+                expires,
+            } => {
                 if let Some(current) = self.latest(key) {
                     return Err(StoreError::AlreadyExists { current });
                 }
@@ -125,7 +159,12 @@ impl Mvcc {
                 };
                 Ok((rec, Outcome::Created(rev)))
             }
-            Op::Update { key, value, expected, expires } => {
+            Op::Update {
+                key,
+                value,
+                expected,
+                expires,
+            } => {
                 let current = self.existing(key, *expected)?;
                 let rec = Record::Put {
                     rev,
@@ -139,14 +178,26 @@ impl Mvcc {
             }
             Op::Delete { key, expected } => {
                 let current = self.existing(key, *expected)?;
-                Ok((Record::Delete { rev, key: key.clone() }, Outcome::Deleted(rev, current)))
+                Ok((
+                    Record::Delete {
+                        rev,
+                        key: key.clone(),
+                    },
+                    Outcome::Deleted(rev, current),
+                ))
             }
             Op::Compact { rev } => {
                 if *rev > self.visible {
-                    return Err(StoreError::FutureRevision { requested: *rev, current: self.visible });
+                    return Err(StoreError::FutureRevision {
+                        requested: *rev,
+                        current: self.visible,
+                    });
                 }
                 if *rev <= self.compacted {
-                    return Err(StoreError::Compacted { requested: *rev, compacted: self.compacted });
+                    return Err(StoreError::Compacted {
+                        requested: *rev,
+                        compacted: self.compacted,
+                    });
                 }
                 Ok((Record::Compact { rev: *rev }, Outcome::Compacted))
             }
@@ -154,7 +205,9 @@ impl Mvcc {
     }
 
     fn existing(&self, key: &Bytes, expected: Option<Revision>) -> Result<KeyValue> {
-        let current = self.latest(key).ok_or_else(|| StoreError::NotFound { key: lossy(key) })?;
+        let current = self
+            .latest(key)
+            .ok_or_else(|| StoreError::NotFound { key: lossy(key) })?;
         match expected {
             Some(expected) if expected != current.mod_revision => {
                 Err(StoreError::Conflict { expected, current })
@@ -166,7 +219,14 @@ impl Mvcc {
     /// Applies a record (a live write or one replayed from the log).
     pub fn apply(&mut self, rec: &Record) {
         match rec {
-            Record::Put { rev, key, value, create_rev, version, expires } => {
+            Record::Put {
+                rev,
+                key,
+                value,
+                create_rev,
+                version,
+                expires,
+            } => {
                 self.push(
                     *rev,
                     key,
@@ -180,7 +240,13 @@ impl Mvcc {
                 );
             }
             Record::Delete { rev, key } => {
-                let v = Version { mod_rev: *rev, create_rev: 0, version: 0, value: None, expires: 0 };
+                let v = Version {
+                    mod_rev: *rev,
+                    create_rev: 0,
+                    version: 0,
+                    value: None,
+                    expires: 0,
+                };
                 self.push(*rev, key, v);
             }
             Record::Compact { rev } => self.compact(*rev),
@@ -190,7 +256,10 @@ impl Mvcc {
     fn push(&mut self, rev: Revision, key: &Bytes, v: Version) {
         debug_assert_eq!(rev, self.rev + 1, "revisions are applied in order");
         let versions = self.keys.entry(key.clone()).or_default();
-        if let Some(prev) = versions.last().filter(|p| p.expires != 0 && p.value.is_some()) {
+        if let Some(prev) = versions
+            .last()
+            .filter(|p| p.expires != 0 && p.value.is_some())
+        {
             self.expiries.remove(&(prev.expires, key.clone()));
         }
         if v.expires != 0 && v.value.is_some() {
@@ -207,7 +276,10 @@ impl Mvcc {
             let key = self.log.pop_back().flatten();
             if let Some(key) = key {
                 if let Some(versions) = self.keys.get_mut(&key) {
-                    if let Some(v) = versions.pop().filter(|v| v.expires != 0 && v.value.is_some()) {
+                    if let Some(v) = versions
+                        .pop()
+                        .filter(|v| v.expires != 0 && v.value.is_some())
+                    {
                         self.expiries.remove(&(v.expires, key.clone()));
                     }
                     match versions.last() {
@@ -233,7 +305,11 @@ impl Mvcc {
         self.keys.retain(|_, versions| {
             let n = versions.partition_point(|v| v.mod_rev <= rev);
             if n > 0 {
-                let keep_from = if versions[n - 1].value.is_none() { n } else { n - 1 };
+                let keep_from = if versions[n - 1].value.is_none() {
+                    n
+                } else {
+                    n - 1
+                };
                 versions.drain(..keep_from);
             }
             !versions.is_empty()
@@ -250,10 +326,16 @@ impl Mvcc {
     pub fn readable(&self, rev: Revision) -> Result<Revision> {
         let rev = if rev <= 0 { self.visible } else { rev };
         if rev > self.visible {
-            return Err(StoreError::FutureRevision { requested: rev, current: self.visible });
+            return Err(StoreError::FutureRevision {
+                requested: rev,
+                current: self.visible,
+            });
         }
         if rev < self.compacted {
-            return Err(StoreError::Compacted { requested: rev, compacted: self.compacted });
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compacted: self.compacted,
+            });
         }
         Ok(rev)
     }
@@ -261,7 +343,10 @@ impl Mvcc {
     /// Serves a range read at the visible revision or a past one.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let rev = self.readable(req.revision)?;
-        let mut resp = RangeResponse { revision: rev, ..Default::default() };
+        let mut resp = RangeResponse {
+            revision: rev,
+            ..Default::default()
+        };
         let span = &req.span;
         let upper = if span.end.is_empty() {
             Bound::Included(span.start.clone())
@@ -272,8 +357,13 @@ impl Mvcc {
         } else {
             Bound::Excluded(span.end.clone())
         };
-        for (key, versions) in self.keys.range((Bound::Included(span.start.clone()), upper)) {
-            let Some(v) = version_at(versions, rev) else { continue };
+        for (key, versions) in self
+            .keys
+            .range((Bound::Included(span.start.clone()), upper))
+        {
+            let Some(v) = version_at(versions, rev) else {
+                continue;
+            };
             resp.count += 1;
             if req.count_only {
                 continue;
@@ -297,7 +387,10 @@ impl Mvcc {
         max: usize,
     ) -> Result<(Vec<Event>, Revision)> {
         if after < self.compacted {
-            return Err(StoreError::Compacted { requested: after + 1, compacted: self.compacted });
+            return Err(StoreError::Compacted {
+                requested: after + 1,
+                compacted: self.compacted,
+            });
         }
         let mut events = Vec::new();
         let mut reached = after;
@@ -306,15 +399,25 @@ impl Mvcc {
                 break;
             }
             reached = rev;
-            let Some(Some(key)) = self.log.get((rev - self.log_base) as usize) else { continue };
+            let Some(Some(key)) = self.log.get((rev - self.log_base) as usize) else {
+                continue;
+            };
             if !span.contains(key) {
                 continue;
             }
-            let Some(versions) = self.keys.get(key) else { continue };
-            let Ok(i) = versions.binary_search_by_key(&rev, |v| v.mod_rev) else { continue };
+            let Some(versions) = self.keys.get(key) else {
+                continue;
+            };
+            let Ok(i) = versions.binary_search_by_key(&rev, |v| v.mod_rev) else {
+                continue;
+            };
             let prev_kv = i.checked_sub(1).and_then(|p| to_kv(key, &versions[p]));
             let event = match to_kv(key, &versions[i]) {
-                Some(kv) => Event { kind: EventType::Put, kv, prev_kv },
+                Some(kv) => Event {
+                    kind: EventType::Put,
+                    kv,
+                    prev_kv,
+                },
                 None => Event {
                     kind: EventType::Delete,
                     kv: KeyValue {
@@ -363,11 +466,31 @@ mod tests {
     #[test]
     fn rollback_restores_previous_state() {
         let mut m = Mvcc::new();
-        put(&mut m, Op::Create { key: b("a"), value: b("1"), expires: 5 });
+        put(
+            &mut m,
+            Op::Create {
+                key: b("a"),
+                value: b("1"),
+                expires: 5,
+            },
+        );
         let before = m.range(&RangeRequest::prefix("")).unwrap().kvs;
-        let (r1, _) = m.plan(&Op::Update { key: b("a"), value: b("2"), expected: None, expires: 0 }).unwrap();
+        let (r1, _) = m
+            .plan(&Op::Update {
+                key: b("a"),
+                value: b("2"),
+                expected: None,
+                expires: 0,
+            })
+            .unwrap();
         m.apply(&r1);
-        let (r2, _) = m.plan(&Op::Create { key: b("b"), value: b("x"), expires: 9 }).unwrap();
+        let (r2, _) = m
+            .plan(&Op::Create {
+                key: b("b"),
+                value: b("x"),
+                expires: 9,
+            })
+            .unwrap();
         m.apply(&r2);
         m.rollback(2);
         assert_eq!(m.rev, 2);
@@ -379,21 +502,63 @@ mod tests {
     #[test]
     fn compaction_keeps_the_version_visible_at_the_point() {
         let mut m = Mvcc::new();
-        put(&mut m, Op::Create { key: b("a"), value: b("1"), expires: 0 });
-        put(&mut m, Op::Update { key: b("a"), value: b("2"), expected: Some(2), expires: 0 });
-        put(&mut m, Op::Create { key: b("d"), value: b("x"), expires: 0 });
-        put(&mut m, Op::Delete { key: b("d"), expected: None });
-        put(&mut m, Op::Update { key: b("a"), value: b("3"), expected: Some(3), expires: 0 });
+        put(
+            &mut m,
+            Op::Create {
+                key: b("a"),
+                value: b("1"),
+                expires: 0,
+            },
+        );
+        put(
+            &mut m,
+            Op::Update {
+                key: b("a"),
+                value: b("2"),
+                expected: Some(2),
+                expires: 0,
+            },
+        );
+        put(
+            &mut m,
+            Op::Create {
+                key: b("d"),
+                value: b("x"),
+                expires: 0,
+            },
+        );
+        put(
+            &mut m,
+            Op::Delete {
+                key: b("d"),
+                expected: None,
+            },
+        );
+        put(
+            &mut m,
+            Op::Update {
+                key: b("a"),
+                value: b("3"),
+                expected: Some(3),
+                expires: 0,
+            },
+        );
         put(&mut m, Op::Compact { rev: 5 });
         assert_eq!(m.keys[&b("a")].len(), 2);
         assert!(!m.keys.contains_key(&b("d")));
         let at5 = m.range(&RangeRequest::key("a").at(5)).unwrap();
         assert_eq!(at5.kvs[0].value, b("2"));
-        assert!(matches!(m.range(&RangeRequest::key("a").at(4)), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            m.range(&RangeRequest::key("a").at(4)),
+            Err(StoreError::Compacted { .. })
+        ));
         let (ev, reached) = m.events(&KeySpan::prefix(""), 5, 6, 10).unwrap();
         assert_eq!(reached, 6);
         assert_eq!(ev[0].prev_kv.as_ref().unwrap().value, b("2"));
         let rebuilt = Mvcc::from_parts(m.keys.clone(), m.rev, m.compacted);
-        assert_eq!(rebuilt.events(&KeySpan::prefix(""), 5, 6, 10).unwrap().0, ev);
+        assert_eq!(
+            rebuilt.events(&KeySpan::prefix(""), 5, 6, 10).unwrap().0,
+            ev
+        );
     }
 }

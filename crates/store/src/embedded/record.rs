@@ -8,9 +8,21 @@ use crate::Revision;
 /// One durable change, as written to the log and replayed at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
-    Put { rev: Revision, key: Bytes, value: Bytes, create_rev: Revision, version: i64, expires: u64 },
-    Delete { rev: Revision, key: Bytes },
-    Compact { rev: Revision },
+    Put {
+        rev: Revision,
+        key: Bytes,
+        value: Bytes,
+        create_rev: Revision,
+        version: i64,
+        expires: u64,
+    },
+    Delete {
+        rev: Revision,
+        key: Bytes,
+    },
+    Compact {
+        rev: Revision,
+    },
 }
 
 const PUT: u8 = 1;
@@ -21,7 +33,14 @@ impl Record {
     /// Appends the encoding of the record to `buf`.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         match self {
-            Record::Put { rev, key, value, create_rev, version, expires } => {
+            Record::Put {
+                rev,
+                key,
+                value,
+                create_rev,
+                version,
+                expires,
+            } => {
                 buf.put_u8(PUT);
                 buf.put_i64_le(*rev);
                 buf.put_i64_le(*create_rev);
@@ -52,9 +71,19 @@ impl Record {
                 let expires = c.u64()?;
                 let key = c.bytes()?;
                 let value = c.bytes()?;
-                Record::Put { rev, key, value, create_rev, version, expires }
+                Record::Put {
+                    rev,
+                    key,
+                    value,
+                    create_rev,
+                    version,
+                    expires,
+                }
             }
-            DELETE => Record::Delete { rev: c.i64()?, key: c.bytes()? },
+            DELETE => Record::Delete {
+                rev: c.i64()?,
+                key: c.bytes()?,
+            },
             COMPACT => Record::Compact { rev: c.i64()? },
             t => return Err(format!("unknown record type {t}")),
         })
@@ -133,7 +162,10 @@ mod tests {
                 version: 2,
                 expires: 99,
             },
-            Record::Delete { rev: 8, key: Bytes::from_static(b"/k") },
+            Record::Delete {
+                rev: 8,
+                key: Bytes::from_static(b"/k"),
+            },
             Record::Compact { rev: 5 },
         ];
         let mut buf = Vec::new();

@@ -31,11 +31,25 @@ pub(crate) fn start(shared: Arc<Shared>, span: KeySpan, after: Revision) -> Resu
             return Err(StoreError::Invalid(format!("negative revision {after}")));
         }
         if after != 0 && after < st.compacted {
-            return Err(StoreError::Compacted { requested: after + 1, compacted: st.compacted });
+            return Err(StoreError::Compacted {
+                requested: after + 1,
+                compacted: st.compacted,
+            });
         }
-        if after == 0 { st.visible } else { after }
+        if after == 0 {
+            st.visible
+        } else {
+            after
+        }
     };
-    let cursor = Cursor { shared, rx, span, after, last_sent: Instant::now(), done: false };
+    let cursor = Cursor {
+        shared,
+        rx,
+        span,
+        after,
+        last_sent: Instant::now(),
+        done: false,
+    };
     Ok(Box::pin(stream::unfold(cursor, next)))
 }
 
@@ -46,7 +60,10 @@ async fn next(mut c: Cursor) -> Option<(Result<WatchResponse>, Cursor)> {
     loop {
         let visible = *c.rx.borrow_and_update();
         if c.after < visible {
-            let found = c.shared.read_state().events(&c.span, c.after, visible, MAX_EVENTS);
+            let found = c
+                .shared
+                .read_state()
+                .events(&c.span, c.after, visible, MAX_EVENTS);
             match found {
                 Err(e) => {
                     c.done = true;

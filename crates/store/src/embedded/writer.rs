@@ -65,7 +65,12 @@ impl Writer {
 
     /// Plans and applies a batch, makes it durable in one frame, then publishes it.
     fn commit(&mut self, batch: Vec<WriteReq>) {
-        let poisoned = self.shared.poisoned.lock().map(|p| p.clone()).unwrap_or(None);
+        let poisoned = self
+            .shared
+            .poisoned
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(None);
         if let Some(reason) = poisoned {
             for req in batch {
                 reply(req.reply, Err(StoreError::Poisoned(reason.clone())));
@@ -104,7 +109,10 @@ impl Writer {
                 let msg = err.to_string();
                 for (tx, answer) in answers {
                     let answer = match answer {
-                        Ok(_) => Err(StoreError::Io { path: self.segment.path.clone(), source: std::io::Error::other(msg.clone()) }),
+                        Ok(_) => Err(StoreError::Io {
+                            path: self.segment.path.clone(),
+                            source: std::io::Error::other(msg.clone()),
+                        }),
                         Err(e) => Err(e),
                     };
                     reply(tx, answer);
@@ -132,7 +140,13 @@ impl Writer {
         };
         let mut ops: Vec<WriteReq> = expired
             .into_iter()
-            .map(|(key, rev)| WriteReq { op: Op::Delete { key, expected: Some(rev) }, reply: None })
+            .map(|(key, rev)| WriteReq {
+                op: Op::Delete {
+                    key,
+                    expected: Some(rev),
+                },
+                reply: None,
+            })
             .collect();
         let retention = self.shared.options.retention;
         if !retention.is_zero() {
@@ -149,7 +163,10 @@ impl Writer {
                 self.samples.pop_front();
             }
             if let Some(r) = target.filter(|r| *r > compacted) {
-                ops.push(WriteReq { op: Op::Compact { rev: r }, reply: None });
+                ops.push(WriteReq {
+                    op: Op::Compact { rev: r },
+                    reply: None,
+                });
             }
         }
         if !ops.is_empty() {
@@ -178,7 +195,9 @@ impl Writer {
         std::thread::spawn(move || {
             match files::write_checkpoint(&shared.dir, &cp) {
                 Ok(size) => shared.snapshot_bytes.store(size, Ordering::SeqCst),
-                Err(e) => tracing::warn!(error = %e, "checkpoint failed; the log is kept and replayed instead"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint failed; the log is kept and replayed instead")
+                }
             }
             shared.checkpointing.store(false, Ordering::SeqCst);
         });

@@ -20,22 +20,35 @@ pub struct Fixture {
 }
 
 pub fn quick_options() -> EmbeddedOptions {
-    EmbeddedOptions { retention: Duration::ZERO, progress_interval: Duration::from_millis(300), ..Default::default() }
+    EmbeddedOptions {
+        retention: Duration::ZERO,
+        progress_interval: Duration::from_millis(300),
+        ..Default::default()
+    }
 }
 
 pub async fn embedded() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path().join("db"), quick_options()).unwrap();
-    Fixture { store: Arc::new(store), name: "embedded", _guard: Box::new(dir) }
+    Fixture {
+        store: Arc::new(store),
+        name: "embedded",
+        _guard: Box::new(dir),
+    }
 }
 
 pub async fn etcd() -> Fixture {
-    let etcd = rkube_testkit::Etcd::start().unwrap_or_else(|e| panic!("the etcd backend tests need etcd: {e}"));
-    let store = EtcdStore::connect(&[etcd.endpoint.clone()])
+    let etcd = rkube_testkit::Etcd::start()
+        .unwrap_or_else(|e| panic!("the etcd backend tests need etcd: {e}"));
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .unwrap()
         .with_progress_interval(Duration::from_millis(300));
-    Fixture { store: Arc::new(store), name: "etcd", _guard: Box::new(etcd) }
+    Fixture {
+        store: Arc::new(store),
+        name: "etcd",
+        _guard: Box::new(etcd),
+    }
 }
 
 /// Starts a watch and expects it to fail as compacted, at once or as its first message.
@@ -51,10 +64,17 @@ pub async fn expect_watch_compacted(store: &dyn Store, span: KeySpan, after: Rev
 }
 
 /// Collects watch events until one at `until` arrives (or the timeout passes).
-pub async fn collect_until(w: &mut WatchStream, until: Revision, timeout: Duration) -> Vec<rkube_store::Event> {
+pub async fn collect_until(
+    w: &mut WatchStream,
+    until: Revision,
+    timeout: Duration,
+) -> Vec<rkube_store::Event> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while out.last().is_none_or(|e: &rkube_store::Event| e.kv.mod_revision < until) {
+    while out
+        .last()
+        .is_none_or(|e: &rkube_store::Event| e.kv.mod_revision < until)
+    {
         match tokio::time::timeout_at(deadline, w.next()).await {
             Ok(Some(Ok(WatchResponse::Events(ev)))) => out.extend(ev),
             Ok(Some(Ok(WatchResponse::Progress(_)))) => {}
