@@ -124,6 +124,20 @@ impl EtcdStore {
         })
     }
 
+    /// A KV client that accepts answers of any size (a list of every pod can exceed gRPC's
+    /// default 4 MiB), as the apiserver's etcd client does.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    fn watcher(&self) -> etcd_client::WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(usize::MAX)
+    }
+
     /// Sets how often a quiet watch asks etcd for a progress notification.
     pub fn with_progress_interval(mut self, interval: Duration) -> Self {
         self.progress_interval = interval;
@@ -165,12 +179,7 @@ impl EtcdStore {
     /// Checks that `after` can still be watched from (not behind the compaction point).
     async fn check_not_compacted(&self, span: &KeySpan, after: Revision) -> Result<()> {
         let opts = GetOptions::new().with_revision(after).with_count_only();
-        match self
-            .client
-            .kv_client()
-            .get(start_key(span), Some(opts))
-            .await
-        {
+        match self.kv().get(start_key(span), Some(opts)).await {
             Ok(_) => Ok(()),
             Err(e) => match etcd_err(e) {
                 StoreError::Compacted { .. } => {
@@ -189,8 +198,7 @@ impl EtcdStore {
     /// etcd does not report its compaction point directly; a watch from revision 1 does.
     async fn compacted_hint(&self) -> Revision {
         let Ok(mut s) = self
-            .client
-            .watch_client()
+            .watcher()
             .watch(
                 b"\0".to_vec(),
                 Some(WatchOptions::new().with_start_revision(1)),
@@ -233,8 +241,7 @@ impl Store for EtcdStore {
             opts = opts.with_count_only();
         }
         let resp = self
-            .client
-            .kv_client()
+            .kv()
             .get(start_key(&req.span), Some(opts))
             .await
             .map_err(|e| match etcd_err(e) {
@@ -267,7 +274,7 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.to_vec(), value.to_vec(), Some(put))])
             .or_else([TxnOp::get(key.to_vec(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         if resp.succeeded() {
             return Ok(header_rev(resp.header()));
         }
@@ -316,8 +323,7 @@ impl Store for EtcdStore {
             opts = opts.with_start_revision(after + 1);
         }
         let ws = self
-            .client
-            .watch_client()
+            .watcher()
             .watch(start_key(&span), Some(opts))
             .await
             .map_err(etcd_err)?;
@@ -334,7 +340,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        match self.client.kv_client().compact(revision, None).await {
+        match self.kv().compact(revision, None).await {
             Ok(_) => Ok(()),
             Err(e) => Err(match etcd_err(e) {
                 StoreError::Compacted { .. } => StoreError::Compacted {
@@ -353,8 +359,7 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
         let opts = GetOptions::new().with_count_only();
         let resp = self
-            .client
-            .kv_client()
+            .kv()
             .get(b"\0".to_vec(), Some(opts))
             .await
             .map_err(etcd_err)?;
@@ -391,7 +396,7 @@ impl EtcdStore {
             .when([cmp])
             .and_then([op])
             .or_else([TxnOp::get(key.to_vec(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         if resp.succeeded() {
             let prev = txn_prev(&resp).ok_or_else(|| {
                 StoreError::Etcd(format!(
