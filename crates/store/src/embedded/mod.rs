@@ -133,6 +133,7 @@ impl EmbeddedStore {
             segment,
             lock,
             samples: VecDeque::new(),
+            last_compaction: std::time::Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("rkube-store-writer".into())
@@ -166,7 +167,8 @@ impl EmbeddedStore {
     /// server has the directory open. Returns the revision it holds.
     pub fn save_snapshot(dir: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Revision> {
         let (dir, out) = (dir.as_ref(), out.as_ref());
-        if files::list(dir)?.snaps.is_empty() && files::list(dir)?.wals.is_empty() {
+        let listing = files::list(dir)?;
+        if listing.snaps.is_empty() && listing.wals.is_empty() {
             return Err(StoreError::Invalid(format!(
                 "{} holds no datastore",
                 dir.display()

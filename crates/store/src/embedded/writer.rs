@@ -31,6 +31,8 @@ pub(crate) struct Writer {
     pub lock: DirLock,
     /// (time, revision) samples, for compacting to "the revision of `retention` ago".
     pub samples: VecDeque<(Instant, Revision)>,
+    /// Compaction scans every key, so it runs at most every tenth of the retention.
+    pub last_compaction: Instant,
 }
 
 impl Writer {
@@ -162,7 +164,9 @@ impl Writer {
                 target = Some(r);
                 self.samples.pop_front();
             }
-            if let Some(r) = target.filter(|r| *r > compacted) {
+            let due = now.duration_since(self.last_compaction) >= retention / 10;
+            if let Some(r) = target.filter(|r| *r > compacted && due) {
+                self.last_compaction = now;
                 ops.push(WriteReq {
                     op: Op::Compact { rev: r },
                     reply: None,
