@@ -147,49 +147,13 @@ async fn measure(s: Arc<dyn Store>, n: &impl Fn(f64) -> usize) -> anyhow::Result
     // Durable puts, 64 writers.
     let per = n(400.0);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..64)
-        .map(|w| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                for i in 0..per {
-                    s.create(
-                        format!("/bench/many/{w:02}/{i:08}").as_bytes(),
-                        kib_value(i),
-                        None,
-                    )
-                    .await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
+    parallel_puts(&s, 64, 64 * per, "/bench/many/").await?;
     f.puts_64 = (64 * per) as f64 / start.elapsed().as_secs_f64();
     eprintln!("  64 writers: {:.0} puts/s", f.puts_64);
 
     // Range of 10,000 keys (1 KiB each), median of 5.
     let keys = n(10_000.0);
-    let tasks: Vec<_> = (0..16)
-        .map(|w| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                for i in (w..keys).step_by(16) {
-                    s.create(
-                        format!("/bench/range/{i:08}").as_bytes(),
-                        kib_value(i),
-                        None,
-                    )
-                    .await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
+    parallel_puts(&s, 16, keys, "/bench/range/").await?;
     let mut times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
@@ -211,6 +175,31 @@ async fn measure(s: Arc<dyn Store>, n: &impl Fn(f64) -> usize) -> anyhow::Result
     f.watch_p99_ms = p99;
     eprintln!("  watch: p50 {p50:.2} ms, p99 {p99:.2} ms");
     Ok(f)
+}
+
+/// Creates `count` 1 KiB keys `PREFIX{i:08}` from `writers` concurrent tasks.
+async fn parallel_puts(
+    s: &Arc<dyn Store>,
+    writers: usize,
+    count: usize,
+    prefix: &'static str,
+) -> anyhow::Result<()> {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in (w..count).step_by(writers) {
+                    s.create(format!("{prefix}{i:08}").as_bytes(), kib_value(i), None)
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 /// Starts `watchers` watches, makes `writes` paced writes whose values carry their start
