@@ -10,7 +10,7 @@ use rkube_store::{EmbeddedOptions, EmbeddedStore, RangeRequest, Store};
 const KEYS: u64 = 1000;
 const UPDATES: u64 = 200_000;
 const WRITERS: u64 = 32;
-const SAMPLES: u64 = 10;
+const SAMPLES: u64 = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_data_directory_levels_off_under_churn() {
@@ -59,17 +59,20 @@ async fn the_data_directory_levels_off_under_churn() {
         KEYS as i64
     );
     // Without compaction and checkpoints the directory would grow in proportion to the
-    // updates (the second half would be about twice the first); it must level off.
-    let half = SAMPLES as usize / 2;
-    let early = *sizes[1..half].iter().max().unwrap();
-    let late = *sizes[half..].iter().max().unwrap();
+    // updates (the second half would average about twice the first); it must level off.
+    // Sizes follow a sawtooth (log grows, checkpoint, old files go), so compare the mean
+    // size over each half, after a warm-up quarter.
+    let mean = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len() as f64;
+    let (quarter, half) = (SAMPLES as usize / 4, SAMPLES as usize / 2);
+    let early = mean(&sizes[quarter..half]);
+    let late = mean(&sizes[half..]);
     assert!(
-        (late as f64) < 1.5 * early as f64,
-        "the data directory kept growing: {sizes:?} (late max {late} vs early max {early})"
+        late < 1.5 * early,
+        "the data directory kept growing: {sizes:?} (late mean {late:.0} vs early mean {early:.0})"
     );
     let written = UPDATES * 230;
     assert!(
-        late < written / 4,
-        "the directory ({late} bytes) holds most of what was written ({written} bytes)"
+        late < (written / 4) as f64,
+        "the directory ({late:.0} bytes on average) holds most of what was written ({written} bytes)"
     );
 }
