@@ -24,6 +24,12 @@ fn rkube(args: &[&str]) -> Output {
     out
 }
 
+/// `rkube datastore snapshot VERB FILE --data-dir DIR`
+fn snapshot(verb: &str, file: &Path, data_dir: &Path) -> Output {
+    let (file, dir) = (file.to_str().unwrap(), data_dir.to_str().unwrap());
+    rkube(&["datastore", "snapshot", verb, file, "--data-dir", dir])
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -69,37 +75,16 @@ async fn snapshot_save_and_restore() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let file = tmp.path().join("snap.db");
     let original = seed(&a, 300).await;
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "save",
-        file.to_str().unwrap(),
-        "--data-dir",
-        a.to_str().unwrap(),
-    ]);
+    let out = snapshot("save", &file, &a);
     assert!(out.status.success());
     assert!(text(&out).contains("revision 301"), "{}", text(&out));
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        b.to_str().unwrap(),
-    ]);
+    let out = snapshot("restore", &file, &b);
     assert!(out.status.success());
     assert_eq!(open_dump(&b).await, original);
 
     // A damaged file is refused with a clear message, and the target is untouched.
     std::fs::write(&file, b"garbage").unwrap();
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        b.to_str().unwrap(),
-    ]);
+    let out = snapshot("restore", &file, &b);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("not an rkube snapshot"),
@@ -206,35 +191,14 @@ async fn server_owns_its_data_dir_and_snapshots_work_online() {
         "{msg}"
     );
     let file = tmp.path().join("online.snap");
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "save",
-        file.to_str().unwrap(),
-        "--data-dir",
-        d.to_str().unwrap(),
-    ]);
+    let out = snapshot("save", &file, &d);
     assert!(out.status.success());
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        d.to_str().unwrap(),
-    ]);
+    let out = snapshot("restore", &file, &d);
     assert!(!out.status.success() && text(&out).contains("in use by another process"));
     server.kill().unwrap();
     server.wait().unwrap();
     let e = tmp.path().join("e");
-    let out = rkube(&[
-        "datastore",
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        e.to_str().unwrap(),
-    ]);
+    let out = snapshot("restore", &file, &e);
     assert!(out.status.success());
     assert_eq!(open_dump(&e).await, original);
 }

@@ -47,6 +47,21 @@ fn etcd_err(e: etcd_client::Error) -> StoreError {
     StoreError::Etcd(msg)
 }
 
+/// [`etcd_err`] for a request at `requested` (etcd's message does not name the revision).
+fn etcd_err_at(e: etcd_client::Error, requested: Revision) -> StoreError {
+    match etcd_err(e) {
+        StoreError::Compacted { .. } => StoreError::Compacted {
+            requested,
+            compacted: 0,
+        },
+        StoreError::FutureRevision { .. } => StoreError::FutureRevision {
+            requested,
+            current: 0,
+        },
+        other => other,
+    }
+}
+
 fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: Bytes::copy_from_slice(kv.key()),
@@ -244,17 +259,7 @@ impl Store for EtcdStore {
             .kv()
             .get(start_key(&req.span), Some(opts))
             .await
-            .map_err(|e| match etcd_err(e) {
-                StoreError::Compacted { .. } => StoreError::Compacted {
-                    requested: req.revision,
-                    compacted: 0,
-                },
-                StoreError::FutureRevision { .. } => StoreError::FutureRevision {
-                    requested: req.revision,
-                    current: 0,
-                },
-                other => other,
-            })?;
+            .map_err(|e| etcd_err_at(e, req.revision))?;
         let current = header_rev(resp.header());
         Ok(RangeResponse {
             kvs: resp.kvs().iter().map(to_kv).collect(),
@@ -340,20 +345,11 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        match self.kv().compact(revision, None).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match etcd_err(e) {
-                StoreError::Compacted { .. } => StoreError::Compacted {
-                    requested: revision,
-                    compacted: 0,
-                },
-                StoreError::FutureRevision { .. } => StoreError::FutureRevision {
-                    requested: revision,
-                    current: 0,
-                },
-                other => other,
-            }),
-        }
+        self.kv()
+            .compact(revision, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| etcd_err_at(e, revision))
     }
 
     async fn current_revision(&self) -> Result<Revision> {

@@ -24,6 +24,13 @@ pub(crate) struct Version {
     pub expires: u64,
 }
 
+impl Version {
+    /// When this version expires, if it is a live value with a TTL.
+    fn expiry(&self) -> Option<u64> {
+        (self.expires != 0 && self.value.is_some()).then_some(self.expires)
+    }
+}
+
 /// A requested change, checked by [`Mvcc::plan`].
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -122,11 +129,8 @@ impl Mvcc {
             for v in versions.iter().filter(|v| v.mod_rev > compacted) {
                 m.log[(v.mod_rev - m.log_base) as usize] = Some(key.clone());
             }
-            if let Some(last) = versions
-                .last()
-                .filter(|v| v.value.is_some() && v.expires != 0)
-            {
-                m.expiries.insert((last.expires, key.clone()));
+            if let Some(expires) = versions.last().and_then(Version::expiry) {
+                m.expiries.insert((expires, key.clone()));
             }
         }
         m
@@ -256,14 +260,11 @@ impl Mvcc {
     fn push(&mut self, rev: Revision, key: &Bytes, v: Version) {
         debug_assert_eq!(rev, self.rev + 1, "revisions are applied in order");
         let versions = self.keys.entry(key.clone()).or_default();
-        if let Some(prev) = versions
-            .last()
-            .filter(|p| p.expires != 0 && p.value.is_some())
-        {
-            self.expiries.remove(&(prev.expires, key.clone()));
+        if let Some(expires) = versions.last().and_then(Version::expiry) {
+            self.expiries.remove(&(expires, key.clone()));
         }
-        if v.expires != 0 && v.value.is_some() {
-            self.expiries.insert((v.expires, key.clone()));
+        if let Some(expires) = v.expiry() {
+            self.expiries.insert((expires, key.clone()));
         }
         versions.push(v);
         self.rev = rev;
@@ -276,20 +277,18 @@ impl Mvcc {
             let key = self.log.pop_back().flatten();
             if let Some(key) = key {
                 if let Some(versions) = self.keys.get_mut(&key) {
-                    if let Some(v) = versions
-                        .pop()
-                        .filter(|v| v.expires != 0 && v.value.is_some())
-                    {
-                        self.expiries.remove(&(v.expires, key.clone()));
+                    if let Some(expires) = versions.pop().and_then(|v| v.expiry()) {
+                        self.expiries.remove(&(expires, key.clone()));
                     }
                     match versions.last() {
                         None => {
                             self.keys.remove(&key);
                         }
-                        Some(v) if v.expires != 0 && v.value.is_some() => {
-                            self.expiries.insert((v.expires, key.clone()));
+                        Some(v) => {
+                            if let Some(expires) = v.expiry() {
+                                self.expiries.insert((expires, key.clone()));
+                            }
                         }
-                        Some(_) => {}
                     }
                 }
             }
