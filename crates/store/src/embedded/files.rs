@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 
@@ -84,6 +85,9 @@ pub(crate) struct DirLock {
     _file: File,
 }
 
+/// How long [`lock_dir`] waits for a lock held by someone else.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
     let path = dir.join("LOCK");
     let mut file = OpenOptions::new()
@@ -93,10 +97,20 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
         .truncate(false)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A lock can be held for a moment after its owner let go: a child forked by the owner
+    // shares the descriptor until it execs (descriptors are close-on-exec), and an owner
+    // that is shutting down may still be closing. So wait briefly before calling it taken.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::io(&path, err));
+        }
+        if Instant::now() >= deadline {
             let mut s = String::new();
             let _ = file.read_to_string(&mut s);
             return Err(StoreError::Locked {
@@ -104,7 +118,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
                 pid: s.trim().parse().ok(),
             });
         }
-        return Err(StoreError::io(&path, err));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let pid = std::process::id().to_string();
     file.set_len(0)
