@@ -1,0 +1,185 @@
+//! The kind registry: every served resource with its group, version, kind, plural, scope,
+//! subresources, short names and strategy.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+use crate::strategy::Strategy;
+
+/// Decodes a JSON object as the kind's typed struct and encodes it back: checks types and
+/// drops unknown fields. The error names the path of the bad field.
+pub type Roundtrip = fn(Value) -> Result<Value, String>;
+
+/// One served resource.
+pub struct ResourceInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub list_kind: &'static str,
+    /// The plural name in URLs (`pods`).
+    pub plural: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Subresources this resource serves (`status`, `scale`, `binding`, ...).
+    pub subresources: &'static [&'static str],
+    pub strategy: &'static dyn Strategy,
+    pub roundtrip: Roundtrip,
+    /// Where objects of this resource live in the store: `/registry/<prefix>/`.
+    pub storage_prefix: &'static str,
+}
+
+impl ResourceInfo {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The lower-case singular name (`pod`), as discovery reports it.
+    pub fn singular(&self) -> String {
+        self.kind.to_ascii_lowercase()
+    }
+
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources.contains(&name)
+    }
+
+    pub fn has_status(&self) -> bool {
+        self.has_subresource("status")
+    }
+}
+
+/// Builds a `ResourceInfo` from a k8s-openapi type.
+pub struct KindBuilder {
+    info: ResourceInfo,
+}
+
+impl KindBuilder {
+    pub fn new<T>(strategy: &'static dyn Strategy) -> Self
+    where
+        T: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize,
+    {
+        let namespaced = std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope");
+        KindBuilder {
+            info: ResourceInfo {
+                group: T::GROUP,
+                version: T::VERSION,
+                kind: T::KIND,
+                list_kind: T::LIST_KIND,
+                plural: T::URL_PATH_SEGMENT,
+                namespaced,
+                short_names: &[],
+                categories: &[],
+                subresources: &[],
+                strategy,
+                roundtrip: roundtrip::<T>,
+                storage_prefix: "",
+            },
+        }
+    }
+    pub fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.info.short_names = names;
+        self
+    }
+    pub fn categories(mut self, c: &'static [&'static str]) -> Self {
+        self.info.categories = c;
+        self
+    }
+    pub fn sub(mut self, s: &'static [&'static str]) -> Self {
+        self.info.subresources = s;
+        self
+    }
+    /// Shares storage with another group's resource (`events.k8s.io` events live with core events).
+    pub fn storage(mut self, prefix: &'static str) -> Self {
+        self.info.storage_prefix = prefix;
+        self
+    }
+    pub fn build(mut self) -> ResourceInfo {
+        if self.info.storage_prefix.is_empty() {
+            let p = if self.info.group.is_empty() {
+                self.info.plural.to_string()
+            } else {
+                format!("{}/{}", self.info.group, self.info.plural)
+            };
+            self.info.storage_prefix = Box::leak(p.into_boxed_str());
+        }
+        self.info
+    }
+}
+
+fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
+    let typed: T = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// All served resources, looked up by group, version and plural.
+pub struct Registry {
+    resources: Vec<ResourceInfo>,
+    by_path: BTreeMap<(&'static str, &'static str, &'static str), usize>,
+}
+
+/// One API group with its versions, the preferred first.
+pub struct GroupInfo {
+    pub name: &'static str,
+    pub versions: Vec<&'static str>,
+}
+
+impl Registry {
+    pub fn new(resources: Vec<ResourceInfo>) -> Self {
+        let by_path = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.group, r.version, r.plural), i))
+            .collect();
+        Registry { resources, by_path }
+    }
+
+    /// Every built-in resource rkube serves.
+    pub fn builtin() -> Self {
+        Self::new(crate::kinds::all())
+    }
+
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
+        self.by_path.get(&(group, version, plural)).map(|i| &self.resources[*i])
+    }
+
+    /// The resource for an object's apiVersion and kind.
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceInfo> {
+        self.resources.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+    }
+
+    pub fn all(&self) -> &[ResourceInfo] {
+        &self.resources
+    }
+
+    /// The resources of one group version, in registration order.
+    pub fn group_version(&self, group: &str, version: &str) -> Vec<&ResourceInfo> {
+        self.resources.iter().filter(|r| r.group == group && r.version == version).collect()
+    }
+
+    /// Named groups (not core) in registration order, versions preferred-first.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let mut out: Vec<GroupInfo> = Vec::new();
+        for r in self.resources.iter().filter(|r| !r.group.is_empty()) {
+            match out.iter_mut().find(|g| g.name == r.group) {
+                Some(g) if !g.versions.contains(&r.version) => g.versions.push(r.version),
+                Some(_) => {}
+                None => out.push(GroupInfo { name: r.group, versions: vec![r.version] }),
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,270 @@
+//! `metav1.Status` errors with the codes, reasons and messages the upstream apiserver sends.
+
+use serde_json::{json, Value};
+
+/// One field-level cause of an error (`details.causes[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// Upstream's cause type, e.g. `FieldValueRequired`, `FieldValueInvalid`.
+    pub reason: &'static str,
+    pub message: String,
+    /// The JSON path of the field, e.g. `spec.containers[0].name`.
+    pub field: String,
+}
+
+impl Cause {
+    pub fn required(field: impl Into<String>) -> Self {
+        Self::new("FieldValueRequired", field, "Required value".to_string())
+    }
+
+    pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
+        let shown = match value {
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        Self::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {shown}: {}", detail.as_ref()),
+        )
+    }
+
+    pub fn unsupported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
+        let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+        Self::new(
+            "FieldValueNotSupported",
+            field,
+            format!("Unsupported value: {value}: supported values: {}", list.join(", ")),
+        )
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new("FieldValueForbidden", field, format!("Forbidden: {}", detail.into()))
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
+        Self::new("FieldValueDuplicate", field, format!("Duplicate value: {value}"))
+    }
+
+    pub fn immutable(field: impl Into<String>) -> Self {
+        Self::new(
+            "FieldValueInvalid",
+            field,
+            "field is immutable".to_string(),
+        )
+    }
+
+    pub fn new(reason: &'static str, field: impl Into<String>, message: String) -> Self {
+        Cause { reason, message, field: field.into() }
+    }
+
+    /// `field: message`, as upstream joins causes into the Status message.
+    pub fn render(&self) -> String {
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// An API error: becomes a `Status` object with this HTTP code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    /// `details` of the Status (name, group, kind, causes), or Null.
+    pub details: Value,
+}
+
+/// The group-qualified resource name used in messages: `pods`, `deployments.apps`.
+pub fn qualified(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: Value::Null }
+    }
+
+    fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
+        let mut d = serde_json::Map::new();
+        if !name.is_empty() {
+            d.insert("name".into(), name.into());
+        }
+        if !group.is_empty() {
+            d.insert("group".into(), group.into());
+        }
+        d.insert("kind".into(), kind.into());
+        self.details = Value::Object(d);
+        self
+    }
+
+    pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, resource)))
+            .with_details(group, resource, name)
+    }
+
+    /// 404 for a path that names no resource the server knows.
+    pub fn path_not_found() -> Self {
+        Self::new(404, "NotFound", "the server could not find the requested resource")
+            .with_details("", "", "")
+            .without_details()
+    }
+
+    fn without_details(mut self) -> Self {
+        self.details = json!({});
+        self
+    }
+
+    pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
+        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, resource)))
+            .with_details(group, resource, name)
+    }
+
+    pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
+    }
+
+    /// The conflict of an update with a stale resourceVersion.
+    pub fn stale(group: &str, resource: &str, name: &str) -> Self {
+        Self::conflict(
+            group,
+            resource,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    /// 422 Invalid: `Kind "name" is invalid: [causes]`.
+    pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let rendered: Vec<String> = causes.iter().map(Cause::render).collect();
+        let joined = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let mut e = Self::new(422, "Invalid", format!("{kind}.{} \"{name}\" is invalid: {joined}", group))
+            .with_details(group, kind, name);
+        if group.is_empty() {
+            e.message = format!("{kind} \"{name}\" is invalid: {joined}");
+        }
+        e.details["causes"] = causes
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect();
+        e
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        let what = if name.is_empty() {
+            qualified(group, resource)
+        } else {
+            format!("{} \"{name}\"", qualified(group, resource))
+        };
+        Self::new(403, "Forbidden", format!("{what} is forbidden: {why}")).with_details(group, resource, name)
+    }
+
+    /// 410 Expired, for a resourceVersion behind the compaction point.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    pub fn method_not_supported(resource: &str, verb: &str) -> Self {
+        Self::new(405, "MethodNotAllowed", format!("{verb} is not supported on resources of kind \"{resource}\""))
+    }
+
+    pub fn unsupported_media_type(got: &str, accepted: &[&str]) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}{}",
+                accepted.join(", "),
+                if got.is_empty() { String::new() } else { format!(" (got {got:?})") }
+            ),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if !self.details.is_null() {
+            s["details"] = self.details.clone();
+        }
+        s
+    }
+}
+
+/// A `Status` of success, as DELETE of a collection or some subresources answer.
+pub fn success_status(details: Value) -> Value {
+    let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
+    if !details.is_null() {
+        s["details"] = details;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_upstream() {
+        assert_eq!(ApiError::not_found("", "pods", "x").message, "pods \"x\" not found");
+        assert_eq!(
+            ApiError::not_found("apps", "deployments", "d").message,
+            "deployments.apps \"d\" not found"
+        );
+        let e = ApiError::invalid("", "Pod", "p", vec![Cause::required("spec.containers")]);
+        assert_eq!(e.message, "Pod \"p\" is invalid: spec.containers: Required value");
+        assert_eq!(e.code, 422);
+        assert_eq!(e.details["causes"][0]["field"], "spec.containers");
+        let s = ApiError::stale("", "configmaps", "c").to_status();
+        assert_eq!(s["code"], 409);
+        assert_eq!(s["reason"], "Conflict");
+    }
+}

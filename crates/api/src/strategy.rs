@@ -1,0 +1,67 @@
+//! The per-kind strategy: what differs between kinds on the one generic REST path
+//! (defaults, validation, status handling, field selectors, table columns).
+
+use serde_json::Value;
+
+use crate::status::Cause;
+use crate::table::Column;
+
+/// Per-kind behaviour. Every method has the generic default, so a kind only says what is
+/// special about it.
+pub trait Strategy: Send + Sync {
+    /// Fills defaults (on create and on every update, as upstream's defaulting runs on decode).
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Prepares a new object on create: e.g. resets or initialises status.
+    fn prepare_for_create(&self, _obj: &mut Value) {}
+
+    /// Kind-specific validation of an object about to be written.
+    fn validate(&self, _obj: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
+    /// Kind-specific checks of an update against the stored object (immutable fields).
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
+    /// Whether `metadata.generation` counts spec changes for this kind.
+    fn tracks_generation(&self) -> bool {
+        false
+    }
+
+    /// The value of a kind-specific field selector label (`spec.nodeName` for pods).
+    /// `metadata.name` and `metadata.namespace` are handled for every kind.
+    fn field(&self, _obj: &Value, _label: &str) -> Option<String> {
+        None
+    }
+
+    /// The field selector labels this kind supports beyond the metadata ones.
+    fn field_labels(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The Table columns (upstream's printer columns for the kind).
+    fn columns(&self) -> &'static [Column] {
+        crate::table::DEFAULT_COLUMNS
+    }
+
+    /// The cells of one row, matching `columns()`.
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        crate::table::default_cells(obj)
+    }
+}
+
+/// The strategy of kinds with nothing special.
+pub struct Generic;
+
+impl Strategy for Generic {}
+
+/// A kind with a spec whose changes bump `metadata.generation`, otherwise generic.
+pub struct WithGeneration;
+
+impl Strategy for WithGeneration {
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+}
