@@ -167,6 +167,12 @@ impl ApiError {
         e
     }
 
+    /// Appends to the message (keeps code, reason and details).
+    pub fn with_message_suffix(mut self, suffix: &str) -> Self {
+        self.message.push_str(suffix);
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

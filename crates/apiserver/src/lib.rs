@@ -1,1 +1,157 @@
-//! placeholder
+//! The Kubernetes REST API over HTTPS on an rkube-store: authentication by client
+//! certificate, the generic resource path with per-kind strategies, watch, discovery,
+//! health and metrics.
+
+mod alloc;
+mod auth;
+mod body;
+mod bootstrap;
+mod discovery;
+mod handler;
+mod metered;
+mod metrics;
+mod output;
+pub mod pki;
+mod request;
+mod respond;
+mod rest;
+mod serve;
+mod storage;
+mod validation;
+mod watch;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use alloc::Cidr;
+use rkube_api::Registry;
+use rkube_store::Store;
+
+/// How to run the apiserver.
+pub struct Config {
+    /// `DATA_DIR/server`: certificates go to `tls/` under it.
+    pub server_dir: PathBuf,
+    pub bind_address: IpAddr,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub tls_sans: Vec<String>,
+    pub service_cidr: Cidr,
+    /// How often to compact the store's history (upstream: 5 minutes).
+    pub compaction_interval: Duration,
+}
+
+impl Config {
+    pub fn new(server_dir: PathBuf) -> Self {
+        Config {
+            server_dir,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 6443,
+            tls_sans: Vec::new(),
+            service_cidr: "10.43.0.0/16".parse().expect("valid default CIDR"),
+            compaction_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of the running apiserver.
+pub struct State {
+    pub registry: Registry,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub service_cidr: Cidr,
+    /// host:port clients use (discovery's serverAddressByClientCIDRs).
+    pub server_address: String,
+    store_failed: AtomicBool,
+    bootstrapped: AtomicBool,
+}
+
+impl State {
+    fn store_failed(&self) -> bool {
+        self.store_failed.load(Ordering::Relaxed)
+    }
+    fn bootstrapped(&self) -> bool {
+        self.bootstrapped.load(Ordering::Relaxed)
+    }
+}
+
+/// Errors starting the apiserver.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}; pick another port with --https-listen-port")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("bootstrapping the cluster objects: {0}")]
+    Bootstrap(String),
+}
+
+/// A running apiserver; stops when dropped.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub pki: pki::Pki,
+    state: Arc<State>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Creates or loads the PKI, binds, bootstraps the default objects and serves.
+    pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<ApiServer, StartError> {
+        let service_ip = IpAddr::V4(config.service_cidr.nth(0));
+        let sans = pki::default_sans(Some(service_ip), &config.tls_sans);
+        let pki = pki::Pki::load_or_create(&config.server_dir.join("tls"), &sans)?;
+        let tls = serve::tls_config(&pki).map_err(StartError::Tls)?;
+        let addr = SocketAddr::new(config.bind_address, config.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let advertise = bootstrap::advertise_address(config.bind_address);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(metered::MeteredStore { inner: store, metrics: metrics.clone() });
+        let state = Arc::new(State {
+            registry: Registry::builtin(),
+            store,
+            metrics,
+            service_cidr: config.service_cidr,
+            server_address: SocketAddr::new(advertise, addr.port()).to_string(),
+            store_failed: AtomicBool::new(false),
+            bootstrapped: AtomicBool::new(false),
+        });
+        bootstrap::run(&state, advertise, addr.port()).await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        state.bootstrapped.store(true, Ordering::Relaxed);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let tasks = vec![
+            tokio::spawn(serve::accept_loop(listener, acceptor, state.clone())),
+            tokio::spawn(bootstrap::compaction_loop(state.clone(), config.compaction_interval)),
+            tokio::spawn(bootstrap::store_health_loop(state.clone())),
+        ];
+        Ok(ApiServer { addr, pki, state, tasks })
+    }
+
+    /// `https://127.0.0.1:PORT` (or the bind address when it is specific).
+    pub fn url(&self) -> String {
+        let host = if self.addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { self.addr.ip() };
+        format!("https://{}", SocketAddr::new(host, self.addr.port()))
+    }
+
+    /// A kubeconfig with admin credentials for this server.
+    pub fn admin_kubeconfig(&self) -> String {
+        self.pki.admin_kubeconfig(&self.url())
+    }
+
+    /// The metrics text, as `/metrics` serves it.
+    pub fn metrics(&self) -> String {
+        self.state.metrics.render()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

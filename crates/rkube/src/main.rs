@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 /// Kubernetes, rewritten in Rust, in one binary.
 #[derive(Parser)]
-#[command(name = "rkube", version, about, propagate_version = true)]
+#[command(name = "rkube", version, about, propagate_version = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,8 +18,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a server: the datastore now; the apiserver, scheduler and controllers as they land.
+    /// Run a server: datastore and API server (scheduler, controllers and agent as they land).
     Server(server::ServerArgs),
+    /// Run the system kubectl with this machine's rkube kubeconfig.
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments for kubectl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Operate on a datastore: snapshots and migration between backends.
     Datastore {
         #[command(subcommand)]
@@ -45,15 +52,57 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
+    if let Command::Kubectl { args } = &cli.command {
+        return kubectl(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Kubectl { .. } => unreachable!("handled above"),
             Command::Datastore { command } => datastore::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }
     })
+}
+
+/// For `rkube server`, inserts the config file's flags before the command line's (the
+/// command line wins: later flags override earlier ones).
+fn with_config_file(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if argv.get(1).map(String::as_str) != Some("server") {
+        return Ok(argv);
+    }
+    let mut path = PathBuf::from("/etc/rkube/config.yaml");
+    let mut explicit = false;
+    for (i, a) in argv.iter().enumerate() {
+        if let Some(p) = a.strip_prefix("--config=") {
+            path = p.into();
+            explicit = true;
+        } else if a == "--config" {
+            if let Some(p) = argv.get(i + 1) {
+                path = p.into();
+                explicit = true;
+            }
+        }
+    }
+    let extra = server::config_args(&path, explicit)?;
+    let mut out = argv[..2].to_vec();
+    out.extend(extra);
+    out.extend(argv[2..].iter().cloned());
+    Ok(out)
+}
+
+/// `rkube kubectl ARGS`: the system kubectl with `/etc/rkube/rkube.yaml` (or
+/// `$KUBECONFIG` when set).
+fn kubectl(args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("kubectl");
+    if std::env::var_os("KUBECONFIG").is_none() {
+        cmd.env("KUBECONFIG", "/etc/rkube/rkube.yaml");
+    }
+    let err = cmd.args(args).exec();
+    Err(anyhow::anyhow!("running kubectl: {err} (is kubectl installed and on PATH?)"))
 }

@@ -1,19 +1,91 @@
-//! `rkube server`: opens the datastore and serves until interrupted.
+//! `rkube server`: the datastore and the apiserver (the scheduler, controllers and the
+//! node agent join as they land).
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
+use rkube_apiserver::{ApiServer, Cidr, Config};
 use rkube_store::{EmbeddedOptions, Endpoint};
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Where the server keeps its state (the embedded datastore lives in DIR/server/db).
+    /// Where the server keeps its state (the embedded datastore lives in DIR/server/db,
+    /// certificates in DIR/server/tls).
     #[arg(long, default_value_os_t = crate::default_data_dir())]
     pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// HTTPS port of the API (0 picks a free port).
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, default_value = "/etc/rkube/rkube.yaml")]
+    pub write_kubeconfig: PathBuf,
     /// Use an etcd cluster instead of the embedded datastore: http://HOST:PORT[,...].
     #[arg(long)]
     pub datastore_endpoint: Option<String>,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// IP range for Service ClusterIPs.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: Cidr,
+    /// IP range for pod IPs (each node gets a /24 of it).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: Cidr,
+    /// Do not run the node agent in this process.
+    #[arg(long)]
+    pub disable_agent: bool,
+    /// Name of this node (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Shared secret agents join with.
+    #[arg(long, env = "RKUBE_TOKEN")]
+    pub token: Option<String>,
+    /// Configuration file: YAML whose keys are these flags' names (flags on the
+    /// command line win).
+    #[arg(long, default_value = "/etc/rkube/config.yaml")]
+    pub config: PathBuf,
+}
+
+/// Turns a config file into `--flag value` arguments placed before the command line's.
+pub fn config_args(path: &Path, explicit: bool) -> anyhow::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
+    };
+    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{}: expected a YAML map of flag names to values", path.display()))?;
+    let mut args = Vec::new();
+    for (k, v) in map {
+        let flag = format!("--{k}");
+        match v {
+            serde_json::Value::Bool(true) => args.push(flag),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+            serde_json::Value::Array(items) => {
+                for i in items {
+                    args.push(flag.clone());
+                    args.push(scalar(&i));
+                }
+            }
+            other => {
+                args.push(flag);
+                args.push(scalar(&other));
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -24,14 +96,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = rkube_store::open(&endpoint, EmbeddedOptions::default())
         .await
         .with_context(|| format!("opening the datastore ({endpoint})"))?;
-    let rev = store.current_revision().await?;
-    let keys = store
-        .range(rkube_store::RangeRequest::prefix("").count_only())
-        .await?
-        .count;
-    eprintln!("rkube server: datastore ready: {endpoint}, revision {rev}, {keys} keys");
-    eprintln!("rkube server: the API server is not part of this build yet; press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
+    let mut config = Config::new(args.data_dir.join("server"));
+    config.bind_address = args.bind_address;
+    config.port = args.https_listen_port;
+    config.tls_sans = args.tls_san.clone();
+    config.service_cidr = args.service_cidr;
+    let server = ApiServer::start(config, store).await?;
+    let kubeconfig = &args.write_kubeconfig;
+    rkube_apiserver::pki::write_private(kubeconfig, &server.admin_kubeconfig())
+        .with_context(|| format!("writing the kubeconfig (choose another path with --write-kubeconfig)"))?;
+    eprintln!("rkube server: API at {} (datastore: {endpoint})", server.url());
+    eprintln!("rkube server: kubeconfig written to {}", kubeconfig.display());
+    eprintln!("rkube server: try: kubectl --kubeconfig {} get namespaces", kubeconfig.display());
+    if !args.disable_agent {
+        eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
+    }
+    let _ = (&args.cluster_cidr, &args.node_name, &args.token);
+    wait_for_signal().await?;
     eprintln!("rkube server: stopping");
+    drop(server);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

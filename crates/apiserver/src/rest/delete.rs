@@ -1,0 +1,207 @@
+//! DELETE and DELETECOLLECTION: preconditions, graceful pod deletion, finalizers and
+//! propagationPolicy.
+
+use rkube_api::meta::ObjectMeta;
+use rkube_api::ApiError;
+use serde_json::{json, Map, Value};
+
+use super::read::{list_objects, Selectors};
+use super::Ctx;
+use crate::body;
+use crate::respond::{raw, Resp};
+use crate::serve::RequestBody;
+use crate::storage;
+
+/// `DeleteOptions` from the body and the query.
+#[derive(Default, Clone)]
+pub struct DeleteOptions {
+    pub grace_period: Option<i64>,
+    pub propagation: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+}
+
+fn options(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let mut o = DeleteOptions::default();
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let v = body::parse_json(bytes)?;
+        let grace = v.get("gracePeriodSeconds");
+        if let Some(g) = grace.filter(|g| !g.is_null()) {
+            o.grace_period = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+        }
+        o.propagation = v.get("propagationPolicy").and_then(Value::as_str).map(String::from);
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) && o.propagation.is_none() {
+            o.propagation = Some("Orphan".into());
+        }
+        o.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
+        o.precondition_rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+    }
+    if let Some(g) = ctx.query.get("gracePeriodSeconds") {
+        o.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}")))?);
+    }
+    if let Some(p) = ctx.query.get("propagationPolicy") {
+        o.propagation = Some(p.to_string());
+    }
+    if ctx.query.get("orphanDependents") == Some("true") && o.propagation.is_none() {
+        o.propagation = Some("Orphan".into());
+    }
+    if let Some(p) = &o.propagation {
+        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""),
+            ));
+        }
+    }
+    Ok(o)
+}
+
+pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
+    let bytes = body::read(body).await?;
+    let opts = options(ctx, &bytes)?;
+    let dry_run = ctx.dry_run()?;
+    let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts, dry_run).await?;
+    let out = ctx.output.object(ctx.info, obj);
+    Ok(raw(code, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+/// Deletes (or marks for deletion) one object; returns it and 200 (gone) or 202 (pending).
+pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run: bool) -> Result<(Value, u16), ApiError> {
+    let info = ctx.info;
+    let store = &ctx.state.store;
+    for _ in 0..10 {
+        let (obj, rev) = storage::get(store, info, ctx.ns(), name).await?;
+        if let Some(uid) = &opts.precondition_uid {
+            if uid != obj.uid() {
+                return Err(ApiError::conflict(info.group, info.plural, name, &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}", obj.uid()
+                )));
+            }
+        }
+        if let Some(prv) = &opts.precondition_rv {
+            if *prv != rev.to_string() {
+                return Err(ApiError::conflict(info.group, info.plural, name, &format!(
+                    "Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rev}"
+                )));
+            }
+        }
+        let mut marked = obj.clone();
+        let mut finalizers = obj.finalizers();
+        match opts.propagation.as_deref() {
+            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
+            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => finalizers.push("foregroundDeletion".into()),
+            _ => {}
+        }
+        let grace = grace_period(info.kind, &obj, opts.grace_period);
+        let waits_for_finalizers = !finalizers.is_empty() || info.kind == "Namespace";
+        let mark = if obj.is_deleting() {
+            let current = obj.meta().and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0);
+            if waits_for_finalizers {
+                if !finalizers_changed(&obj, &finalizers) {
+                    return Ok((obj, 202));
+                }
+                true
+            } else if grace == 0 {
+                false
+            } else if grace < current {
+                true
+            } else {
+                return Ok((obj, 202));
+            }
+        } else {
+            grace > 0 || waits_for_finalizers
+        };
+        if mark {
+            let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+            marked.set_meta("deletionTimestamp", when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked.set_meta("deletionGracePeriodSeconds", grace);
+            if !finalizers.is_empty() {
+                marked.set_meta("finalizers", json!(finalizers));
+            }
+            if info.kind == "Namespace" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            if info.strategy.tracks_generation() && !obj.is_deleting() {
+                let g = obj.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+                marked.set_meta("generation", g + 1);
+            }
+            if dry_run {
+                return Ok((marked, 202));
+            }
+            let key = storage::key(info, ctx.ns(), name);
+            match store.update(key.as_bytes(), storage::encode(&marked), Some(rev), super::write::ttl_of(info)).await {
+                Ok((new_rev, _)) => {
+                    marked.set_meta("resourceVersion", new_rev.to_string());
+                    return Ok((marked, 202));
+                }
+                Err(rkube_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(storage::store_error(e, info, name)),
+            }
+        }
+        if dry_run {
+            return Ok((obj, 200));
+        }
+        let key = storage::key(info, ctx.ns(), name);
+        match store.delete(key.as_bytes(), Some(rev)).await {
+            Ok(_) => {
+                crate::alloc::release(ctx.state, info, &obj).await;
+                return Ok((obj, 200));
+            }
+            Err(rkube_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(storage::store_error(e, info, name)),
+        }
+    }
+    Err(ApiError::conflict(info.group, info.plural, name, "the object kept changing during deletion; try again"))
+}
+
+fn finalizers_changed(obj: &Value, finalizers: &[String]) -> bool {
+    obj.finalizers() != finalizers
+}
+
+/// The grace period of a deletion: pods bound to a node wait for the kubelet
+/// (`terminationGracePeriodSeconds` unless the request says otherwise); everything else
+/// goes at once.
+fn grace_period(kind: &str, obj: &Value, requested: Option<i64>) -> i64 {
+    if kind != "Pod" {
+        return 0;
+    }
+    let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if !scheduled || finished {
+        return 0;
+    }
+    let g = requested
+        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30);
+    // Upstream turns a negative period into 1 second.
+    if g < 0 {
+        1
+    } else {
+        g
+    }
+}
+
+pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
+    let bytes = body::read(body).await?;
+    let opts = options(ctx, &bytes)?;
+    let dry_run = ctx.dry_run()?;
+    let sel = Selectors::parse(ctx)?;
+    let listed = list_objects(ctx, &sel).await?;
+    let mut deleted = Vec::new();
+    for obj in listed.items {
+        let name = obj.name().to_string();
+        let ns = obj.namespace().to_string();
+        let ri = crate::request::RequestInfo { namespace: ns, ..ctx.ri.clone() };
+        let sub = Ctx { state: ctx.state, info: ctx.info, ri: &ri, query: ctx.query, headers: ctx.headers, output: ctx.output };
+        match delete_one(&sub, &name, &opts, dry_run).await {
+            Ok((o, _)) => deleted.push(o),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut meta = Map::new();
+    meta.insert("resourceVersion".into(), json!(listed.revision.to_string()));
+    let out = ctx.output.list(ctx.info, deleted, meta);
+    Ok(raw(200, ctx.output.content_type(true), serde_json::to_vec(&out).unwrap_or_default()))
+}

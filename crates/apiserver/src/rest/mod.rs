@@ -1,0 +1,112 @@
+//! The generic REST path: every resource of the registry through the same verbs, with
+//! the kind's strategy for what differs.
+
+mod delete;
+mod read;
+mod sub;
+mod write;
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Request};
+use rkube_api::meta::ObjectMeta;
+use rkube_api::{ApiError, ResourceInfo};
+use serde_json::Value;
+
+use crate::output::Output;
+use crate::request::{Query, RequestInfo};
+use crate::respond::Resp;
+use crate::serve::RequestBody;
+use crate::State;
+
+pub use read::{list_objects, Selectors};
+
+/// Parses the label and field selectors of a request.
+pub fn read_selectors(ctx: &Ctx<'_>) -> Result<Selectors, ApiError> {
+    Selectors::parse(ctx)
+}
+
+/// Context of one resource request.
+pub struct Ctx<'a> {
+    pub state: &'a Arc<State>,
+    pub info: &'a ResourceInfo,
+    pub ri: &'a RequestInfo,
+    pub query: &'a Query,
+    pub headers: &'a HeaderMap,
+    pub output: Output,
+}
+
+impl Ctx<'_> {
+    /// `dryRun=All`: validate and answer without writing.
+    pub fn dry_run(&self) -> Result<bool, ApiError> {
+        let vals = self.query.all("dryRun");
+        for v in &vals {
+            if *v != "All" {
+                return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {v:?}: supported values: \"All\"")));
+            }
+        }
+        Ok(!vals.is_empty())
+    }
+
+    pub fn content_type(&self) -> Option<&str> {
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    }
+
+    /// The namespace the object belongs to ("" for cluster-scoped kinds).
+    pub fn ns(&self) -> &str {
+        if self.info.namespaced {
+            &self.ri.namespace
+        } else {
+            ""
+        }
+    }
+}
+
+/// Serves one resource request.
+pub async fn handle(state: &Arc<State>, ri: &RequestInfo, query: &Query, req: Request<RequestBody>) -> Result<Resp, ApiError> {
+    let info = state
+        .registry
+        .get(&ri.group, &ri.version, &ri.resource)
+        .ok_or_else(ApiError::path_not_found)?;
+    if !ri.subresource.is_empty() && !info.has_subresource(&ri.subresource) {
+        return Err(ApiError::path_not_found());
+    }
+    if info.namespaced && ri.namespace.is_empty() && !matches!(ri.verb, "list" | "watch") {
+        return Err(ApiError::path_not_found());
+    }
+    if !info.namespaced && !ri.namespace.is_empty() && info.kind != "Namespace" {
+        return Err(ApiError::path_not_found());
+    }
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx {
+        state,
+        info,
+        ri,
+        query,
+        headers: &parts.headers,
+        output: Output::negotiate(&parts.headers, query),
+    };
+    if !ri.subresource.is_empty() {
+        return sub::handle(&ctx, body).await;
+    }
+    match ri.verb {
+        "get" => read::get(&ctx).await,
+        "list" => read::list(&ctx).await,
+        "watch" => crate::watch::watch(&ctx).await,
+        "create" if ri.name.is_empty() => write::create(&ctx, body).await,
+        "update" => write::update(&ctx, body).await,
+        "patch" => write::patch(&ctx, body).await,
+        "delete" => delete::delete(&ctx, body).await,
+        "deletecollection" => delete::delete_collection(&ctx, body).await,
+        _ => Err(ApiError::method_not_supported(info.plural, ri.verb)),
+    }
+}
+
+/// The fields every kind supports in field selectors, then the kind's own.
+pub fn field_value(info: &ResourceInfo, obj: &Value, label: &str) -> Option<String> {
+    match label {
+        "metadata.name" => Some(obj.name().to_string()),
+        "metadata.namespace" => Some(obj.namespace().to_string()),
+        _ => info.strategy.field(obj, label),
+    }
+}

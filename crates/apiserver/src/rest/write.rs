@@ -1,0 +1,399 @@
+//! CREATE, UPDATE (PUT) and PATCH through the kind's strategy.
+
+use std::time::Duration;
+
+use rkube_api::meta::{generate_name, new_uid, now_rfc3339, ObjectMeta};
+use rkube_api::patch::{self, PatchError, PatchType};
+use rkube_api::{ApiError, ResourceInfo};
+use rkube_store::StoreError;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::body;
+use crate::respond::{add_warning, raw, Resp};
+use crate::serve::RequestBody;
+use crate::storage;
+use crate::validation::{decode_typed, validate_meta, FieldValidation};
+
+/// Events expire an hour after their last write, as upstream's `--event-ttl`.
+pub const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+pub fn ttl_of(info: &ResourceInfo) -> Option<Duration> {
+    (info.kind == "Event").then_some(EVENT_TTL)
+}
+
+/// Checks apiVersion/kind of a body against the endpoint, filling them when absent.
+fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let want_av = info.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => obj["apiVersion"] = Value::String(want_av.clone()),
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )))
+        }
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        None | Some("") => obj["kind"] = Value::String(info.kind.into()),
+        Some(k) if k == info.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "{k} in version \"{}\" cannot be handled as a {}: the kind in the data ({k}) does not match the expected kind ({})",
+                info.version, info.kind, info.kind
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and field-validates a request body into an object of this kind.
+pub(super) fn decode_body(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
+    let mode = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
+    let mut obj = body::decode_object(ctx.content_type(), bytes)?;
+    check_type(ctx.info, &mut obj)?;
+    let is_json = body::media_type(ctx.content_type()).ends_with("json");
+    decode_typed(ctx.info, obj, is_json.then_some(bytes), mode)
+}
+
+/// The namespace must exist and not be terminating for anything to be created in it.
+async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> Result<(), ApiError> {
+    if !ctx.info.namespaced {
+        return Ok(());
+    }
+    let ns_info = ctx.state.registry.get("", "v1", "namespaces").expect("namespaces are registered");
+    let (ns, _) = storage::get(&ctx.state.store, ns_info, "", ctx.ns()).await?;
+    if ns.is_deleting() {
+        return Err(ApiError::forbidden(
+            ctx.info.group,
+            ctx.info.plural,
+            name,
+            &format!("unable to create new content in namespace {} because it is being terminated", ctx.ns()),
+        ));
+    }
+    Ok(())
+}
+
+fn respond(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
+    let out = ctx.output.object(ctx.info, obj);
+    let mut r = raw(code, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default());
+    for w in warnings {
+        add_warning(&mut r, w);
+    }
+    r
+}
+
+fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<rkube_api::Cause>) -> ApiError {
+    ApiError::invalid(info.group, info.kind, obj.name(), causes)
+}
+
+pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
+    let bytes = body::read(body).await?;
+    let (mut obj, warnings) = decode_body(ctx, &bytes)?;
+    let ns = ctx.ns().to_string();
+    match (obj.namespace(), ctx.info.namespaced) {
+        ("", true) => obj.set_meta("namespace", ns.clone()),
+        (n, true) if n != ns => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ))
+        }
+        (_, false) => {
+            obj.remove_meta("namespace");
+        }
+        _ => {}
+    }
+    let generated = obj.name().is_empty() && obj.meta_str("generateName").is_some_and(|g| !g.is_empty());
+    if generated {
+        let g = obj.meta_str("generateName").unwrap_or("").to_string();
+        obj.set_meta("name", generate_name(&g));
+    }
+    let obj = prepare_create(ctx, obj)?;
+    check_namespace(ctx, obj.name()).await?;
+    let mut obj = obj;
+    crate::alloc::allocate(ctx.state, ctx.info, &mut obj, None).await?;
+    if ctx.dry_run()? {
+        crate::alloc::release(ctx.state, ctx.info, &obj).await;
+        return Ok(respond(ctx, 201, obj, &warnings));
+    }
+    let key = storage::key(ctx.info, &ns, obj.name());
+    match ctx.state.store.create(key.as_bytes(), storage::encode(&obj), ttl_of(ctx.info)).await {
+        Ok(rev) => {
+            obj.set_meta("resourceVersion", rev.to_string());
+            Ok(respond(ctx, 201, obj, &warnings))
+        }
+        Err(e) => {
+            crate::alloc::release(ctx.state, ctx.info, &obj).await;
+            Err(match e {
+                StoreError::AlreadyExists { .. } if generated => ApiError::already_exists(ctx.info.group, ctx.info.plural, obj.name())
+                    .with_message_suffix(", the server was not able to generate a unique name for the object"),
+                other => storage::store_error(other, ctx.info, obj.name()),
+            })
+        }
+    }
+}
+
+/// Server-set metadata, defaults, status reset and validation of a new object.
+fn prepare_create(ctx: &Ctx<'_>, mut obj: Value) -> Result<Value, ApiError> {
+    let info = ctx.info;
+    let m = obj.meta_mut();
+    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        m.remove(f);
+    }
+    m.insert("uid".into(), Value::String(new_uid()));
+    m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    if info.strategy.tracks_generation() {
+        m.insert("generation".into(), Value::from(1));
+    } else {
+        m.remove("generation");
+    }
+    info.strategy.default(&mut obj);
+    if info.has_status() && info.kind != "Node" {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    info.strategy.prepare_for_create(&mut obj);
+    let mut causes = validate_meta(info, &obj);
+    causes.extend(info.strategy.validate(&obj));
+    if !causes.is_empty() {
+        return Err(invalid(info, &obj, causes));
+    }
+    Ok(obj)
+}
+
+/// Which part of an object an update may change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    /// The main resource: status changes are ignored where a status subresource exists.
+    Main,
+    /// The status subresource: only status changes.
+    Status,
+}
+
+/// Applies an update of `old` to `new` for the main resource or the status
+/// subresource: server-owned fields kept, defaults, generation, validation.
+pub(super) fn prepare_update(info: &ResourceInfo, mut new: Value, old: &Value, part: Part) -> Result<Value, ApiError> {
+    if part == Part::Status {
+        let status = new.get("status").cloned();
+        let mut merged = old.clone();
+        match status {
+            Some(s) => merged["status"] = s,
+            None => {
+                if let Some(o) = merged.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+        // Labels and annotations may change with status, as upstream allows.
+        for f in ["labels", "annotations"] {
+            match new.meta().and_then(|m| m.get(f)).cloned() {
+                Some(v) => merged.set_meta(f, v),
+                None => {
+                    merged.remove_meta(f);
+                }
+            }
+        }
+        new = merged;
+    } else if info.has_status() {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    // Server-owned metadata comes from the stored object.
+    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "selfLink"] {
+        match old.meta().and_then(|m| m.get(f)).cloned() {
+            Some(v) => new.set_meta(f, v),
+            None => {
+                new.remove_meta(f);
+            }
+        }
+    }
+    info.strategy.default(&mut new);
+    if old.is_deleting() {
+        let old_f = old.finalizers();
+        if new.finalizers().iter().any(|f| !old_f.contains(f)) {
+            return Err(invalid(info, &new, vec![rkube_api::Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+        }
+    }
+    if info.strategy.tracks_generation() && spec_of(&new) != spec_of(old) {
+        let g = old.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+        new.set_meta("generation", g + 1);
+    }
+    let mut causes = validate_meta(info, &new);
+    causes.extend(info.strategy.validate(&new));
+    causes.extend(info.strategy.validate_update(&new, old));
+    if !causes.is_empty() {
+        return Err(invalid(info, &new, causes));
+    }
+    Ok(new)
+}
+
+/// Everything but metadata and status: what `generation` counts changes of.
+fn spec_of(v: &Value) -> Vec<(&String, &Value)> {
+    v.as_object()
+        .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).collect())
+        .unwrap_or_default()
+}
+
+/// Writes an updated object with compare-and-swap on `old_rev`. A no-op update is not
+/// written; an object whose deletion waited only for finalizers is deleted.
+pub(super) async fn commit_update(ctx: &Ctx<'_>, old: &Value, old_rev: i64, mut new: Value, dry_run: bool) -> Result<Value, ApiError> {
+    let name = new.name().to_string();
+    let key = storage::key(ctx.info, ctx.ns(), &name);
+    let mut compare_new = new.clone();
+    compare_new.remove_meta("resourceVersion");
+    let mut compare_old = old.clone();
+    compare_old.remove_meta("resourceVersion");
+    if compare_new == compare_old {
+        new.set_meta("resourceVersion", old_rev.to_string());
+        return Ok(new);
+    }
+    if dry_run {
+        return Ok(new);
+    }
+    let store = &ctx.state.store;
+    if new.is_deleting() && new.finalizers().is_empty() && !pending_spec_finalizers(&new) {
+        let (rev, _) = store
+            .delete(key.as_bytes(), Some(old_rev))
+            .await
+            .map_err(|e| storage::store_error(e, ctx.info, &name))?;
+        crate::alloc::release(ctx.state, ctx.info, &new).await;
+        new.set_meta("resourceVersion", rev.to_string());
+        return Ok(new);
+    }
+    let (rev, _) = store
+        .update(key.as_bytes(), storage::encode(&new), Some(old_rev), ttl_of(ctx.info))
+        .await
+        .map_err(|e| storage::store_error(e, ctx.info, &name))?;
+    new.set_meta("resourceVersion", rev.to_string());
+    Ok(new)
+}
+
+/// Namespaces also wait for `spec.finalizers` (the namespace controller's).
+fn pending_spec_finalizers(obj: &Value) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some("Namespace")
+        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+}
+
+pub async fn update(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
+    let bytes = body::read(body).await?;
+    let (new, warnings) = decode_body(ctx, &bytes)?;
+    let obj = update_object(ctx, new, Part::Main).await?;
+    Ok(respond(ctx, 200, obj, &warnings))
+}
+
+/// PUT semantics for a decoded object: name checks, resourceVersion precondition,
+/// strategy, commit.
+pub(super) async fn update_object(ctx: &Ctx<'_>, mut new: Value, part: Part) -> Result<Value, ApiError> {
+    check_identity(ctx, &mut new)?;
+    let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+    let rv = new.resource_version().to_string();
+    if !rv.is_empty() && rv != old_rev.to_string() {
+        return Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name));
+    }
+    let mut prepared = prepare_update(ctx.info, new, &old, part)?;
+    if part == Part::Main {
+        crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(&old)).await?;
+    }
+    commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await
+}
+
+/// The object's name and namespace must agree with the URL.
+fn check_identity(ctx: &Ctx<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    if obj.name().is_empty() {
+        obj.set_meta("name", ctx.ri.name.clone());
+    }
+    if obj.name() != ctx.ri.name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            obj.name(),
+            ctx.ri.name
+        )));
+    }
+    if ctx.info.namespaced {
+        match obj.namespace() {
+            "" => obj.set_meta("namespace", ctx.ns().to_string()),
+            n if n != ctx.ns() => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub async fn patch(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
+    let (obj, warnings) = patch_object(ctx, body, Part::Main).await?;
+    Ok(respond(ctx, 200, obj, &warnings))
+}
+
+/// Applies a patch to the stored object and commits it, retrying on conflicts unless the
+/// patch itself pins a resourceVersion.
+pub(super) async fn patch_object(ctx: &Ctx<'_>, body: RequestBody, part: Part) -> Result<(Value, Vec<String>), ApiError> {
+    let ct = ctx.content_type().unwrap_or("");
+    let ptype = PatchType::from_content_type(ct)
+        .ok_or_else(|| ApiError::unsupported_media_type(body::media_type(Some(ct)).as_str(), &PatchType::ACCEPTED))?;
+    if ptype == PatchType::Apply {
+        return Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml",
+            &PatchType::ACCEPTED[..3],
+        )
+        .with_message_suffix("; server-side apply is not supported yet: use client-side `kubectl apply`"));
+    }
+    let bytes = body::read(body).await?;
+    let patch_doc = body::parse_json(&bytes)?;
+    let mode = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
+    for attempt in 0.. {
+        let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+        let patched = apply_patch(ptype, &old, &patch_doc)?;
+        let mut patched = patched;
+        check_type(ctx.info, &mut patched)?;
+        let (mut new, warnings) = decode_typed(ctx.info, patched, None, mode)?;
+        check_identity(ctx, &mut new)?;
+        let pinned = new.resource_version().to_string();
+        if !pinned.is_empty() && pinned != old_rev.to_string() {
+            return Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name));
+        }
+        let mut prepared = prepare_update(ctx.info, new, &old, part)?;
+        if part == Part::Main {
+            crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(&old)).await?;
+        }
+        match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
+            Err(e) if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 => continue,
+            other => return other.map(|o| (o, warnings)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiError> {
+    let r = match ptype {
+        PatchType::Json => patch::json_patch(old, doc),
+        PatchType::Merge => {
+            if !doc.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            Ok(patch::merge_patch(old, doc))
+        }
+        PatchType::StrategicMerge => {
+            if !doc.is_object() {
+                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+            }
+            patch::strategic_merge(old, doc, &patch::builtin_list_strategy)
+        }
+        PatchType::Apply => unreachable!("refused above"),
+    };
+    r.map_err(|e| match e {
+        PatchError::Malformed(m) => ApiError::bad_request(m),
+        PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
+        PatchError::TestFailed(m) => ApiError::new(422, "Invalid", m),
+    })
+}
