@@ -4,6 +4,7 @@
 pub mod kinds;
 pub mod meta;
 pub mod names;
+pub mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod selector;

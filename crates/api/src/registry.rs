@@ -27,6 +27,8 @@ pub struct ResourceInfo {
     pub subresources: &'static [&'static str],
     pub strategy: &'static dyn Strategy,
     pub roundtrip: Roundtrip,
+    /// Adds the kind's OpenAPI schema (and what it references) to a generator.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     /// Where objects of this resource live in the store: `/registry/<prefix>/`.
     pub storage_prefix: &'static str,
 }
@@ -63,7 +65,7 @@ pub struct KindBuilder {
 impl KindBuilder {
     pub fn new<T>(strategy: &'static dyn Strategy) -> Self
     where
-        T: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize,
+        T: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize + schemars::JsonSchema,
     {
         let namespaced = std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope");
         KindBuilder {
@@ -79,6 +81,7 @@ impl KindBuilder {
                 subresources: &[],
                 strategy,
                 roundtrip: roundtrip::<T>,
+                schema: |g| g.subschema_for::<T>(),
                 storage_prefix: "",
             },
         }

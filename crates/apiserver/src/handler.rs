@@ -65,6 +65,18 @@ fn non_resource(state: &Arc<State>, method: &Method, path: &str, query: &Query, 
                 Err(ApiError::path_not_found())
             }
         }
+        "/openapi/v3" => Ok(raw(200, "application/json", state.openapi.v3_index(&state.registry))),
+        p if p.starts_with("/openapi/v3/") => {
+            let doc = state.openapi.v3_document(&state.registry, &p["/openapi/v3/".len()..])?;
+            Ok(raw(200, "application/json", doc))
+        }
+        "/openapi/v2" => {
+            let wants_json = accept.is_empty() || accept.contains("application/json") || accept.contains("*/*");
+            if !wants_json {
+                return Err(ApiError::new(406, "NotAcceptable", "only application/json is served for /openapi/v2; use /openapi/v3"));
+            }
+            Ok(raw(200, "application/json", state.openapi.v2(&state.registry)))
+        }
         "/metrics" => Ok(raw(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render())),
         "/api" => match discovery::aggregated_version(accept) {
             Some(v) => Ok(aggregated(discovery::aggregated(&state.registry, true, v), v)),

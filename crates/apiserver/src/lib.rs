@@ -10,6 +10,7 @@ mod discovery;
 mod handler;
 mod metered;
 mod metrics;
+mod openapi;
 mod output;
 pub mod pki;
 mod request;
@@ -64,6 +65,7 @@ pub struct State {
     pub service_cidr: Cidr,
     /// host:port clients use (discovery's serverAddressByClientCIDRs).
     pub server_address: String,
+    pub openapi: openapi::OpenApi,
     store_failed: AtomicBool,
     bootstrapped: AtomicBool,
 }
@@ -117,6 +119,7 @@ impl ApiServer {
             metrics,
             service_cidr: config.service_cidr,
             server_address: SocketAddr::new(advertise, addr.port()).to_string(),
+            openapi: openapi::OpenApi::default(),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),
         });
