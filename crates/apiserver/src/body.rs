@@ -25,16 +25,20 @@ pub fn media_type(ct: Option<&str>) -> String {
     ct.unwrap_or("application/json").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
-/// Decodes an object body (JSON or YAML); malformed input is 400 BadRequest.
-pub fn decode_object(content_type: Option<&str>, bytes: &[u8]) -> Result<Value, ApiError> {
+pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+/// Decodes an object body (JSON, YAML, or Kubernetes protobuf through `proto` with the
+/// expected message); malformed input is 400 BadRequest.
+pub fn decode_object(content_type: Option<&str>, bytes: &[u8], proto: Option<&dyn Fn(&[u8]) -> Result<Value, ApiError>>) -> Result<Value, ApiError> {
     let mt = media_type(content_type);
     let v = match mt.as_str() {
+        PROTOBUF if proto.is_some() => proto.expect("checked")(bytes)?,
         "application/json" | "" | "*/*" => parse_json(bytes)?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml(bytes)?,
         other => {
             return Err(ApiError::unsupported_media_type(
                 other,
-                &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                &["application/json", "application/yaml", PROTOBUF],
             ))
         }
     };

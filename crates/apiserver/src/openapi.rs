@@ -7,6 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use rkube_api::openapi::{self, Schemas};
+use rkube_api::protobuf::ProtoCodec;
 use rkube_api::{ApiError, Registry};
 use serde_json::{json, Map};
 
@@ -17,6 +18,7 @@ pub struct OpenApi {
     /// "api/v1" / "apis/apps/v1" -> (encoded document, hash).
     v3: Mutex<HashMap<String, (Bytes, String)>>,
     v2: OnceLock<Bytes>,
+    codec: OnceLock<ProtoCodec>,
 }
 
 fn hash(b: &[u8]) -> String {
@@ -66,6 +68,24 @@ impl OpenApi {
     /// `/openapi/v3/<gv>`.
     pub fn v3_document(&self, reg: &Registry, gv: &str) -> Result<Bytes, ApiError> {
         self.group_version(reg, gv).map(|(b, _)| b).ok_or_else(ApiError::path_not_found)
+    }
+
+    /// Decodes a protobuf body holding the message `message` (a definition name), or the
+    /// root message of `info` when None.
+    pub fn decode_protobuf(&self, reg: &Registry, info: &rkube_api::ResourceInfo, message: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let schemas = self.schemas(reg);
+        let root = match message {
+            Some(m) => m.to_string(),
+            None => schemas
+                .roots
+                .get(&(info.group.to_string(), info.version.to_string(), info.plural.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let codec = self.codec.get_or_init(|| ProtoCodec::new(schemas));
+        codec
+            .decode_object(body, &root)
+            .map_err(|e| ApiError::bad_request(format!("the protobuf body does not decode as {root}: {e}")))
     }
 
     /// `/openapi/v2` (JSON).

@@ -24,7 +24,7 @@ pub struct DeleteOptions {
 fn options(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut o = DeleteOptions::default();
     if !bytes.iter().all(u8::is_ascii_whitespace) {
-        let v = body::parse_json(bytes)?;
+        let v = ctx.decode_object(bytes, Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"))?;
         let grace = v.get("gracePeriodSeconds");
         if let Some(g) = grace.filter(|g| !g.is_null()) {
             o.grace_period = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);

@@ -52,6 +52,13 @@ impl Ctx<'_> {
         self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
     }
 
+    /// Decodes a request body: JSON, YAML, or protobuf holding `message` (the resource's
+    /// own kind when None).
+    pub fn decode_object(&self, bytes: &[u8], message: Option<&str>) -> Result<Value, ApiError> {
+        let proto = |b: &[u8]| self.state.openapi.decode_protobuf(&self.state.registry, self.info, message, b);
+        crate::body::decode_object(self.content_type(), bytes, Some(&proto))
+    }
+
     /// The namespace the object belongs to ("" for cluster-scoped kinds).
     pub fn ns(&self) -> &str {
         if self.info.namespaced {

@@ -118,7 +118,7 @@ async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError>
                 _ => return Err(ApiError::unsupported_media_type(ct, &rkube_api::patch::PatchType::ACCEPTED[..3])),
             }
         } else {
-            body::decode_object(ctx.content_type(), &bytes)?
+            ctx.decode_object(&bytes, Some("io.k8s.api.autoscaling.v1.Scale"))?
         };
         let rv = wanted.resource_version();
         if ctx.ri.verb == "update" && !rv.is_empty() && rv != old_rev.to_string() {
@@ -143,7 +143,7 @@ async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError>
 /// `pods/binding`: assigns a node to a pod that has none.
 async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
-    let b = body::decode_object(ctx.content_type(), &bytes)?;
+    let b = ctx.decode_object(&bytes, Some("io.k8s.api.core.v1.Binding"))?;
     let node = b.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
     if node.is_empty() {
         return Err(ApiError::invalid("", "Binding", &ctx.ri.name, vec![Cause::required("target.name")]));
@@ -198,7 +198,7 @@ async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
 /// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it.
 async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
-    let ev = body::decode_object(ctx.content_type(), &bytes)?;
+    let ev = ctx.decode_object(&bytes, Some("io.k8s.api.policy.v1.Eviction"))?;
     let (pod, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let finished = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
     if !finished && !pod.is_deleting() {
@@ -236,7 +236,7 @@ async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
 /// `namespaces/NAME/finalize`: replaces spec.finalizers (the namespace controller's step).
 async fn finalize(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
-    let b = body::decode_object(ctx.content_type(), &bytes)?;
+    let b = ctx.decode_object(&bytes, None)?;
     let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, "", &ctx.ri.name).await?;
     let mut new = old.clone();
     new["spec"]["finalizers"] = b.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));

@@ -50,7 +50,7 @@ fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
 /// Decodes and field-validates a request body into an object of this kind.
 pub(super) fn decode_body(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
-    let mut obj = body::decode_object(ctx.content_type(), bytes)?;
+    let mut obj = ctx.decode_object(bytes, None)?;
     check_type(ctx.info, &mut obj)?;
     let is_json = body::media_type(ctx.content_type()).ends_with("json");
     decode_typed(ctx.info, obj, is_json.then_some(bytes), mode)
