@@ -7,7 +7,7 @@ DATA_DIR ?= $(CURDIR)/.rkube-data
 APT_PACKAGES := protobuf-compiler etcd-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test lint bench clean
+.PHONY: deps pyvenv build run test lint bench clean
 
 ## deps: install missing Debian packages (idempotent)
 deps:
@@ -17,20 +17,30 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The Python kubernetes client (PyPI) for the client-library tests, in a venv under target/.
+PYVENV := $(CURDIR)/target/pyvenv
+PY_PACKAGES := kubernetes==37.0.2
+
+## pyvenv: the Python client the tests drive (idempotent)
+pyvenv:
+	@$(PYVENV)/bin/python -c "import kubernetes" 2>/dev/null || { \
+	  echo "installing the Python kubernetes client into $(PYVENV)"; \
+	  python3 -m venv $(PYVENV) && $(PYVENV)/bin/pip install -q $(PY_PACKAGES); }
+
 build: deps
 	$(CARGO) build --workspace
 
 ## run: build and start a single-node server on ./.rkube-data
 run: build
 	@echo "starting rkube server with data in $(DATA_DIR) (Ctrl-C stops it)"
-	./target/debug/rkube server --data-dir $(DATA_DIR)
+	./target/debug/rkube server --data-dir $(DATA_DIR) --write-kubeconfig $(DATA_DIR)/rkube.yaml
 
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: formatting, lints and every test (root-only tests skip loudly without root)
-test: lint
+test: lint pyvenv
 	$(CARGO) test --workspace
 
 ## bench: datastore figures for the embedded store and a real etcd on the same disk

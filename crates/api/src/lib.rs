@@ -5,6 +5,7 @@ pub mod kinds;
 pub mod meta;
 pub mod names;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -29,11 +29,16 @@ pub trait ObjectMeta {
         self.meta()
             .and_then(|m| m.get("finalizers"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
     fn is_deleting(&self) -> bool {
-        self.meta().is_some_and(|m| m.get("deletionTimestamp").is_some_and(|v| !v.is_null()))
+        self.meta()
+            .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|v| !v.is_null()))
     }
     fn set_meta(&mut self, field: &str, value: impl Into<Value>) {
         self.meta_mut().insert(field.to_string(), value.into());
@@ -52,7 +57,9 @@ impl ObjectMeta for Value {
             *self = Value::Object(Map::new());
         }
         let obj = self.as_object_mut().expect("object");
-        let m = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+        let m = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
         if !m.is_object() {
             *m = Value::Object(Map::new());
         }
@@ -62,12 +69,16 @@ impl ObjectMeta for Value {
 
 /// The current time as the API writes it (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The current time with microseconds (`metav1.MicroTime`, used by Leases and events.k8s.io).
 pub fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 /// Parses an RFC 3339 timestamp.
@@ -92,7 +103,11 @@ const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// `generateName` + 5 random characters, as upstream's SimpleNameGenerator.
 pub fn generate_name(prefix: &str) -> String {
     let max_prefix = 63 - 5;
-    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let prefix = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let suffix: String = bytes[..5]
         .iter()

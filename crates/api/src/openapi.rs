@@ -33,16 +33,29 @@ impl Schemas {
                 .and_then(|r| r.strip_prefix(REF_V3))
                 .unwrap_or(r.kind)
                 .to_string();
-            roots.insert((r.group.to_string(), r.version.to_string(), r.plural.to_string()), name);
+            roots.insert(
+                (
+                    r.group.to_string(),
+                    r.version.to_string(),
+                    r.plural.to_string(),
+                ),
+                name,
+            );
         }
         g.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
         g.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
         let mut definitions = g.take_definitions(true);
         for r in reg.all() {
-            let name = &roots[&(r.group.to_string(), r.version.to_string(), r.plural.to_string())];
+            let name = &roots[&(
+                r.group.to_string(),
+                r.version.to_string(),
+                r.plural.to_string(),
+            )];
             if let Some(def) = definitions.get_mut(name).and_then(Value::as_object_mut) {
                 let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-                let list = def.entry("x-kubernetes-group-version-kind").or_insert_with(|| json!([]));
+                let list = def
+                    .entry("x-kubernetes-group-version-kind")
+                    .or_insert_with(|| json!([]));
                 if let Some(a) = list.as_array_mut() {
                     if !a.contains(&gvk) {
                         a.push(gvk);
@@ -65,7 +78,9 @@ impl Schemas {
             if out.contains_key(&n) {
                 continue;
             }
-            let Some(def) = self.definitions.get(&n) else { continue };
+            let Some(def) = self.definitions.get(&n) else {
+                continue;
+            };
             collect_refs(def, &mut todo);
             out.insert(n, def.clone());
         }
@@ -76,7 +91,11 @@ impl Schemas {
 fn collect_refs(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if let Some(r) = m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_V3)) {
+            if let Some(r) = m
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_V3))
+            {
                 out.push(r.to_string());
             }
             m.values().for_each(|x| collect_refs(x, out));
@@ -96,11 +115,21 @@ fn ref_of(prop: &Value) -> Option<String> {
 
 /// Marks list properties with upstream's patch strategy and merge key, following field
 /// paths from a root kind (the same table the server's strategic merge uses).
-fn annotate_patch_strategies(defs: &mut Map<String, Value>, name: &str, path: &mut Vec<String>, seen: &mut BTreeSet<String>) {
+fn annotate_patch_strategies(
+    defs: &mut Map<String, Value>,
+    name: &str,
+    path: &mut Vec<String>,
+    seen: &mut BTreeSet<String>,
+) {
     if !seen.insert(name.to_string()) || path.len() > 12 {
         return;
     }
-    let Some(props) = defs.get(name).and_then(|d| d.get("properties")).and_then(Value::as_object).cloned() else {
+    let Some(props) = defs
+        .get(name)
+        .and_then(|d| d.get("properties"))
+        .and_then(Value::as_object)
+        .cloned()
+    else {
         return;
     };
     for (field, prop) in props {
@@ -108,7 +137,10 @@ fn annotate_patch_strategies(defs: &mut Map<String, Value>, name: &str, path: &m
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
         if prop.get("type").and_then(Value::as_str) == Some("array") {
             if let Some(strategy) = builtin_list_strategy(&p) {
-                if let Some(target) = defs.get_mut(name).and_then(|d| d.pointer_mut(&format!("/properties/{field}"))) {
+                if let Some(target) = defs
+                    .get_mut(name)
+                    .and_then(|d| d.pointer_mut(&format!("/properties/{field}")))
+                {
                     target["x-kubernetes-patch-strategy"] = json!("merge");
                     if let ListStrategy::MergeByKey(k) = strategy {
                         target["x-kubernetes-patch-merge-key"] = json!(k);
@@ -129,7 +161,15 @@ fn param(name: &str, loc: &str, desc: &str) -> Value {
     json!({"name": name, "in": loc, "description": desc, "schema": {"type": "string", "uniqueItems": true}})
 }
 
-fn op(action: &str, r: &ResourceInfo, summary: String, extra: Vec<Value>, body_ref: Option<&str>, response_ref: &str, content: &[&str]) -> Value {
+fn op(
+    action: &str,
+    r: &ResourceInfo,
+    summary: String,
+    extra: Vec<Value>,
+    body_ref: Option<&str>,
+    response_ref: &str,
+    content: &[&str],
+) -> Value {
     let mut o = json!({
         "tags": [r.api_version().replace('/', "_")],
         "description": summary,
@@ -141,7 +181,15 @@ fn op(action: &str, r: &ResourceInfo, summary: String, extra: Vec<Value>, body_r
         "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
     });
     if let Some(b) = body_ref {
-        let c: Map<String, Value> = content.iter().map(|ct| (ct.to_string(), json!({"schema": {"$ref": format!("{REF_V3}{b}")}}))).collect();
+        let c: Map<String, Value> = content
+            .iter()
+            .map(|ct| {
+                (
+                    ct.to_string(),
+                    json!({"schema": {"$ref": format!("{REF_V3}{b}")}}),
+                )
+            })
+            .collect();
         o["requestBody"] = json!({"content": c, "required": true});
     }
     o
@@ -156,39 +204,80 @@ fn write_params() -> Vec<Value> {
 }
 
 /// The OpenAPI v3 document of one group version.
-pub fn v3_group_version(reg: &Registry, schemas: &Schemas, group: &str, version: &str) -> Option<Value> {
+pub fn v3_group_version(
+    reg: &Registry,
+    schemas: &Schemas,
+    group: &str,
+    version: &str,
+) -> Option<Value> {
     let infos = reg.group_version(group, version);
     if infos.is_empty() {
         return None;
     }
-    let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let base = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let mut paths = Map::new();
     let mut names = vec![
         "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions".to_string(),
         "io.k8s.apimachinery.pkg.apis.meta.v1.Status".to_string(),
     ];
     for r in infos {
-        let def = schemas.roots[&(r.group.to_string(), r.version.to_string(), r.plural.to_string())].clone();
+        let def = schemas.roots[&(
+            r.group.to_string(),
+            r.version.to_string(),
+            r.plural.to_string(),
+        )]
+            .clone();
         names.push(def.clone());
-        let scope = if r.namespaced { format!("{base}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{base}/{}", r.plural) };
-        let mut common = vec![json!({"name": "pretty", "in": "query", "schema": {"type": "string"}})];
+        let scope = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{base}/{}", r.plural)
+        };
+        let mut common =
+            vec![json!({"name": "pretty", "in": "query", "schema": {"type": "string"}})];
         if r.namespaced {
             common.push(json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}}));
         }
-        let list_params: Vec<Value> = ["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "resourceVersionMatch", "watch", "timeoutSeconds", "allowWatchBookmarks", "sendInitialEvents"]
-            .iter()
-            .map(|n| param(n, "query", n))
-            .collect();
+        let list_params: Vec<Value> = [
+            "labelSelector",
+            "fieldSelector",
+            "limit",
+            "continue",
+            "resourceVersion",
+            "resourceVersionMatch",
+            "watch",
+            "timeoutSeconds",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+        ]
+        .iter()
+        .map(|n| param(n, "query", n))
+        .collect();
         let json_ct = ["application/json", "application/yaml"];
-        let patch_ct = ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"];
+        let patch_ct = [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ];
         paths.insert(scope.clone(), json!({
             "get": op("list", r, format!("list or watch objects of kind {}", r.kind), list_params, None, &def, &[]),
             "post": op("post", r, format!("create a {}", r.kind), write_params(), Some(&def), &def, &json_ct),
             "delete": op("deletecollection", r, format!("delete collection of {}", r.kind), vec![], None, "io.k8s.apimachinery.pkg.apis.meta.v1.Status", &[]),
             "parameters": common,
         }));
-        let mut item_params = vec![json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}})];
-        item_params.extend(paths[&scope]["parameters"].as_array().cloned().unwrap_or_default());
+        let mut item_params = vec![
+            json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}),
+        ];
+        item_params.extend(
+            paths[&scope]["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
         paths.insert(format!("{scope}/{{name}}"), json!({
             "get": op("get", r, format!("read the specified {}", r.kind), vec![], None, &def, &[]),
             "put": op("put", r, format!("replace the specified {}", r.kind), write_params(), Some(&def), &def, &json_ct),
@@ -221,7 +310,11 @@ pub fn v2(reg: &Registry, schemas: &Schemas) -> Value {
             for (p, item) in doc["paths"].as_object().into_iter().flatten() {
                 paths.insert(p.clone(), v3_to_v2(item));
             }
-            for (n, d) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+            for (n, d) in doc["components"]["schemas"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
                 definitions.insert(n.clone(), v3_to_v2(d));
             }
         }
@@ -237,26 +330,41 @@ fn v3_to_v2(v: &Value) -> Value {
             for (k, x) in m {
                 match k.as_str() {
                     "$ref" => {
-                        out.insert(k.clone(), json!(x.as_str().unwrap_or("").replace(REF_V3, "#/definitions/")));
+                        out.insert(
+                            k.clone(),
+                            json!(x.as_str().unwrap_or("").replace(REF_V3, "#/definitions/")),
+                        );
                     }
                     "requestBody" => {
-                        let schema = x.pointer("/content").and_then(Value::as_object).and_then(|c| c.values().next()).and_then(|c| c.get("schema")).cloned();
+                        let schema = x
+                            .pointer("/content")
+                            .and_then(Value::as_object)
+                            .and_then(|c| c.values().next())
+                            .and_then(|c| c.get("schema"))
+                            .cloned();
                         let params = out.entry("parameters").or_insert_with(|| json!([]));
                         if let (Some(s), Some(a)) = (schema, params.as_array_mut()) {
                             a.push(json!({"name": "body", "in": "body", "required": true, "schema": v3_to_v2(&s)}));
                         }
                     }
                     "parameters" => {
-                        let mut list: Vec<Value> = x.as_array().into_iter().flatten().map(|p| {
-                            let mut p = v3_to_v2(p);
-                            if let Some(t) = p.get("schema").and_then(|s| s.get("type")).cloned() {
-                                p["type"] = t;
-                                if let Some(o) = p.as_object_mut() {
-                                    o.remove("schema");
+                        let mut list: Vec<Value> = x
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|p| {
+                                let mut p = v3_to_v2(p);
+                                if let Some(t) =
+                                    p.get("schema").and_then(|s| s.get("type")).cloned()
+                                {
+                                    p["type"] = t;
+                                    if let Some(o) = p.as_object_mut() {
+                                        o.remove("schema");
+                                    }
                                 }
-                            }
-                            p
-                        }).collect();
+                                p
+                            })
+                            .collect();
                         if let Some(existing) = out.get("parameters").and_then(Value::as_array) {
                             list.extend(existing.iter().cloned());
                         }
@@ -300,18 +408,35 @@ mod tests {
         let reg = Registry::builtin();
         let s = Schemas::generate(&reg);
         let doc = v3_group_version(&reg, &s, "apps", "v1").unwrap();
-        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation"));
         let schemas = doc["components"]["schemas"].as_object().unwrap();
-        assert_eq!(schemas["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert_eq!(
+            schemas["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
         let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
         assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
-        assert!(!schemas.contains_key("io.k8s.api.batch.v1.Job"), "only what the group version references");
+        assert!(
+            !schemas.contains_key("io.k8s.api.batch.v1.Job"),
+            "only what the group version references"
+        );
         let v2 = v2(&reg, &s);
         assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
         let r = v2["definitions"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"].to_string();
-        assert!(r.contains("#/definitions/io.k8s.api.core.v1.PodSpec"), "{r}");
+        assert!(
+            r.contains("#/definitions/io.k8s.api.core.v1.PodSpec"),
+            "{r}"
+        );
     }
 }

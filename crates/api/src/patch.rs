@@ -53,19 +53,18 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
         let kind = op.get("op").and_then(Value::as_str).ok_or_else(|| {
             PatchError::Malformed(format!("invalid JSON Patch: operation has no 'op': {op}"))
         })?;
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| PatchError::Malformed(format!("invalid JSON Patch: operation has no 'path': {op}")))?;
+        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| {
+            PatchError::Malformed(format!("invalid JSON Patch: operation has no 'path': {op}"))
+        })?;
         let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| PatchError::Malformed(format!("missing value for operation {kind:?} at {path}")))
+            op.get("value").cloned().ok_or_else(|| {
+                PatchError::Malformed(format!("missing value for operation {kind:?} at {path}"))
+            })
         };
         let from = || {
-            op.get("from")
-                .and_then(Value::as_str)
-                .ok_or_else(|| PatchError::Malformed(format!("missing from for operation {kind:?}")))
+            op.get("from").and_then(Value::as_str).ok_or_else(|| {
+                PatchError::Malformed(format!("missing from for operation {kind:?}"))
+            })
         };
         match kind {
             "add" => add(&mut doc, path, value()?)?,
@@ -81,10 +80,12 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
                 add(&mut doc, path, v)?;
             }
             "copy" => {
-                let v = doc
-                    .pointer(&pointer(from()?)?)
-                    .cloned()
-                    .ok_or_else(|| PatchError::Failed(format!("copy from {} failed: not found", from().unwrap_or(""))))?;
+                let v = doc.pointer(&pointer(from()?)?).cloned().ok_or_else(|| {
+                    PatchError::Failed(format!(
+                        "copy from {} failed: not found",
+                        from().unwrap_or("")
+                    ))
+                })?;
                 add(&mut doc, path, v)?;
             }
             "test" => {
@@ -103,7 +104,9 @@ pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
 
 fn pointer(path: &str) -> Result<String, PatchError> {
     if !path.is_empty() && !path.starts_with('/') {
-        return Err(PatchError::Malformed(format!("invalid JSON pointer {path:?}")));
+        return Err(PatchError::Malformed(format!(
+            "invalid JSON pointer {path:?}"
+        )));
     }
     Ok(path.to_string())
 }
@@ -123,9 +126,11 @@ fn add(doc: &mut Value, path: &str, v: Value) -> Result<(), PatchError> {
         return Ok(());
     }
     let (parent, last) = split_parent(path)?;
-    let target = doc
-        .pointer_mut(&parent)
-        .ok_or_else(|| PatchError::Failed(format!("add operation does not apply: doc is missing path: {path:?}")))?;
+    let target = doc.pointer_mut(&parent).ok_or_else(|| {
+        PatchError::Failed(format!(
+            "add operation does not apply: doc is missing path: {path:?}"
+        ))
+    })?;
     match target {
         Value::Object(m) => {
             m.insert(last, v);
@@ -137,22 +142,38 @@ fn add(doc: &mut Value, path: &str, v: Value) -> Result<(), PatchError> {
                 last.parse::<usize>()
                     .ok()
                     .filter(|i| *i <= a.len())
-                    .ok_or_else(|| PatchError::Failed(format!("add operation does not apply: index out of range: {path:?}")))?
+                    .ok_or_else(|| {
+                        PatchError::Failed(format!(
+                            "add operation does not apply: index out of range: {path:?}"
+                        ))
+                    })?
             };
             a.insert(i, v);
         }
-        _ => return Err(PatchError::Failed(format!("add operation does not apply: doc is missing path: {path:?}"))),
+        _ => {
+            return Err(PatchError::Failed(format!(
+                "add operation does not apply: doc is missing path: {path:?}"
+            )))
+        }
     }
     Ok(())
 }
 
 fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
     let (parent, last) = split_parent(path)?;
-    let missing = || PatchError::Failed(format!("remove operation does not apply: doc is missing path: {path:?}"));
+    let missing = || {
+        PatchError::Failed(format!(
+            "remove operation does not apply: doc is missing path: {path:?}"
+        ))
+    };
     match doc.pointer_mut(&parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(&last).ok_or_else(missing),
         Value::Array(a) => {
-            let i = last.parse::<usize>().ok().filter(|i| *i < a.len()).ok_or_else(missing)?;
+            let i = last
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < a.len())
+                .ok_or_else(missing)?;
             Ok(a.remove(i))
         }
         _ => Err(missing()),
@@ -198,7 +219,11 @@ pub fn builtin_list_strategy(path: &[&str]) -> Option<ListStrategy> {
         .any(|p| matches!(*p, "containers" | "initContainers" | "ephemeralContainers"));
     use ListStrategy::*;
     Some(match last {
-        "containers" | "initContainers" | "ephemeralContainers" | "imagePullSecrets" | "env"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "imagePullSecrets"
+        | "env"
         | "secrets" => MergeByKey("name"),
         "volumes" if !in_container => MergeByKey("name"),
         "volumeMounts" => MergeByKey("mountPath"),
@@ -246,7 +271,11 @@ fn merge_value<'a>(
             return Ok(strip_directives(&Value::Object(m)));
         }
         Some("delete") => return Ok(Value::Null),
-        Some(other) => return Err(PatchError::Malformed(format!("Unknown patch type: {other}"))),
+        Some(other) => {
+            return Err(PatchError::Malformed(format!(
+                "Unknown patch type: {other}"
+            )))
+        }
         None => {}
     }
     let mut out = match doc {
@@ -263,7 +292,11 @@ fn merge_value<'a>(
         out.retain(|k, _| keep.contains(&k.as_str()));
     }
     for (k, v) in p {
-        if k == DIRECTIVE || k == RETAIN_KEYS || k.starts_with(SET_ORDER) || k.starts_with(DELETE_PRIMITIVES) {
+        if k == DIRECTIVE
+            || k == RETAIN_KEYS
+            || k.starts_with(SET_ORDER)
+            || k.starts_with(DELETE_PRIMITIVES)
+        {
             continue;
         }
         if v.is_null() {
@@ -302,7 +335,9 @@ fn merge_value<'a>(
             }
         } else if let Some(field) = k.strip_prefix(SET_ORDER) {
             if !p.contains_key(field) {
-                if let (Some(Value::Array(items)), Some(order)) = (out.get(field).cloned(), v.as_array()) {
+                if let (Some(Value::Array(items)), Some(order)) =
+                    (out.get(field).cloned(), v.as_array())
+                {
                     path.push(field);
                     let key = match strategy(path) {
                         Some(ListStrategy::MergeByKey(key)) => Some(key),
@@ -325,7 +360,10 @@ fn merge_list<'a>(
     strategy: &dyn Fn(&[&str]) -> Option<ListStrategy>,
 ) -> Result<Value, PatchError> {
     // `{"$patch": "replace"}` inside a list replaces the whole list.
-    if patch.iter().any(|e| e.get(DIRECTIVE).and_then(Value::as_str) == Some("replace")) {
+    if patch
+        .iter()
+        .any(|e| e.get(DIRECTIVE).and_then(Value::as_str) == Some("replace"))
+    {
         let rest: Vec<Value> = patch
             .iter()
             .filter(|e| e.get(DIRECTIVE).is_none())
@@ -386,12 +424,15 @@ fn reorder(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Vec<Value> 
         Some(k) => v.get(k).cloned().unwrap_or(Value::Null),
         None => v.clone(),
     };
-    let order_ids: Vec<Value> = order.iter().map(|o| id(o)).collect();
+    let order_ids: Vec<Value> = order.iter().map(&id).collect();
     let mut indexed: Vec<(usize, usize, Value)> = items
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let rank = order_ids.iter().position(|o| *o == id(&v)).unwrap_or(usize::MAX);
+            let rank = order_ids
+                .iter()
+                .position(|o| *o == id(&v))
+                .unwrap_or(usize::MAX);
             (rank, i, v)
         })
         .collect();
@@ -447,7 +488,10 @@ mod tests {
 
     #[test]
     fn merge_patch_nulls_delete() {
-        let out = merge_patch(&json!({"a": 1, "b": {"c": 2, "d": 3}}), &json!({"a": null, "b": {"c": 5}}));
+        let out = merge_patch(
+            &json!({"a": 1, "b": {"c": 2, "d": 3}}),
+            &json!({"a": null, "b": {"c": 5}}),
+        );
         assert_eq!(out, json!({"b": {"c": 5, "d": 3}}));
     }
 
@@ -460,17 +504,32 @@ mod tests {
         let doc = json!({"spec": {"containers": [
             {"name": "a", "image": "x", "env": [{"name": "E", "value": "1"}]},
             {"name": "b", "image": "y"}]}});
-        let out = smp(doc.clone(), json!({"spec": {"containers": [{"name": "a", "image": "z"}]}}));
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"containers": [{"name": "a", "image": "z"}]}}),
+        );
         assert_eq!(out["spec"]["containers"][0]["image"], "z");
         assert_eq!(out["spec"]["containers"][0]["env"][0]["value"], "1");
         assert_eq!(out["spec"]["containers"][1]["name"], "b");
-        let out = smp(doc.clone(), json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}));
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}),
+        );
         assert_eq!(out["spec"]["containers"].as_array().unwrap().len(), 1);
-        let out = smp(doc.clone(), json!({"spec": {"containers": [{"name": "c", "image": "w"}, {"$patch": "replace"}]}}));
-        assert_eq!(out["spec"]["containers"], json!([{"name": "c", "image": "w"}]));
-        let out = smp(doc, json!({"spec": {
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"containers": [{"name": "c", "image": "w"}, {"$patch": "replace"}]}}),
+        );
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "c", "image": "w"}])
+        );
+        let out = smp(
+            doc,
+            json!({"spec": {
             "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
-            "containers": [{"name": "a", "image": "q"}]}}));
+            "containers": [{"name": "a", "image": "q"}]}}),
+        );
         assert_eq!(out["spec"]["containers"][0]["name"], "b");
         assert_eq!(out["spec"]["containers"][1]["image"], "q");
     }
@@ -479,12 +538,21 @@ mod tests {
     fn strategic_merge_directives() {
         let doc = json!({"metadata": {"finalizers": ["a", "b"], "labels": {"x": "1", "y": "2"}},
             "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}});
-        let out = smp(doc.clone(), json!({"metadata": {"finalizers": ["c"], "$deleteFromPrimitiveList/finalizers": ["a"], "labels": {"x": null}}}));
+        let out = smp(
+            doc.clone(),
+            json!({"metadata": {"finalizers": ["c"], "$deleteFromPrimitiveList/finalizers": ["a"], "labels": {"x": null}}}),
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["b", "c"]));
         assert_eq!(out["metadata"]["labels"], json!({"y": "2"}));
-        let out = smp(doc.clone(), json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}));
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}),
+        );
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
-        let out = smp(doc.clone(), json!({"metadata": {"labels": {"$patch": "replace", "z": "3"}}}));
+        let out = smp(
+            doc.clone(),
+            json!({"metadata": {"labels": {"$patch": "replace", "z": "3"}}}),
+        );
         assert_eq!(out["metadata"]["labels"], json!({"z": "3"}));
         let out = smp(doc, json!({"spec": {"strategy": {"$patch": "delete"}}}));
         assert!(out["spec"].get("strategy").is_none());

@@ -65,7 +65,11 @@ pub struct KindBuilder {
 impl KindBuilder {
     pub fn new<T>(strategy: &'static dyn Strategy) -> Self
     where
-        T: k8s_openapi::Resource + k8s_openapi::ListableResource + DeserializeOwned + Serialize + schemars::JsonSchema,
+        T: k8s_openapi::Resource
+            + k8s_openapi::ListableResource
+            + DeserializeOwned
+            + Serialize
+            + schemars::JsonSchema,
     {
         let namespaced = std::any::type_name::<T::Scope>().ends_with("NamespaceResourceScope");
         KindBuilder {
@@ -94,7 +98,7 @@ impl KindBuilder {
         self.info.categories = c;
         self
     }
-    pub fn sub(mut self, s: &'static [&'static str]) -> Self {
+    pub fn subresources(mut self, s: &'static [&'static str]) -> Self {
         self.info.subresources = s;
         self
     }
@@ -156,12 +160,16 @@ impl Registry {
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
-        self.by_path.get(&(group, version, plural)).map(|i| &self.resources[*i])
+        self.by_path
+            .get(&(group, version, plural))
+            .map(|i| &self.resources[*i])
     }
 
     /// The resource for an object's apiVersion and kind.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceInfo> {
-        self.resources.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+        self.resources
+            .iter()
+            .find(|r| r.kind == kind && r.api_version() == api_version)
     }
 
     pub fn all(&self) -> &[ResourceInfo] {
@@ -170,7 +178,10 @@ impl Registry {
 
     /// The resources of one group version, in registration order.
     pub fn group_version(&self, group: &str, version: &str) -> Vec<&ResourceInfo> {
-        self.resources.iter().filter(|r| r.group == group && r.version == version).collect()
+        self.resources
+            .iter()
+            .filter(|r| r.group == group && r.version == version)
+            .collect()
     }
 
     /// Named groups (not core) in registration order, versions preferred-first.
@@ -180,7 +191,10 @@ impl Registry {
             match out.iter_mut().find(|g| g.name == r.group) {
                 Some(g) if !g.versions.contains(&r.version) => g.versions.push(r.version),
                 Some(_) => {}
-                None => out.push(GroupInfo { name: r.group, versions: vec![r.version] }),
+                None => out.push(GroupInfo {
+                    name: r.group,
+                    versions: vec![r.version],
+                }),
             }
         }
         out

@@ -23,20 +23,29 @@ pub struct LabelSelector(pub Vec<Requirement>);
 impl LabelSelector {
     /// Parses `app=web,tier in (a,b),!legacy`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut p = Lexer { s: s.as_bytes(), i: 0 };
+        let mut p = Lexer {
+            s: s.as_bytes(),
+            i: 0,
+        };
         let mut reqs = Vec::new();
         p.ws();
         if p.eof() {
             return Ok(Self(reqs));
         }
         loop {
-            reqs.push(p.requirement().map_err(|e| format!("unable to parse requirement: {e}"))?);
+            reqs.push(
+                p.requirement()
+                    .map_err(|e| format!("unable to parse requirement: {e}"))?,
+            );
             p.ws();
             if p.eof() {
                 break;
             }
             if !p.eat(b",") {
-                return Err(format!("found '{}', expected: ',' or 'end of string'", p.rest_token()));
+                return Err(format!(
+                    "found '{}', expected: ',' or 'end of string'",
+                    p.rest_token()
+                ));
             }
         }
         Ok(Self(reqs))
@@ -48,16 +57,27 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Requirement::Eq(k.clone(), v.as_str().unwrap_or("").to_string()));
+                reqs.push(Requirement::Eq(
+                    k.clone(),
+                    v.as_str().unwrap_or("").to_string(),
+                ));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or("").to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
                 reqs.push(match op {
@@ -65,7 +85,9 @@ impl LabelSelector {
                     "NotIn" => Requirement::NotIn(key, values),
                     "Exists" => Requirement::Exists(key),
                     "DoesNotExist" => Requirement::DoesNotExist(key),
-                    other => return Err(format!("{other:?} is not a valid label selector operator")),
+                    other => {
+                        return Err(format!("{other:?} is not a valid label selector operator"))
+                    }
                 });
             }
         }
@@ -86,8 +108,12 @@ impl LabelSelector {
             Requirement::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
             Requirement::Exists(k) => get(k).is_some(),
             Requirement::DoesNotExist(k) => get(k).is_none(),
-            Requirement::Gt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            Requirement::Lt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            Requirement::Gt(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            Requirement::Lt(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         })
     }
 }
@@ -125,13 +151,19 @@ impl Lexer<'_> {
     }
     fn rest_token(&self) -> String {
         let rest = &self.s[self.i..];
-        let end = rest.iter().position(|c| c.is_ascii_whitespace() || *c == b',').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|c| c.is_ascii_whitespace() || *c == b',')
+            .unwrap_or(rest.len());
         String::from_utf8_lossy(&rest[..end.max(1).min(rest.len())]).into_owned()
     }
     fn key(&mut self) -> Result<String, String> {
         let k = self.word();
         if k.is_empty() {
-            return Err(format!("found '{}', expected: identifier", self.rest_token()));
+            return Err(format!(
+                "found '{}', expected: identifier",
+                self.rest_token()
+            ));
         }
         let errs = crate::names::qualified_name(&k);
         if !errs.is_empty() {
@@ -143,7 +175,10 @@ impl Lexer<'_> {
         let v = self.word();
         let errs = crate::names::label_value(&v);
         if !errs.is_empty() {
-            return Err(format!("values[0]: Invalid value: {v:?}: {}", errs.join("; ")));
+            return Err(format!(
+                "values[0]: Invalid value: {v:?}: {}",
+                errs.join("; ")
+            ));
         }
         Ok(v)
     }
@@ -158,7 +193,10 @@ impl Lexer<'_> {
                 return Ok(vals);
             }
             if !self.eat(b",") {
-                return Err(format!("found '{}', expected: ',' or ')'", self.rest_token()));
+                return Err(format!(
+                    "found '{}', expected: ',' or ')'",
+                    self.rest_token()
+                ));
             }
         }
     }
@@ -180,8 +218,14 @@ impl Lexer<'_> {
         for (op, gt) in [(&b">"[..], true), (&b"<"[..], false)] {
             if self.eat(op) {
                 let w = self.word();
-                let n: i64 = w.parse().map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer, got {w:?}"))?;
-                return Ok(if gt { Requirement::Gt(key, n) } else { Requirement::Lt(key, n) });
+                let n: i64 = w.parse().map_err(|_| {
+                    format!("for 'Gt', 'Lt' operators, the value must be an integer, got {w:?}")
+                })?;
+                return Ok(if gt {
+                    Requirement::Gt(key, n)
+                } else {
+                    Requirement::Lt(key, n)
+                });
             }
         }
         let save = self.i;
@@ -226,7 +270,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, v, false)
             } else {
-                return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                ));
             };
             terms.push(FieldTerm {
                 field: field.trim().to_string(),
@@ -249,7 +295,10 @@ impl FieldSelector {
     /// The value an exact `field=value` term requires, if any (lets callers narrow a
     /// scan, e.g. `metadata.name`).
     pub fn exact(&self, field: &str) -> Option<&str> {
-        self.0.iter().find(|t| t.field == field && !t.negate).map(|t| t.value.as_str())
+        self.0
+            .iter()
+            .find(|t| t.field == field && !t.negate)
+            .map(|t| t.value.as_str())
     }
 
     /// Whether the object's field values (looked up by `get`) satisfy every term. A field

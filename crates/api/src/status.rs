@@ -34,28 +34,39 @@ impl Cause {
         Self::new(
             "FieldValueNotSupported",
             field,
-            format!("Unsupported value: {value}: supported values: {}", list.join(", ")),
+            format!(
+                "Unsupported value: {value}: supported values: {}",
+                list.join(", ")
+            ),
         )
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new("FieldValueForbidden", field, format!("Forbidden: {}", detail.into()))
-    }
-
-    pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        Self::new("FieldValueDuplicate", field, format!("Duplicate value: {value}"))
-    }
-
-    pub fn immutable(field: impl Into<String>) -> Self {
         Self::new(
-            "FieldValueInvalid",
+            "FieldValueForbidden",
             field,
-            "field is immutable".to_string(),
+            format!("Forbidden: {}", detail.into()),
         )
     }
 
+    pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
+        Self::new(
+            "FieldValueDuplicate",
+            field,
+            format!("Duplicate value: {value}"),
+        )
+    }
+
+    pub fn immutable(field: impl Into<String>) -> Self {
+        Self::new("FieldValueInvalid", field, "field is immutable".to_string())
+    }
+
     pub fn new(reason: &'static str, field: impl Into<String>, message: String) -> Self {
-        Cause { reason, message, field: field.into() }
+        Cause {
+            reason,
+            message,
+            field: field.into(),
+        }
     }
 
     /// `field: message`, as upstream joins causes into the Status message.
@@ -90,7 +101,12 @@ pub fn qualified(group: &str, resource: &str) -> String {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: Value::Null }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: Value::Null,
+        }
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
@@ -107,15 +123,23 @@ impl ApiError {
     }
 
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, resource)))
-            .with_details(group, resource, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     /// 404 for a path that names no resource the server knows.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details("", "", "")
-            .without_details()
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details("", "", "")
+        .without_details()
     }
 
     fn without_details(mut self) -> Self {
@@ -124,15 +148,22 @@ impl ApiError {
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, resource)))
-            .with_details(group, resource, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, resource)),
+        )
+        .with_details(group, resource, name)
     }
 
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(group, resource)),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualified(group, resource)
+            ),
         )
         .with_details(group, resource, name)
     }
@@ -155,8 +186,12 @@ impl ApiError {
         } else {
             format!("[{}]", rendered.join(", "))
         };
-        let mut e = Self::new(422, "Invalid", format!("{kind}.{} \"{name}\" is invalid: {joined}", group))
-            .with_details(group, kind, name);
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{kind}.{} \"{name}\" is invalid: {joined}", group),
+        )
+        .with_details(group, kind, name);
         if group.is_empty() {
             e.message = format!("{kind} \"{name}\" is invalid: {joined}");
         }
@@ -183,7 +218,8 @@ impl ApiError {
         } else {
             format!("{} \"{name}\"", qualified(group, resource))
         };
-        Self::new(403, "Forbidden", format!("{what} is forbidden: {why}")).with_details(group, resource, name)
+        Self::new(403, "Forbidden", format!("{what} is forbidden: {why}"))
+            .with_details(group, resource, name)
     }
 
     /// 410 Expired, for a resourceVersion behind the compaction point.
@@ -192,7 +228,11 @@ impl ApiError {
     }
 
     pub fn method_not_supported(resource: &str, verb: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("{verb} is not supported on resources of kind \"{resource}\""))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("{verb} is not supported on resources of kind \"{resource}\""),
+        )
     }
 
     pub fn unsupported_media_type(got: &str, accepted: &[&str]) -> Self {
@@ -208,7 +248,11 @@ impl ApiError {
     }
 
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     pub fn unauthorized() -> Self {
@@ -224,7 +268,11 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     /// The `Status` object.
@@ -260,13 +308,19 @@ mod tests {
 
     #[test]
     fn messages_match_upstream() {
-        assert_eq!(ApiError::not_found("", "pods", "x").message, "pods \"x\" not found");
+        assert_eq!(
+            ApiError::not_found("", "pods", "x").message,
+            "pods \"x\" not found"
+        );
         assert_eq!(
             ApiError::not_found("apps", "deployments", "d").message,
             "deployments.apps \"d\" not found"
         );
         let e = ApiError::invalid("", "Pod", "p", vec![Cause::required("spec.containers")]);
-        assert_eq!(e.message, "Pod \"p\" is invalid: spec.containers: Required value");
+        assert_eq!(
+            e.message,
+            "Pod \"p\" is invalid: spec.containers: Required value"
+        );
         assert_eq!(e.code, 422);
         assert_eq!(e.details["causes"][0]["field"], "spec.containers");
         let s = ApiError::stale("", "configmaps", "c").to_status();

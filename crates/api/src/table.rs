@@ -28,12 +28,24 @@ pub struct Column {
 
 /// A column shown always.
 pub const fn col(name: &'static str, kind: &'static str, description: &'static str) -> Column {
-    Column { name, kind, format: "", description, priority: 0 }
+    Column {
+        name,
+        kind,
+        format: "",
+        description,
+        priority: 0,
+    }
 }
 
 /// A column shown only with `-o wide`.
 pub const fn wide(name: &'static str, kind: &'static str, description: &'static str) -> Column {
-    Column { name, kind, format: "", description, priority: 1 }
+    Column {
+        name,
+        kind,
+        format: "",
+        description,
+        priority: 1,
+    }
 }
 
 pub const NAME: Column = Column {
@@ -65,7 +77,9 @@ pub fn name(obj: &Value) -> Value {
 /// The age of an object as kubectl prints it (`5s`, `3m2s`, `4h`, `12d`).
 pub fn age(obj: &Value) -> Value {
     match obj.meta_str("creationTimestamp").and_then(parse_time) {
-        Some(t) => Value::String(human_duration(jiff::Timestamp::now().duration_since(t).as_secs())),
+        Some(t) => Value::String(human_duration(
+            jiff::Timestamp::now().duration_since(t).as_secs(),
+        )),
         None => Value::String("<unknown>".into()),
     }
 }
@@ -79,7 +93,11 @@ pub fn human_duration(secs: i64) -> String {
     let m = s / 60;
     if m < 10 {
         let rem = s % 60;
-        return if rem == 0 { format!("{m}m") } else { format!("{m}m{rem}s") };
+        return if rem == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rem}s")
+        };
     }
     if m < 180 {
         return format!("{m}m");
@@ -87,7 +105,11 @@ pub fn human_duration(secs: i64) -> String {
     let h = s / 3600;
     if h < 8 {
         let rm = (s % 3600) / 60;
-        return if rm == 0 { format!("{h}h") } else { format!("{h}h{rm}m") };
+        return if rm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rm}m")
+        };
     }
     if h < 48 {
         return format!("{h}h");
@@ -95,7 +117,11 @@ pub fn human_duration(secs: i64) -> String {
     let d = h / 24;
     if h < 24 * 8 {
         let rh = h % 24;
-        return if rh == 0 { format!("{d}d") } else { format!("{d}d{rh}h") };
+        return if rh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rh}h")
+        };
     }
     if h < 24 * 365 * 2 {
         return format!("{d}d");
@@ -103,7 +129,11 @@ pub fn human_duration(secs: i64) -> String {
     let y = d / 365;
     if h < 24 * 365 * 8 {
         let rd = d % 365;
-        return if rd == 0 { format!("{y}y") } else { format!("{y}y{rd}d") };
+        return if rd == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{rd}d")
+        };
     }
     format!("{y}y")
 }

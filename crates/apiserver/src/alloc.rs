@@ -23,11 +23,22 @@ pub struct Cidr {
 impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (like 10.43.0.0/16)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len.parse().ok().filter(|p| (8..=30).contains(p)).ok_or_else(|| format!("{s:?}: the prefix length must be 8..30"))?;
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (like 10.43.0.0/16)"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("{s:?}: the prefix length must be 8..30"))?;
         let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { base: Ipv4Addr::from(u32::from(ip) & mask), prefix })
+        Ok(Cidr {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
     }
 }
 
@@ -56,7 +67,10 @@ pub const NODE_PORT_MIN: u16 = 30000;
 pub const NODE_PORT_MAX: u16 = 32767;
 
 fn ipaddresses(state: &State) -> &ResourceInfo {
-    state.registry.get("networking.k8s.io", "v1", "ipaddresses").expect("ipaddresses are registered")
+    state
+        .registry
+        .get("networking.k8s.io", "v1", "ipaddresses")
+        .expect("ipaddresses are registered")
 }
 
 fn node_port_key(port: i64) -> String {
@@ -64,7 +78,12 @@ fn node_port_key(port: i64) -> String {
 }
 
 /// Reserves a ClusterIP for a Service; false if it is taken.
-pub async fn reserve_ip(state: &Arc<State>, ip: Ipv4Addr, ns: &str, svc: &str) -> Result<bool, ApiError> {
+pub async fn reserve_ip(
+    state: &Arc<State>,
+    ip: Ipv4Addr,
+    ns: &str,
+    svc: &str,
+) -> Result<bool, ApiError> {
     let info = ipaddresses(state);
     let obj = json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -81,12 +100,18 @@ pub async fn reserve_ip(state: &Arc<State>, ip: Ipv4Addr, ns: &str, svc: &str) -
         "spec": {"parentRef": {"group": "", "resource": "services", "namespace": ns, "name": svc}},
     });
     let key = storage::key(info, "", &ip.to_string());
-    match state.store.create(key.as_bytes(), storage::encode(&obj), None).await {
+    match state
+        .store
+        .create(key.as_bytes(), storage::encode(&obj), None)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(StoreError::AlreadyExists { current }) => {
             // Ours already (a retried create): the parent is this Service.
             let v: Value = serde_json::from_slice(&current.value).unwrap_or_default();
-            Ok(v.pointer("/spec/parentRef/namespace").and_then(Value::as_str) == Some(ns)
+            Ok(v.pointer("/spec/parentRef/namespace")
+                .and_then(Value::as_str)
+                == Some(ns)
                 && v.pointer("/spec/parentRef/name").and_then(Value::as_str) == Some(svc))
         }
         Err(e) => Err(storage::store_error(e, info, &ip.to_string())),
@@ -94,28 +119,56 @@ pub async fn reserve_ip(state: &Arc<State>, ip: Ipv4Addr, ns: &str, svc: &str) -
 }
 
 async fn reserve_port(state: &Arc<State>, port: i64, owner: &str) -> Result<bool, ApiError> {
-    match state.store.create(node_port_key(port).as_bytes(), owner.as_bytes().to_vec().into(), None).await {
+    match state
+        .store
+        .create(
+            node_port_key(port).as_bytes(),
+            owner.as_bytes().to_vec().into(),
+            None,
+        )
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(StoreError::AlreadyExists { current }) => Ok(current.value.as_ref() == owner.as_bytes()),
+        Err(StoreError::AlreadyExists { current }) => {
+            Ok(current.value.as_ref() == owner.as_bytes())
+        }
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }
 
 /// Allocates what a Service needs (ClusterIP, NodePorts) on create (`old` = None) or
 /// update; keeps what `old` had. Other kinds pass through.
-pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
-    if info.kind != "Service" || info.group != "" {
+pub async fn allocate(
+    state: &Arc<State>,
+    info: &ResourceInfo,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if info.kind != "Service" || !info.group.is_empty() {
         return Ok(());
     }
     let ns = obj.namespace().to_string();
     let name = obj.name().to_string();
     let owner = format!("{ns}/{name}");
-    let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-    let invalid = |field: &str, v: Value, msg: String| ApiError::invalid("", "Service", &name, vec![Cause::invalid(field, &v, msg)]);
+    let ty = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let invalid = |field: &str, v: Value, msg: String| {
+        ApiError::invalid("", "Service", &name, vec![Cause::invalid(field, &v, msg)])
+    };
 
     // ClusterIP.
-    let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(String::from);
-    let requested = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+    let old_ip = old
+        .and_then(|o| o.pointer("/spec/clusterIP"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let requested = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if ty == "ExternalName" {
         if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
             spec.remove("clusterIP");
@@ -130,9 +183,13 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
     } else if old_ip.as_deref() == Some(requested.as_str()) && !requested.is_empty() {
         obj["spec"]["clusterIPs"] = json!([requested]);
     } else if !requested.is_empty() {
-        let ip: Ipv4Addr = requested
-            .parse()
-            .map_err(|_| invalid("spec.clusterIPs[0]", json!(requested), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into()))?;
+        let ip: Ipv4Addr = requested.parse().map_err(|_| {
+            invalid(
+                "spec.clusterIPs[0]",
+                json!(requested),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into(),
+            )
+        })?;
         if !state.service_cidr.contains(ip) {
             return Err(invalid("spec.clusterIPs", json!([requested]), format!(
                 "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}",
@@ -140,7 +197,11 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
             )));
         }
         if !reserve_ip(state, ip, &ns, &name).await? {
-            return Err(invalid("spec.clusterIPs", json!([requested]), format!("failed to allocate IP {requested}: provided IP is already allocated")));
+            return Err(invalid(
+                "spec.clusterIPs",
+                json!([requested]),
+                format!("failed to allocate IP {requested}: provided IP is already allocated"),
+            ));
         }
         obj["spec"]["clusterIPs"] = json!([requested]);
     } else {
@@ -159,15 +220,29 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
                 break;
             }
         }
-        let ip = found.ok_or_else(|| ApiError::internal(format!("failed to allocate a serviceIP: range is full ({cidr})")))?;
+        let ip = found.ok_or_else(|| {
+            ApiError::internal(format!(
+                "failed to allocate a serviceIP: range is full ({cidr})"
+            ))
+        })?;
         obj["spec"]["clusterIP"] = json!(ip.to_string());
         obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
     }
 
     // NodePorts.
-    let wants_ports = ty == "NodePort" || (ty == "LoadBalancer" && obj.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false)));
-    let old_ports: Vec<Value> = old.and_then(|o| o.pointer("/spec/ports")).and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut ports: Vec<Value> = obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let wants_ports = ty == "NodePort"
+        || (ty == "LoadBalancer"
+            && obj.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false)));
+    let old_ports: Vec<Value> = old
+        .and_then(|o| o.pointer("/spec/ports"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut ports: Vec<Value> = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for (i, p) in ports.iter_mut().enumerate() {
         if !wants_ports {
             if let Some(m) = p.as_object_mut() {
@@ -188,7 +263,11 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
                 )));
             }
             if !reserve_port(state, requested, &owner).await? {
-                return Err(invalid(&format!("spec.ports[{i}].nodePort"), json!(requested), "provided port is already allocated".into()));
+                return Err(invalid(
+                    &format!("spec.ports[{i}].nodePort"),
+                    json!(requested),
+                    "provided port is already allocated".into(),
+                ));
             }
             requested
         } else if let Some(prev) = previous {
@@ -204,7 +283,8 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
                     break;
                 }
             }
-            found.ok_or_else(|| ApiError::internal("failed to allocate a nodePort: range is full"))?
+            found
+                .ok_or_else(|| ApiError::internal("failed to allocate a nodePort: range is full"))?
         };
         p["nodePort"] = json!(port);
     }
@@ -214,12 +294,18 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
     // NodePorts the update no longer uses are released.
     for op in &old_ports {
         if let Some(np) = op.get("nodePort").and_then(Value::as_i64) {
-            if !ports.iter().any(|p| p.get("nodePort").and_then(Value::as_i64) == Some(np)) {
+            if !ports
+                .iter()
+                .any(|p| p.get("nodePort").and_then(Value::as_i64) == Some(np))
+            {
                 let _ = state.store.delete(node_port_key(np).as_bytes(), None).await;
             }
         }
     }
-    if let (Some(old_ip), Some(new_ip)) = (old_ip, obj.pointer("/spec/clusterIP").and_then(Value::as_str)) {
+    if let (Some(old_ip), Some(new_ip)) = (
+        old_ip,
+        obj.pointer("/spec/clusterIP").and_then(Value::as_str),
+    ) {
         if old_ip != new_ip && old_ip != "None" && !old_ip.is_empty() {
             release_ip(state, &old_ip).await;
         }
@@ -229,12 +315,15 @@ pub async fn allocate(state: &Arc<State>, info: &ResourceInfo, obj: &mut Value, 
 
 async fn release_ip(state: &Arc<State>, ip: &str) {
     let info = ipaddresses(state);
-    let _ = state.store.delete(storage::key(info, "", ip).as_bytes(), None).await;
+    let _ = state
+        .store
+        .delete(storage::key(info, "", ip).as_bytes(), None)
+        .await;
 }
 
 /// Releases what a deleted (or never stored) Service held.
 pub async fn release(state: &Arc<State>, info: &ResourceInfo, obj: &Value) {
-    if info.kind != "Service" || info.group != "" {
+    if info.kind != "Service" || !info.group.is_empty() {
         return;
     }
     if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
@@ -242,7 +331,12 @@ pub async fn release(state: &Arc<State>, info: &ResourceInfo, obj: &Value) {
             release_ip(state, ip).await;
         }
     }
-    for p in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+    for p in obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
             let _ = state.store.delete(node_port_key(np).as_bytes(), None).await;
         }

@@ -15,21 +15,40 @@ pub async fn read(body: RequestBody) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
 /// The media type of a Content-Type header, without parameters.
 pub fn media_type(ct: Option<&str>) -> String {
-    ct.unwrap_or("application/json").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
+
+/// Decodes a protobuf body into JSON (the apiserver knows the expected message).
+pub type ProtoDecoder<'a> = &'a dyn Fn(&[u8]) -> Result<Value, ApiError>;
 
 pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
 /// Decodes an object body (JSON, YAML, or Kubernetes protobuf through `proto` with the
 /// expected message); malformed input is 400 BadRequest.
-pub fn decode_object(content_type: Option<&str>, bytes: &[u8], proto: Option<&dyn Fn(&[u8]) -> Result<Value, ApiError>>) -> Result<Value, ApiError> {
+pub fn decode_object(
+    content_type: Option<&str>,
+    bytes: &[u8],
+    proto: Option<ProtoDecoder<'_>>,
+) -> Result<Value, ApiError> {
     let mt = media_type(content_type);
     let v = match mt.as_str() {
         PROTOBUF if proto.is_some() => proto.expect("checked")(bytes)?,
@@ -53,7 +72,9 @@ pub fn decode_object(content_type: Option<&str>, bytes: &[u8], proto: Option<&dy
 
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -61,8 +82,10 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 pub fn parse_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
-    let s = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request(format!("the YAML body is not UTF-8: {e}")))?;
-    serde_saphyr::from_str::<Value>(s).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
+    let s = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the YAML body is not UTF-8: {e}")))?;
+    serde_saphyr::from_str::<Value>(s)
+        .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
 }
 
 fn kind_of(v: &Value) -> &'static str {

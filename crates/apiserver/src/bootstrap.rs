@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::{storage, State};
 
-pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The address other components and pods use to reach this apiserver.
 pub fn advertise_address(bind: IpAddr) -> IpAddr {
@@ -36,23 +37,51 @@ fn meta(name: &str, ns: Option<&str>) -> Value {
 
 /// Creates `obj` unless it exists; with `reconcile`, rewrites it when its `compare`
 /// part differs.
-async fn ensure(state: &Arc<State>, resource: (&str, &str, &str), obj: Value, reconcile: Option<&str>) -> Result<(), ApiError> {
-    let info = state.registry.get(resource.0, resource.1, resource.2).expect("registered");
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+async fn ensure(
+    state: &Arc<State>,
+    resource: (&str, &str, &str),
+    obj: Value,
+    reconcile: Option<&str>,
+) -> Result<(), ApiError> {
+    let info = state
+        .registry
+        .get(resource.0, resource.1, resource.2)
+        .expect("registered");
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let key = storage::key(info, &ns, &name);
-    match state.store.create(key.as_bytes(), storage::encode(&obj), None).await {
+    match state
+        .store
+        .create(key.as_bytes(), storage::encode(&obj), None)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(StoreError::AlreadyExists { current }) => {
-            let Some(field) = reconcile else { return Ok(()) };
-            let mut existing: Value = serde_json::from_slice(&current.value).map_err(|e| ApiError::internal(e.to_string()))?;
+            let Some(field) = reconcile else {
+                return Ok(());
+            };
+            let mut existing: Value = serde_json::from_slice(&current.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             if existing.get(field) == obj.get(field) {
                 return Ok(());
             }
             existing[field] = obj[field].clone();
             state
                 .store
-                .update(key.as_bytes(), storage::encode(&existing), Some(current.mod_revision), None)
+                .update(
+                    key.as_bytes(),
+                    storage::encode(&existing),
+                    Some(current.mod_revision),
+                    None,
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| storage::store_error(e, info, &name))
@@ -93,7 +122,13 @@ pub async fn run(state: &Arc<State>, advertise: IpAddr, port: u16) -> Result<(),
         "addressType": "IPv4",
         "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
-    ensure(state, ("discovery.k8s.io", "v1", "endpointslices"), slice, Some("endpoints")).await?;
+    ensure(
+        state,
+        ("discovery.k8s.io", "v1", "endpointslices"),
+        slice,
+        Some("endpoints"),
+    )
+    .await?;
     Ok(())
 }
 
@@ -103,7 +138,9 @@ pub async fn compaction_loop(state: Arc<State>, interval: Duration) {
     let mut previous: Option<i64> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let Ok(current) = state.store.current_revision().await else { continue };
+        let Ok(current) = state.store.current_revision().await else {
+            continue;
+        };
         if let Some(rev) = previous {
             if let Err(e) = state.store.compact(rev).await {
                 if !matches!(e, StoreError::Compacted { .. }) {
@@ -119,7 +156,9 @@ pub async fn compaction_loop(state: Arc<State>, interval: Duration) {
 pub async fn store_health_loop(state: Arc<State>) {
     loop {
         let ok = tokio::time::timeout(Duration::from_secs(2), state.store.current_revision()).await;
-        state.store_failed.store(!matches!(ok, Ok(Ok(_))), Ordering::Relaxed);
+        state
+            .store_failed
+            .store(!matches!(ok, Ok(Ok(_))), Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

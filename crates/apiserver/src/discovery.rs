@@ -4,7 +4,16 @@
 use rkube_api::{Registry, ResourceInfo};
 use serde_json::{json, Value};
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// The verbs and response kind of a subresource.
 fn subresource(info: &ResourceInfo, sub: &str) -> (Vec<&'static str>, Value) {
@@ -12,15 +21,26 @@ fn subresource(info: &ResourceInfo, sub: &str) -> (Vec<&'static str>, Value) {
     let own = gvk(info.group, info.version, info.kind);
     match sub {
         "status" | "finalize" | "ephemeralcontainers" | "resize" | "approval" => {
-            (if sub == "status" { vec!["get", "patch", "update"] } else { vec!["get", "patch", "update"] }, own)
+            (vec!["get", "patch", "update"], own)
         }
-        "scale" => (vec!["get", "patch", "update"], gvk("autoscaling", "v1", "Scale")),
+        "scale" => (
+            vec!["get", "patch", "update"],
+            gvk("autoscaling", "v1", "Scale"),
+        ),
         "binding" => (vec!["create"], gvk("", "v1", "Binding")),
         "eviction" => (vec!["create"], gvk("policy", "v1", "Eviction")),
-        "token" => (vec!["create"], gvk("authentication.k8s.io", "v1", "TokenRequest")),
+        "token" => (
+            vec!["create"],
+            gvk("authentication.k8s.io", "v1", "TokenRequest"),
+        ),
         "log" => (vec!["get"], gvk("", "v1", "Pod")),
-        "exec" | "attach" | "portforward" => (vec!["create", "get"], gvk("", "v1", "PodExecOptions")),
-        _ => (vec!["create", "delete", "get", "patch", "update"], gvk("", "v1", "Pod")),
+        "exec" | "attach" | "portforward" => {
+            (vec!["create", "get"], gvk("", "v1", "PodExecOptions"))
+        }
+        _ => (
+            vec!["create", "delete", "get", "patch", "update"],
+            gvk("", "v1", "Pod"),
+        ),
     }
 }
 
@@ -43,7 +63,11 @@ fn group_json(name: &str, versions: &[&str]) -> Value {
 
 /// `/apis`: every named group.
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().iter().map(|g| group_json(g.name, &g.versions)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .map(|g| group_json(g.name, &g.versions))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -94,8 +118,14 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             resources.push(s);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// Which aggregated discovery version an `Accept` header asks for, if any.
@@ -103,7 +133,10 @@ pub fn aggregated_version(accept: &str) -> Option<&'static str> {
     for entry in accept.split(',') {
         let params: Vec<&str> = entry.split(';').map(str::trim).collect();
         let has = |p: &str| params.contains(&p);
-        if params[0] == "application/json" && has("g=apidiscovery.k8s.io") && has("as=APIGroupDiscoveryList") {
+        if params[0] == "application/json"
+            && has("g=apidiscovery.k8s.io")
+            && has("as=APIGroupDiscoveryList")
+        {
             if has("v=v2") {
                 return Some("v2");
             }
@@ -123,7 +156,10 @@ pub fn aggregated(reg: &Registry, legacy: bool, version: &str) -> Value {
     let groups: Vec<(String, Vec<&str>)> = if legacy {
         vec![(String::new(), vec!["v1"])]
     } else {
-        reg.groups().into_iter().map(|g| (g.name.to_string(), g.versions)).collect()
+        reg.groups()
+            .into_iter()
+            .map(|g| (g.name.to_string(), g.versions))
+            .collect()
     };
     let items: Vec<Value> = groups
         .iter()

@@ -23,7 +23,11 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
     let info = request::parse(&method, &path, &query);
     let (verb, resource) = match &info {
         Some(i) if !i.resource.is_empty() => {
-            let r = if i.subresource.is_empty() { i.resource.clone() } else { format!("{}/{}", i.resource, i.subresource) };
+            let r = if i.subresource.is_empty() {
+                i.resource.clone()
+            } else {
+                format!("{}/{}", i.resource, i.subresource)
+            };
             (i.verb.to_ascii_uppercase(), r)
         }
         _ => (method.as_str().to_string(), String::new()),
@@ -43,50 +47,95 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
     } else {
         resp
     };
-    state.metrics.request(&verb, &resource, resp.status().as_u16(), start.elapsed());
+    state
+        .metrics
+        .request(&verb, &resource, resp.status().as_u16(), start.elapsed());
     tracing::debug!(%method, %path, code = resp.status().as_u16(), "request");
     resp
 }
 
-fn non_resource(state: &Arc<State>, method: &Method, path: &str, query: &Query, req: &Request<RequestBody>) -> Result<Resp, ApiError> {
+fn non_resource(
+    state: &Arc<State>,
+    method: &Method,
+    path: &str,
+    query: &Query,
+    req: &Request<RequestBody>,
+) -> Result<Resp, ApiError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::path_not_found());
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let path = path.trim_end_matches('/');
     match path {
         "/version" => Ok(json(200, &version())),
         "/healthz" | "/livez" | "/readyz" => Ok(health(state, path, query.has("verbose"))),
-        p if p.starts_with("/healthz/") || p.starts_with("/livez/") || p.starts_with("/readyz/") => {
+        p if p.starts_with("/healthz/")
+            || p.starts_with("/livez/")
+            || p.starts_with("/readyz/") =>
+        {
             let check = p.rsplit('/').next().unwrap_or("");
-            if checks(state, p.starts_with("/readyz")).iter().any(|(n, _)| *n == check) {
+            if checks(state, p.starts_with("/readyz"))
+                .iter()
+                .any(|(n, _)| *n == check)
+            {
                 Ok(text(200, "ok"))
             } else {
                 Err(ApiError::path_not_found())
             }
         }
-        "/openapi/v3" => Ok(raw(200, "application/json", state.openapi.v3_index(&state.registry))),
+        "/openapi/v3" => Ok(raw(
+            200,
+            "application/json",
+            state.openapi.v3_index(&state.registry),
+        )),
         p if p.starts_with("/openapi/v3/") => {
-            let doc = state.openapi.v3_document(&state.registry, &p["/openapi/v3/".len()..])?;
+            let doc = state
+                .openapi
+                .v3_document(&state.registry, &p["/openapi/v3/".len()..])?;
             Ok(raw(200, "application/json", doc))
         }
-        "/openapi/v2" => {
-            let wants_json = accept.is_empty() || accept.contains("application/json") || accept.contains("*/*");
-            if !wants_json {
-                return Err(ApiError::new(406, "NotAcceptable", "only application/json is served for /openapi/v2; use /openapi/v3"));
+        "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
+            const PB: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+            let first = accept.split(',').next().unwrap_or("").trim();
+            if first.starts_with("application/com.github.proto-openapi.spec.v2")
+                || path == "/swagger-2.0.0.pb-v1"
+            {
+                Ok(raw(200, PB, state.openapi.v2_protobuf(&state.registry)))
+            } else {
+                Ok(raw(
+                    200,
+                    "application/json",
+                    state.openapi.v2(&state.registry),
+                ))
             }
-            Ok(raw(200, "application/json", state.openapi.v2(&state.registry)))
         }
-        "/metrics" => Ok(raw(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render())),
+        "/metrics" => Ok(raw(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(),
+        )),
         "/api" => match discovery::aggregated_version(accept) {
-            Some(v) => Ok(aggregated(discovery::aggregated(&state.registry, true, v), v)),
+            Some(v) => Ok(aggregated(
+                discovery::aggregated(&state.registry, true, v),
+                v,
+            )),
             None => Ok(json(200, &discovery::api_versions(&state.server_address))),
         },
         "/apis" => match discovery::aggregated_version(accept) {
-            Some(v) => Ok(aggregated(discovery::aggregated(&state.registry, false, v), v)),
+            Some(v) => Ok(aggregated(
+                discovery::aggregated(&state.registry, false, v),
+                v,
+            )),
             None => Ok(json(200, &discovery::api_group_list(&state.registry))),
         },
-        "" => Ok(json(200, &json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/readyz", "/version"]}))),
+        "" => Ok(json(
+            200,
+            &json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/readyz", "/version"]}),
+        )),
         _ => {
             let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             let doc = match parts.as_slice() {
@@ -95,7 +144,8 @@ fn non_resource(state: &Arc<State>, method: &Method, path: &str, query: &Query, 
                 ["apis", g, v] => discovery::resource_list(&state.registry, g, v),
                 _ => None,
             };
-            doc.map(|d| json(200, &d)).ok_or_else(ApiError::path_not_found)
+            doc.map(|d| json(200, &d))
+                .ok_or_else(ApiError::path_not_found)
         }
     }
 }
@@ -124,7 +174,12 @@ pub fn version() -> serde_json::Value {
 }
 
 fn checks(state: &Arc<State>, ready: bool) -> Vec<(&'static str, bool)> {
-    let mut c = vec![("ping", true), ("log", true), ("etcd", !state.store_failed()), ("poststarthook/bootstrap-controller", state.bootstrapped())];
+    let mut c = vec![
+        ("ping", true),
+        ("log", true),
+        ("etcd", !state.store_failed()),
+        ("poststarthook/bootstrap-controller", state.bootstrapped()),
+    ];
     if ready {
         c.push(("informer-sync", true));
     }
@@ -136,12 +191,30 @@ fn health(state: &Arc<State>, path: &str, verbose: bool) -> Resp {
     let ok = checks.iter().all(|(_, ok)| *ok);
     let name = &path[1..];
     if !verbose {
-        return if ok { text(200, "ok") } else { text(500, format!("[-]{name} failed: reason withheld\n{name} check failed")) };
+        return if ok {
+            text(200, "ok")
+        } else {
+            text(
+                500,
+                format!("[-]{name} failed: reason withheld\n{name} check failed"),
+            )
+        };
     }
     let mut out = String::new();
     for (n, good) in &checks {
-        out.push_str(&format!("[{}]{n} {}\n", if *good { "+" } else { "-" }, if *good { "ok" } else { "failed: reason withheld" }));
+        out.push_str(&format!(
+            "[{}]{n} {}\n",
+            if *good { "+" } else { "-" },
+            if *good {
+                "ok"
+            } else {
+                "failed: reason withheld"
+            }
+        ));
     }
-    out.push_str(&format!("{name} check {}\n", if ok { "passed" } else { "failed" }));
+    out.push_str(&format!(
+        "{name} check {}\n",
+        if ok { "passed" } else { "failed" }
+    ));
     text(if ok { 200 } else { 500 }, out)
 }

@@ -87,7 +87,10 @@ pub enum StartError {
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}; pick another port with --https-listen-port")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("bootstrapping the cluster objects: {0}")]
     Bootstrap(String),
 }
@@ -108,11 +111,18 @@ impl ApiServer {
         let pki = pki::Pki::load_or_create(&config.server_dir.join("tls"), &sans)?;
         let tls = serve::tls_config(&pki).map_err(StartError::Tls)?;
         let addr = SocketAddr::new(config.bind_address, config.port);
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
         let advertise = bootstrap::advertise_address(config.bind_address);
         let metrics = Arc::new(metrics::Metrics::default());
-        let store: Arc<dyn Store> = Arc::new(metered::MeteredStore { inner: store, metrics: metrics.clone() });
+        let store: Arc<dyn Store> = Arc::new(metered::MeteredStore {
+            inner: store,
+            metrics: metrics.clone(),
+        });
         let state = Arc::new(State {
             registry: Registry::builtin(),
             store,
@@ -123,20 +133,34 @@ impl ApiServer {
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),
         });
-        bootstrap::run(&state, advertise, addr.port()).await.map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        bootstrap::run(&state, advertise, addr.port())
+            .await
+            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
         state.bootstrapped.store(true, Ordering::Relaxed);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let tasks = vec![
             tokio::spawn(serve::accept_loop(listener, acceptor, state.clone())),
-            tokio::spawn(bootstrap::compaction_loop(state.clone(), config.compaction_interval)),
+            tokio::spawn(bootstrap::compaction_loop(
+                state.clone(),
+                config.compaction_interval,
+            )),
             tokio::spawn(bootstrap::store_health_loop(state.clone())),
         ];
-        Ok(ApiServer { addr, pki, state, tasks })
+        Ok(ApiServer {
+            addr,
+            pki,
+            state,
+            tasks,
+        })
     }
 
     /// `https://127.0.0.1:PORT` (or the bind address when it is specific).
     pub fn url(&self) -> String {
-        let host = if self.addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { self.addr.ip() };
+        let host = if self.addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.addr.ip()
+        };
         format!("https://{}", SocketAddr::new(host, self.addr.port()))
     }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rkube_store::{KeySpan, KeyValue, RangeRequest, RangeResponse, Result, Revision, Store, WatchStream};
+use rkube_store::{
+    KeySpan, KeyValue, RangeRequest, RangeResponse, Result, Revision, Store, WatchStream,
+};
 
 use crate::metrics::Metrics;
 
@@ -34,7 +36,13 @@ impl Store for MeteredStore {
         self.record("create", t);
         r
     }
-    async fn update(&self, key: &[u8], value: Bytes, expected: Option<Revision>, ttl: Option<Duration>) -> Result<(Revision, KeyValue)> {
+    async fn update(
+        &self,
+        key: &[u8],
+        value: Bytes,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    ) -> Result<(Revision, KeyValue)> {
         let t = Instant::now();
         let r = self.inner.update(key, value, expected, ttl).await;
         self.record("update", t);

@@ -18,6 +18,7 @@ pub struct OpenApi {
     /// "api/v1" / "apis/apps/v1" -> (encoded document, hash).
     v3: Mutex<HashMap<String, (Bytes, String)>>,
     v2: OnceLock<Bytes>,
+    v2_pb: OnceLock<Bytes>,
     codec: OnceLock<ProtoCodec>,
 }
 
@@ -44,7 +45,10 @@ impl OpenApi {
         let doc = openapi::v3_group_version(reg, self.schemas(reg), group, version)?;
         let bytes = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
         let entry = (bytes.clone(), hash(&bytes));
-        self.v3.lock().unwrap_or_else(|e| e.into_inner()).insert(gv.to_string(), entry.clone());
+        self.v3
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gv.to_string(), entry.clone());
         Some(entry)
     }
 
@@ -53,13 +57,22 @@ impl OpenApi {
         let mut gvs: Vec<String> = reg
             .all()
             .iter()
-            .map(|r| if r.group.is_empty() { format!("api/{}", r.version) } else { format!("apis/{}/{}", r.group, r.version) })
+            .map(|r| {
+                if r.group.is_empty() {
+                    format!("api/{}", r.version)
+                } else {
+                    format!("apis/{}/{}", r.group, r.version)
+                }
+            })
             .collect();
         gvs.dedup();
         let mut paths = Map::new();
         for gv in gvs {
             if let Some((_, h)) = self.group_version(reg, &gv) {
-                paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={h}")}));
+                paths.insert(
+                    gv.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={h}")}),
+                );
             }
         }
         Bytes::from(serde_json::to_vec(&json!({"paths": paths})).unwrap_or_default())
@@ -67,31 +80,58 @@ impl OpenApi {
 
     /// `/openapi/v3/<gv>`.
     pub fn v3_document(&self, reg: &Registry, gv: &str) -> Result<Bytes, ApiError> {
-        self.group_version(reg, gv).map(|(b, _)| b).ok_or_else(ApiError::path_not_found)
+        self.group_version(reg, gv)
+            .map(|(b, _)| b)
+            .ok_or_else(ApiError::path_not_found)
     }
 
     /// Decodes a protobuf body holding the message `message` (a definition name), or the
     /// root message of `info` when None.
-    pub fn decode_protobuf(&self, reg: &Registry, info: &rkube_api::ResourceInfo, message: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    pub fn decode_protobuf(
+        &self,
+        reg: &Registry,
+        info: &rkube_api::ResourceInfo,
+        message: Option<&str>,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
         let schemas = self.schemas(reg);
         let root = match message {
             Some(m) => m.to_string(),
             None => schemas
                 .roots
-                .get(&(info.group.to_string(), info.version.to_string(), info.plural.to_string()))
+                .get(&(
+                    info.group.to_string(),
+                    info.version.to_string(),
+                    info.plural.to_string(),
+                ))
                 .cloned()
                 .unwrap_or_default(),
         };
         let codec = self.codec.get_or_init(|| ProtoCodec::new(schemas));
-        codec
-            .decode_object(body, &root)
-            .map_err(|e| ApiError::bad_request(format!("the protobuf body does not decode as {root}: {e}")))
+        codec.decode_object(body, &root).map_err(|e| {
+            ApiError::bad_request(format!("the protobuf body does not decode as {root}: {e}"))
+        })
+    }
+
+    /// `/openapi/v2` as protobuf (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`).
+    pub fn v2_protobuf(&self, reg: &Registry) -> Bytes {
+        self.v2_pb
+            .get_or_init(|| {
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&self.v2(reg)).unwrap_or_default();
+                Bytes::from(rkube_api::openapi_pb::encode_v2(&doc))
+            })
+            .clone()
     }
 
     /// `/openapi/v2` (JSON).
     pub fn v2(&self, reg: &Registry) -> Bytes {
         self.v2
-            .get_or_init(|| Bytes::from(serde_json::to_vec(&openapi::v2(reg, self.schemas(reg))).unwrap_or_default()))
+            .get_or_init(|| {
+                Bytes::from(
+                    serde_json::to_vec(&openapi::v2(reg, self.schemas(reg))).unwrap_or_default(),
+                )
+            })
             .clone()
     }
 }

@@ -25,7 +25,10 @@ pub enum IncludeObject {
 
 impl Output {
     pub fn negotiate(headers: &HeaderMap, query: &Query) -> Output {
-        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         // The first acceptable entry wins, as clients list their preference first.
         for entry in accept.split(',') {
             let params: Vec<&str> = entry.split(';').map(str::trim).collect();
@@ -44,7 +47,10 @@ impl Output {
                     };
                     return Output::Table(inc);
                 }
-                (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io")) => {
+                (
+                    Some("PartialObjectMetadata" | "PartialObjectMetadataList"),
+                    Some("meta.k8s.io"),
+                ) => {
                     return Output::PartialMetadata;
                 }
                 (Some(_), _) => continue,
@@ -59,8 +65,12 @@ impl Output {
         match self {
             Output::Object => "application/json",
             Output::Table(_) => "application/json;as=Table;v=v1;g=meta.k8s.io",
-            Output::PartialMetadata if list => "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
-            Output::PartialMetadata => "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io",
+            Output::PartialMetadata if list => {
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+            }
+            Output::PartialMetadata => {
+                "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
+            }
         }
     }
 
@@ -70,7 +80,10 @@ impl Output {
             Output::Object => obj,
             Output::PartialMetadata => partial(&obj),
             Output::Table(inc) => {
-                let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 json!({
                     "kind": "Table",
                     "apiVersion": "meta.k8s.io/v1",

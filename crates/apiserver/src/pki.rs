@@ -6,15 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// Errors creating or loading certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message} (remove the file to have it recreated)")]
     Invalid { path: PathBuf, message: String },
     #[error("creating a certificate: {0}")]
@@ -45,7 +48,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -53,7 +59,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -72,9 +81,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = jiff::Timestamp::now();
-    let to_offset = |t: jiff::Timestamp| {
-        rcgen::date_time_ymd(1970, 1, 1) + time_delta(t.as_second())
-    };
+    let to_offset =
+        |t: jiff::Timestamp| rcgen::date_time_ymd(1970, 1, 1) + time_delta(t.as_second());
     params.not_before = to_offset(now - jiff::SignedDuration::from_secs(3600));
     params.not_after = to_offset(now + jiff::SignedDuration::from_secs(days * 86400));
 }
@@ -111,12 +119,22 @@ impl Pki {
             (None, None) => {
                 let key = KeyPair::generate()?;
                 let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.distinguished_name = dn(&format!("rkube-server-ca@{}", jiff::Timestamp::now().as_second()), &[]);
+                params.distinguished_name = dn(
+                    &format!("rkube-server-ca@{}", jiff::Timestamp::now().as_second()),
+                    &[],
+                );
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
                 validity(&mut params, CA_DAYS);
                 let cert = params.self_signed(&key)?;
-                let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+                let pair = CertPair {
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                };
                 write_private(&ca_key, &pair.key_pem)?;
                 write_private(&ca_crt, &pair.cert_pem)?;
                 pair
@@ -128,20 +146,33 @@ impl Pki {
                 })
             }
         };
-        let mut pki = Pki { dir: dir.into(), serving: ca.clone(), admin: ca.clone(), ca };
+        let mut pki = Pki {
+            dir: dir.into(),
+            serving: ca.clone(),
+            admin: ca.clone(),
+            ca,
+        };
         let sans_file = dir.join("serving-kube-apiserver.sans");
         let wanted = sans.join("\n");
-        pki.serving = pki.leaf("serving-kube-apiserver", read(&sans_file)?.as_deref() == Some(&wanted), |p| {
-            p.distinguished_name = dn("kube-apiserver", &[]);
-            p.subject_alt_names = sans
-                .iter()
-                .map(|s| match s.parse::<IpAddr>() {
-                    Ok(ip) => rcgen::SanType::IpAddress(ip),
-                    Err(_) => rcgen::SanType::DnsName(s.clone().try_into().unwrap_or_else(|_| "localhost".try_into().expect("dns name"))),
-                })
-                .collect();
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        })?;
+        pki.serving = pki.leaf(
+            "serving-kube-apiserver",
+            read(&sans_file)?.as_deref() == Some(&wanted),
+            |p| {
+                p.distinguished_name = dn("kube-apiserver", &[]);
+                p.subject_alt_names = sans
+                    .iter()
+                    .map(|s| match s.parse::<IpAddr>() {
+                        Ok(ip) => rcgen::SanType::IpAddress(ip),
+                        Err(_) => rcgen::SanType::DnsName(
+                            s.clone()
+                                .try_into()
+                                .unwrap_or_else(|_| "localhost".try_into().expect("dns name")),
+                        ),
+                    })
+                    .collect();
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            },
+        )?;
         write_private(&sans_file, &wanted)?;
         pki.admin = pki.leaf("client-admin", true, |p| {
             p.distinguished_name = dn("system:admin", &["system:masters"]);
@@ -151,13 +182,21 @@ impl Pki {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
-        let invalid = |message: String| PkiError::Invalid { path: self.dir.join("server-ca.key"), message };
+        let invalid = |message: String| PkiError::Invalid {
+            path: self.dir.join("server-ca.key"),
+            message,
+        };
         let key = KeyPair::from_pem(&self.ca.key_pem).map_err(|e| invalid(e.to_string()))?;
         Issuer::from_ca_cert_pem(&self.ca.cert_pem, key).map_err(|e| invalid(e.to_string()))
     }
 
     /// Loads `name.crt`/`name.key`, or issues them when missing, expiring, or not `keep`.
-    fn leaf(&self, name: &str, keep: bool, configure: impl Fn(&mut CertificateParams)) -> Result<CertPair, PkiError> {
+    fn leaf(
+        &self,
+        name: &str,
+        keep: bool,
+        configure: impl Fn(&mut CertificateParams),
+    ) -> Result<CertPair, PkiError> {
         let crt = self.dir.join(format!("{name}.crt"));
         let key = self.dir.join(format!("{name}.key"));
         if let (Some(cert_pem), Some(key_pem)) = (read(&crt)?, read(&key)?) {
@@ -175,11 +214,17 @@ impl Pki {
     fn issue(&self, configure: &dyn Fn(&mut CertificateParams)) -> Result<CertPair, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         validity(&mut params, LEAF_DAYS);
         configure(&mut params);
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Issues a client certificate for `cn` in groups `orgs` (node credentials and the like).

@@ -19,13 +19,21 @@ pub struct RequestInfo {
 
 /// Parses a path under /api or /apis; `None` if it is not a resource path.
 pub fn parse(method: &Method, path: &str, query: &Query) -> Option<RequestInfo> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, mut rest) = match parts.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return None,
     };
-    let mut info = RequestInfo { group: group.into(), version: version.into(), ..Default::default() };
+    let mut info = RequestInfo {
+        group: group.into(),
+        version: version.into(),
+        ..Default::default()
+    };
     let mut watch = query.flag("watch");
     if rest.first() == Some(&"watch") {
         watch = true;
@@ -41,7 +49,10 @@ pub fn parse(method: &Method, path: &str, query: &Query) -> Option<RequestInfo> 
     info.name = rest.get(1).map(|s| s.to_string()).unwrap_or_default();
     info.subresource = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
     if rest.len() > 3 && info.subresource != "proxy" {
-        return Some(RequestInfo { resource: "\0invalid".into(), ..info });
+        return Some(RequestInfo {
+            resource: "\0invalid".into(),
+            ..info
+        });
     }
     if info.resource == "namespaces" {
         // /api/v1/namespaces/NAME names the namespace itself, not a scope.
@@ -67,14 +78,26 @@ pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(q: Option<&str>) -> Self {
-        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// All values of a repeated parameter (`dryRun=All&dryRun=All`).
     pub fn all(&self, key: &str) -> Vec<&str> {
-        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     /// A boolean parameter: `true`, `1` (and a bare key) are true.
     pub fn flag(&self, key: &str) -> bool {
@@ -100,13 +123,31 @@ mod tests {
     #[test]
     fn paths() {
         let r = p(Method::GET, "/api/v1/namespaces/default/pods/web/log", "");
-        assert_eq!((r.namespace.as_str(), r.resource.as_str(), r.name.as_str(), r.subresource.as_str(), r.verb), ("default", "pods", "web", "log", "get"));
+        assert_eq!(
+            (
+                r.namespace.as_str(),
+                r.resource.as_str(),
+                r.name.as_str(),
+                r.subresource.as_str(),
+                r.verb
+            ),
+            ("default", "pods", "web", "log", "get")
+        );
         let r = p(Method::GET, "/apis/apps/v1/deployments", "watch=true");
-        assert_eq!((r.group.as_str(), r.resource.as_str(), r.verb), ("apps", "deployments", "watch"));
+        assert_eq!(
+            (r.group.as_str(), r.resource.as_str(), r.verb),
+            ("apps", "deployments", "watch")
+        );
         let r = p(Method::GET, "/api/v1/namespaces/kube-system", "");
-        assert_eq!((r.resource.as_str(), r.name.as_str(), r.namespace.as_str()), ("namespaces", "kube-system", ""));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_str(), r.namespace.as_str()),
+            ("namespaces", "kube-system", "")
+        );
         let r = p(Method::PUT, "/api/v1/namespaces/x/finalize", "");
-        assert_eq!((r.resource.as_str(), r.name.as_str(), r.subresource.as_str()), ("namespaces", "x", "finalize"));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_str(), r.subresource.as_str()),
+            ("namespaces", "x", "finalize")
+        );
         let r = p(Method::GET, "/api/v1/watch/namespaces/default/pods", "");
         assert_eq!((r.resource.as_str(), r.verb), ("pods", "watch"));
         let r = p(Method::DELETE, "/api/v1/namespaces/default/configmaps", "");

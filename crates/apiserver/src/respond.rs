@@ -38,7 +38,8 @@ pub fn error(e: &ApiError) -> Resp {
     }
     let mut r = json(e.code, &e.to_status());
     if e.code == 429 || e.code == 503 {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
 }

@@ -30,7 +30,10 @@ pub fn prefix(info: &ResourceInfo, ns: &str) -> String {
 /// Decodes a stored object and stamps its resourceVersion.
 pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        ApiError::internal(format!("object {} in storage does not decode: {e}", String::from_utf8_lossy(&kv.key)))
+        ApiError::internal(format!(
+            "object {} in storage does not decode: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
     })?;
     v.set_meta("resourceVersion", kv.mod_revision.to_string());
     Ok(v)
@@ -49,9 +52,9 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
         StoreError::NotFound { .. } => ApiError::not_found(info.group, info.plural, name),
         StoreError::AlreadyExists { .. } => ApiError::already_exists(info.group, info.plural, name),
         StoreError::Conflict { .. } => ApiError::stale(info.group, info.plural, name),
-        StoreError::Compacted { compacted, .. } => {
-            ApiError::expired(format!("The resourceVersion for the provided list is too old (compacted at {compacted})."))
-        }
+        StoreError::Compacted { compacted, .. } => ApiError::expired(format!(
+            "The resourceVersion for the provided list is too old (compacted at {compacted})."
+        )),
         StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         )),
@@ -60,7 +63,12 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
 }
 
 /// Reads one object.
-pub async fn get(store: &Arc<dyn Store>, info: &ResourceInfo, ns: &str, name: &str) -> Result<(Value, i64), ApiError> {
+pub async fn get(
+    store: &Arc<dyn Store>,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<(Value, i64), ApiError> {
     let k = key(info, ns, name);
     match store.get(k.as_bytes(), 0).await {
         Ok((Some(kv), _)) => Ok((decode(&kv)?, kv.mod_revision)),

@@ -41,15 +41,25 @@ pub fn decode_typed(
         duplicate_fields(raw, &mut problems);
     }
     let out = (info.roundtrip)(obj.clone()).map_err(|e| {
-        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", info.kind, info.version, info.kind))
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
     })?;
     if mode != FieldValidation::Ignore {
         let mut unknown = Vec::new();
         unknown_fields(&obj, &out, &mut String::new(), &mut unknown);
-        problems.extend(unknown.into_iter().map(|f| format!("unknown field \"{f}\"")));
+        problems.extend(
+            unknown
+                .into_iter()
+                .map(|f| format!("unknown field \"{f}\"")),
+        );
     }
     if mode == FieldValidation::Strict && !problems.is_empty() {
-        return Err(ApiError::bad_request(format!("strict decoding error: {}", problems.join(", "))));
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            problems.join(", ")
+        )));
     }
     Ok((out, problems))
 }
@@ -89,7 +99,11 @@ fn unknown_fields(input: &Value, typed: &Value, path: &mut String, out: &mut Vec
 /// Finds keys repeated within one JSON object of `raw`.
 fn duplicate_fields(raw: &[u8], out: &mut Vec<String>) {
     let mut de = serde_json::Deserializer::from_slice(raw);
-    let _ = DupSeed { path: String::new(), out }.deserialize(&mut de);
+    let _ = DupSeed {
+        path: String::new(),
+        out,
+    }
+    .deserialize(&mut de);
 }
 
 struct DupSeed<'a> {
@@ -113,18 +127,31 @@ impl<'de> Visitor<'de> for DupSeed<'_> {
         let DupSeed { path: base, out } = self;
         let mut seen = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
-            let path = if base.is_empty() { k.clone() } else { format!("{base}.{k}") };
+            let path = if base.is_empty() {
+                k.clone()
+            } else {
+                format!("{base}.{k}")
+            };
             if !seen.insert(k) {
                 out.push(format!("duplicate field \"{path}\""));
             }
-            map.next_value_seed(DupSeed { path, out: &mut *out })?;
+            map.next_value_seed(DupSeed {
+                path,
+                out: &mut *out,
+            })?;
         }
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let DupSeed { path: base, out } = self;
         let mut i = 0;
-        while seq.next_element_seed(DupSeed { path: format!("{base}[{i}]"), out: &mut *out })?.is_some() {
+        while seq
+            .next_element_seed(DupSeed {
+                path: format!("{base}[{i}]"),
+                out: &mut *out,
+            })?
+            .is_some()
+        {
             i += 1;
         }
         Ok(())
@@ -166,7 +193,11 @@ pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         } else {
             names::dns1123_subdomain(name)
         };
-        errs.extend(problems.into_iter().map(|e| Cause::invalid("metadata.name", &json!(name), e)));
+        errs.extend(
+            problems
+                .into_iter()
+                .map(|e| Cause::invalid("metadata.name", &json!(name), e)),
+        );
     }
     if info.namespaced && obj.namespace().is_empty() {
         errs.push(Cause::required("metadata.namespace"));
@@ -177,12 +208,20 @@ pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
                 errs.push(Cause::invalid("metadata.labels", &json!(k), e));
             }
             match v.as_str() {
-                Some(s) => errs.extend(names::label_value(s).into_iter().map(|e| Cause::invalid("metadata.labels", v, e))),
+                Some(s) => errs.extend(
+                    names::label_value(s)
+                        .into_iter()
+                        .map(|e| Cause::invalid("metadata.labels", v, e)),
+                ),
                 None => errs.push(Cause::invalid("metadata.labels", v, "must be a string")),
             }
         }
     }
-    if let Some(ann) = obj.meta().and_then(|m| m.get("annotations")).and_then(Value::as_object) {
+    if let Some(ann) = obj
+        .meta()
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object)
+    {
         let mut total = 0;
         for (k, v) in ann {
             total += k.len() + v.as_str().map_or(0, str::len);
@@ -200,7 +239,11 @@ pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     }
     for (i, f) in obj.finalizers().iter().enumerate() {
         if !names::qualified_name(f).is_empty() {
-            errs.push(Cause::invalid(format!("metadata.finalizers[{i}]"), &json!(f), "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+            errs.push(Cause::invalid(
+                format!("metadata.finalizers[{i}]"),
+                &json!(f),
+                "name part must consist of alphanumeric characters, '-', '_' or '.'",
+            ));
         }
     }
     errs
@@ -213,8 +256,18 @@ mod tests {
     #[test]
     fn duplicates_are_found() {
         let mut out = Vec::new();
-        duplicate_fields(br#"{"a": 1, "b": {"c": 1, "c": 2}, "a": 3, "l": [{"x": 1, "x": 1}]}"#, &mut out);
-        assert_eq!(out, vec!["duplicate field \"b.c\"", "duplicate field \"a\"", "duplicate field \"l[0].x\""]);
+        duplicate_fields(
+            br#"{"a": 1, "b": {"c": 1, "c": 2}, "a": 3, "l": [{"x": 1, "x": 1}]}"#,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "duplicate field \"b.c\"",
+                "duplicate field \"a\"",
+                "duplicate field \"l[0].x\""
+            ]
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use rkube_store::{EventType, KeySpan, StoreError, WatchResponse};
 use serde_json::{json, Value};
 
 use crate::output::Output;
-use crate::rest::{list_objects, Ctx};
 use crate::respond::Resp;
+use crate::rest::{list_objects, Ctx};
 use crate::storage;
 
 /// Starts a watch and streams its events.
@@ -32,16 +32,24 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         )]));
     }
     if send_initial && !bookmarks {
-        return Err(ApiError::invalid("", "ListOptions", "", vec![rkube_api::Cause::forbidden(
-            "allowWatchBookmarks",
-            "allowWatchBookmarks must be set to true when sendInitialEvents is set",
-        )]));
+        return Err(ApiError::invalid(
+            "",
+            "ListOptions",
+            "",
+            vec![rkube_api::Cause::forbidden(
+                "allowWatchBookmarks",
+                "allowWatchBookmarks must be set to true when sendInitialEvents is set",
+            )],
+        ));
     }
-    let timeout = match ctx.query.get("timeoutSeconds") {
-        Some(s) => Duration::from_secs(s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: Invalid value: {s:?}")))?),
-        // Upstream closes watches after a random 30–60 minutes so clients rebalance.
-        None => Duration::from_secs(1800 + fastrand_secs(1800)),
-    };
+    let timeout =
+        match ctx.query.get("timeoutSeconds") {
+            Some(s) => Duration::from_secs(s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: Invalid value: {s:?}"))
+            })?),
+            // Upstream closes watches after a random 30–60 minutes so clients rebalance.
+            None => Duration::from_secs(1800 + fastrand_secs(1800)),
+        };
     // Initial state: for an unset or "0" resourceVersion the current objects are sent as
     // ADDED events first, as upstream does; sendInitialEvents does the same and ends
     // with a bookmark.
@@ -49,21 +57,30 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         let listed = list_objects_all(ctx, &sel).await?;
         (listed.0, listed.1)
     } else {
-        let n = rv
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be an integer")))?;
+        let n = rv.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: {rv:?}: must be an integer"
+            ))
+        })?;
         (Vec::new(), n)
     };
     let info = ctx.info;
     let prefix = storage::prefix(info, ctx.ns());
-    let stream = ctx.state.store.watch(KeySpan::prefix(prefix.as_bytes()), after).await;
+    let stream = ctx
+        .state
+        .store
+        .watch(KeySpan::prefix(prefix.as_bytes()), after)
+        .await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let state = ctx.state.clone();
     let key = (info.group, info.version, info.plural);
     let output = ctx.output;
     tokio::spawn(async move {
         state.metrics.watch_opened(key.2);
-        let _guard = crate::metrics::WatchGuard { metrics: &state.metrics, resource: key.2 };
+        let _guard = crate::metrics::WatchGuard {
+            metrics: &state.metrics,
+            resource: key.2,
+        };
         let info = state.registry.get(key.0, key.1, key.2).expect("registered");
         let send = |v: Value| {
             let tx = tx.clone();
@@ -76,7 +93,8 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         let mut stream = match stream {
             Ok(s) => s,
             Err(StoreError::Compacted { compacted, .. }) => {
-                let e = ApiError::expired(format!("too old resource version: {after} ({compacted})"));
+                let e =
+                    ApiError::expired(format!("too old resource version: {after} ({compacted})"));
                 send(json!({"type": "ERROR", "object": e.to_status()})).await;
                 return;
             }
@@ -108,8 +126,13 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
             };
             match next {
                 None => return,
-                Some(Err(StoreError::Compacted { compacted, requested })) => {
-                    let e = ApiError::expired(format!("too old resource version: {requested} ({compacted})"));
+                Some(Err(StoreError::Compacted {
+                    compacted,
+                    requested,
+                })) => {
+                    let e = ApiError::expired(format!(
+                        "too old resource version: {requested} ({compacted})"
+                    ));
                     send(json!({"type": "ERROR", "object": e.to_status()})).await;
                     return;
                 }
@@ -125,7 +148,9 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
                 }
                 Some(Ok(WatchResponse::Events(events))) => {
                     for ev in events {
-                        let Some(e) = translate(info, &sel, output, ev) else { continue };
+                        let Some(e) = translate(info, &sel, output, ev) else {
+                            continue;
+                        };
                         if !send(e).await {
                             return;
                         }
@@ -135,19 +160,42 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         }
     });
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
     let mut r = Response::new(BodyExt::boxed(body));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
     Ok(r)
 }
 
 /// The full current list (no paging) and its revision.
-async fn list_objects_all(ctx: &Ctx<'_>, sel: &crate::rest::Selectors) -> Result<(Vec<Value>, i64), ApiError> {
+async fn list_objects_all(
+    ctx: &Ctx<'_>,
+    sel: &crate::rest::Selectors,
+) -> Result<(Vec<Value>, i64), ApiError> {
     let mut q = ctx.query.clone();
-    q.remove(&["limit", "continue", "resourceVersion", "resourceVersionMatch"]);
-    let sub = Ctx { state: ctx.state, info: ctx.info, ri: ctx.ri, query: &q, headers: ctx.headers, output: ctx.output };
+    q.remove(&[
+        "limit",
+        "continue",
+        "resourceVersion",
+        "resourceVersionMatch",
+    ]);
+    let sub = Ctx {
+        state: ctx.state,
+        info: ctx.info,
+        ri: ctx.ri,
+        query: &q,
+        headers: ctx.headers,
+        output: ctx.output,
+    };
     let r = list_objects(&sub, sel).await?;
     Ok((r.items, r.revision))
 }
@@ -165,7 +213,12 @@ fn bookmark(info: &ResourceInfo, rev: i64) -> Value {
 }
 
 /// A store event as the watch event a client of this selection sees.
-fn translate(info: &ResourceInfo, sel: &crate::rest::Selectors, output: Output, ev: rkube_store::Event) -> Option<Value> {
+fn translate(
+    info: &ResourceInfo,
+    sel: &crate::rest::Selectors,
+    output: Output,
+    ev: rkube_store::Event,
+) -> Option<Value> {
     let prev = ev.prev_kv.as_ref().and_then(|kv| storage::decode(kv).ok());
     let prev_matches = prev.as_ref().is_some_and(|p| sel.matches(info, p));
     match ev.kind {
@@ -191,7 +244,9 @@ fn translate(info: &ResourceInfo, sel: &crate::rest::Selectors, output: Output, 
 }
 
 fn fastrand_secs(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     u64::from(nanos) % max.max(1)
 }
-

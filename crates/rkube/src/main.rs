@@ -10,7 +10,13 @@ use clap::{Parser, Subcommand};
 
 /// Kubernetes, rewritten in Rust, in one binary.
 #[derive(Parser)]
-#[command(name = "rkube", version, about, propagate_version = true, args_override_self = true)]
+#[command(
+    name = "rkube",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,5 +110,7 @@ fn kubectl(args: &[String]) -> anyhow::Result<()> {
         cmd.env("KUBECONFIG", "/etc/rkube/rkube.yaml");
     }
     let err = cmd.args(args).exec();
-    Err(anyhow::anyhow!("running kubectl: {err} (is kubectl installed and on PATH?)"))
+    Err(anyhow::anyhow!(
+        "running kubectl: {err} (is kubectl installed and on PATH?)"
+    ))
 }

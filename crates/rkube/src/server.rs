@@ -56,10 +56,17 @@ pub fn config_args(path: &Path, explicit: bool) -> anyhow::Result<Vec<String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the config file {}", path.display()))
+        }
     };
     let map: std::collections::BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{}: expected a YAML map of flag names to values", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: expected a YAML map of flag names to values",
+                path.display()
+            )
+        })?;
     let mut args = Vec::new();
     for (k, v) in map {
         let flag = format!("--{k}");
@@ -104,10 +111,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server = ApiServer::start(config, store).await?;
     let kubeconfig = &args.write_kubeconfig;
     rkube_apiserver::pki::write_private(kubeconfig, &server.admin_kubeconfig())
-        .with_context(|| format!("writing the kubeconfig (choose another path with --write-kubeconfig)"))?;
-    eprintln!("rkube server: API at {} (datastore: {endpoint})", server.url());
-    eprintln!("rkube server: kubeconfig written to {}", kubeconfig.display());
-    eprintln!("rkube server: try: kubectl --kubeconfig {} get namespaces", kubeconfig.display());
+        .with_context(|| "writing the kubeconfig (choose another path with --write-kubeconfig)")?;
+    eprintln!(
+        "rkube server: API at {} (datastore: {endpoint})",
+        server.url()
+    );
+    eprintln!(
+        "rkube server: kubeconfig written to {}",
+        kubeconfig.display()
+    );
+    eprintln!(
+        "rkube server: try: kubectl --kubeconfig {} get namespaces",
+        kubeconfig.display()
+    );
     if !args.disable_agent {
         eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
     }

@@ -166,28 +166,49 @@ async fn server_owns_its_data_dir_and_snapshots_work_online() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
     let original = seed(&d, 50).await;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_rkube"))
-        .args(["server", "--data-dir", d.to_str().unwrap()])
+    let kubeconfig = tmp.path().join("kubeconfig.yaml");
+    let child = Command::new(env!("CARGO_BIN_EXE_rkube"))
+        .args([
+            "server",
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .args([
+            "--https-listen-port",
+            "0",
+            "--write-kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it says the datastore is ready (it holds the lock from then on).
-    let stderr = server.stderr.take().unwrap();
+    let mut server = KillOnDrop(child);
+    // Wait until it serves (it holds the datastore lock from then on).
+    let stderr = server.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("datastore ready") {
+            if line.contains("API at") {
                 let _ = tx.send(());
             }
         }
     });
     rx.recv_timeout(Duration::from_secs(60))
-        .expect("the server opened its datastore");
-    let second = rkube(&["server", "--data-dir", d.to_str().unwrap()]);
+        .expect("the server started");
+    assert!(kubeconfig.exists(), "the server wrote its kubeconfig");
+    let second = rkube(&[
+        "server",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--https-listen-port",
+        "0",
+    ]);
     assert!(!second.status.success());
     let msg = text(&second);
     assert!(
-        msg.contains("in use by another process") && msg.contains(&server.id().to_string()),
+        msg.contains("in use by another process") && msg.contains(&server.0.id().to_string()),
         "{msg}"
     );
     let file = tmp.path().join("online.snap");
@@ -195,10 +216,22 @@ async fn server_owns_its_data_dir_and_snapshots_work_online() {
     assert!(out.status.success());
     let out = snapshot("restore", &file, &d);
     assert!(!out.status.success() && text(&out).contains("in use by another process"));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     let e = tmp.path().join("e");
     let out = snapshot("restore", &file, &e);
     assert!(out.status.success());
-    assert_eq!(open_dump(&e).await, original);
+    // The snapshot holds the seeded keys and what the server wrote when it started.
+    let restored = open_dump(&e).await;
+    assert!(original.iter().all(|kv| restored.contains(kv)));
+    assert_eq!(restored, open_dump(&d).await);
+}
+
+/// Kills a child process when dropped (also when an assertion fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,5 +1,9 @@
 //! Helpers for tests and benchmarks that need real components on loopback.
 
+mod kubectl;
+
+pub use kubectl::{kubectl_version_binary, Kubectl};
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -16,7 +16,8 @@ impl Strategy for Namespace {
     fn default(&self, obj: &mut Value) {
         let n = obj.name().to_string();
         if !n.is_empty() {
-            obj_mut(obj.meta_mut_value(), "labels").insert("kubernetes.io/metadata.name".into(), json!(n));
+            obj_mut(obj.meta_mut_value(), "labels")
+                .insert("kubernetes.io/metadata.name".into(), json!(n));
         }
     }
     fn prepare_for_create(&self, obj: &mut Value) {
@@ -27,16 +28,25 @@ impl Strategy for Namespace {
         name_errors(obj, dns1123_label)
     }
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
-        (label == "status.phase").then(|| str_at(obj, &["status", "phase"]).unwrap_or("").to_string())
+        (label == "status.phase")
+            .then(|| str_at(obj, &["status", "phase"]).unwrap_or("").to_string())
     }
     fn field_labels(&self) -> &'static [&'static str] {
         &["status.phase"]
     }
     fn columns(&self) -> &'static [Column] {
-        crate::columns![NAME, col("Status", "string", "The status of the namespace"), AGE]
+        crate::columns![
+            NAME,
+            col("Status", "string", "The status of the namespace"),
+            AGE
+        ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        vec![name(obj), json!(str_at(obj, &["status", "phase"]).unwrap_or("")), age(obj)]
+        vec![
+            name(obj),
+            json!(str_at(obj, &["status", "phase"]).unwrap_or("")),
+            age(obj),
+        ]
     }
 }
 
@@ -58,7 +68,10 @@ fn name_errors(obj: &Value, rule: fn(&str) -> Vec<String>) -> Vec<Cause> {
     if n.is_empty() {
         return Vec::new();
     }
-    rule(n).into_iter().map(|e| Cause::invalid("metadata.name", &json!(n), e)).collect()
+    rule(n)
+        .into_iter()
+        .map(|e| Cause::invalid("metadata.name", &json!(n), e))
+        .collect()
 }
 
 pub struct Service;
@@ -67,7 +80,11 @@ impl Strategy for Service {
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "type", "ClusterIP");
-        let ty = spec.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let ty = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if ty == "ExternalName" {
             return;
         }
@@ -97,36 +114,63 @@ impl Strategy for Service {
             errs.push(Cause::unsupported("spec.type", &json!(ty), &types));
         }
         let ports = arr_at(obj, &["spec", "ports"]);
-        if ports.is_empty() && ty != "ExternalName" && str_at(obj, &["spec", "clusterIP"]) != Some("None") {
+        if ports.is_empty()
+            && ty != "ExternalName"
+            && str_at(obj, &["spec", "clusterIP"]) != Some("None")
+        {
             errs.push(Cause::required("spec.ports"));
         }
-        if ty == "ExternalName" && str_at(obj, &["spec", "externalName"]).is_none_or(str::is_empty) {
+        if ty == "ExternalName" && str_at(obj, &["spec", "externalName"]).is_none_or(str::is_empty)
+        {
             errs.push(Cause::required("spec.externalName"));
         }
         let mut seen = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
             if !(1..=65535).contains(&port) {
-                errs.push(Cause::invalid(format!("spec.ports[{i}].port"), &json!(port), "must be between 1 and 65535, inclusive"));
+                errs.push(Cause::invalid(
+                    format!("spec.ports[{i}].port"),
+                    &json!(port),
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
-            if ports.len() > 1 && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if ports.len() > 1
+                && p.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
                 errs.push(Cause::required(format!("spec.ports[{i}].name")));
             }
-            let key = (port, p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string());
+            let key = (
+                port,
+                p.get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP")
+                    .to_string(),
+            );
             if seen.contains(&key) {
-                errs.push(Cause::duplicate(format!("spec.ports[{i}]"), &json!({"port": port, "protocol": key.1})));
+                errs.push(Cause::duplicate(
+                    format!("spec.ports[{i}]"),
+                    &json!({"port": port, "protocol": key.1}),
+                ));
             }
             seen.push(key);
             if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
                 if ty == "ClusterIP" && np != 0 {
-                    errs.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                    errs.push(Cause::forbidden(
+                        format!("spec.ports[{i}].nodePort"),
+                        "may not be used when `type` is 'ClusterIP'",
+                    ));
                 }
             }
         }
         errs
     }
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<Cause> {
-        let (a, b) = (str_at(new, &["spec", "clusterIP"]), str_at(old, &["spec", "clusterIP"]));
+        let (a, b) = (
+            str_at(new, &["spec", "clusterIP"]),
+            str_at(old, &["spec", "clusterIP"]),
+        );
         let changing_type = str_at(new, &["spec", "type"]) != str_at(old, &["spec", "type"]);
         if b.is_some_and(|b| !b.is_empty()) && a != b && !(changing_type && a.is_none()) {
             return vec![Cause::immutable("spec.clusterIPs[0]")];
@@ -141,7 +185,11 @@ impl Strategy for Service {
             col("External-IP", "string", "The external IP of the service."),
             col("Port(s)", "string", "The ports of the service."),
             AGE,
-            wide("Selector", "string", "Route service traffic to pods with label keys and values matching this selector."),
+            wide(
+                "Selector",
+                "string",
+                "Route service traffic to pods with label keys and values matching this selector."
+            ),
         ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
@@ -151,25 +199,35 @@ impl Strategy for Service {
             "LoadBalancer" => {
                 let ips: Vec<String> = arr_at(obj, &["status", "loadBalancer", "ingress"])
                     .iter()
-                    .filter_map(|i| i.get("ip").or(i.get("hostname")).and_then(Value::as_str).map(String::from))
+                    .filter_map(|i| {
+                        i.get("ip")
+                            .or(i.get("hostname"))
+                            .and_then(Value::as_str)
+                            .map(String::from)
+                    })
                     .collect();
-                if ips.is_empty() { json!("<pending>") } else { json!(ips.join(",")) }
+                if ips.is_empty() {
+                    json!("<pending>")
+                } else {
+                    json!(ips.join(","))
+                }
             }
             _ => {
-                let ips: Vec<String> = arr_at(obj, &["spec", "externalIPs"]).iter().filter_map(|v| v.as_str().map(String::from)).collect();
+                let ips: Vec<String> = arr_at(obj, &["spec", "externalIPs"])
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
                 joined(ips)
             }
         };
-        let ports = arr_at(obj, &["spec", "ports"])
-            .iter()
-            .map(|p| {
-                let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
-                let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-                match p.get("nodePort").and_then(Value::as_i64) {
-                    Some(np) if np != 0 => format!("{port}:{np}/{proto}"),
-                    _ => format!("{port}/{proto}"),
-                }
-            });
+        let ports = arr_at(obj, &["spec", "ports"]).iter().map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) if np != 0 => format!("{port}:{np}/{proto}"),
+                _ => format!("{port}/{proto}"),
+            }
+        });
         vec![
             name(obj),
             json!(ty),
@@ -186,7 +244,11 @@ pub struct Endpoints;
 
 impl Strategy for Endpoints {
     fn columns(&self) -> &'static [Column] {
-        crate::columns![NAME, col("Endpoints", "string", "Endpoints of the service"), AGE]
+        crate::columns![
+            NAME,
+            col("Endpoints", "string", "Endpoints of the service"),
+            AGE
+        ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let mut eps = Vec::new();
@@ -198,7 +260,10 @@ impl Strategy for Endpoints {
                     eps.push(ip.to_string());
                 }
                 for p in ports {
-                    eps.push(format!("{ip}:{}", p.get("port").and_then(Value::as_i64).unwrap_or(0)));
+                    eps.push(format!(
+                        "{ip}:{}",
+                        p.get("port").and_then(Value::as_i64).unwrap_or(0)
+                    ));
                 }
             }
         }
@@ -215,11 +280,21 @@ pub struct ConfigMap;
 
 impl Strategy for ConfigMap {
     fn columns(&self) -> &'static [Column] {
-        crate::columns![NAME, col("Data", "string", "Data contains the configuration data."), AGE]
+        crate::columns![
+            NAME,
+            col("Data", "string", "Data contains the configuration data."),
+            AGE
+        ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let n = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
-            + obj.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+        let n = obj
+            .get("data")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len())
+            + obj
+                .get("binaryData")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
         vec![name(obj), json!(n), age(obj)]
     }
 }
@@ -235,7 +310,10 @@ impl Strategy for Secret {
             let data = obj_mut(obj, "data");
             for (k, v) in sd {
                 let s = v.as_str().unwrap_or("").to_string();
-                data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
             }
         }
     }
@@ -249,7 +327,11 @@ impl Strategy for Secret {
             .map(|(_, v)| v.as_str().map_or(0, |s| s.len() * 3 / 4))
             .sum();
         if size > 1 << 20 {
-            errs.push(Cause::new("FieldValueTooLong", "data", "Too long: must have at most 1048576 bytes".into()));
+            errs.push(Cause::new(
+                "FieldValueTooLong",
+                "data",
+                "Too long: must have at most 1048576 bytes".into(),
+            ));
         }
         errs
     }
@@ -258,8 +340,13 @@ impl Strategy for Secret {
         if new.get("type") != old.get("type") {
             errs.push(Cause::immutable("type"));
         }
-        if old.get("immutable") == Some(&json!(true)) && (new.get("data") != old.get("data") || new.get("immutable") != old.get("immutable")) {
-            errs.push(Cause::forbidden("data", "field is immutable when `immutable` is set"));
+        if old.get("immutable") == Some(&json!(true))
+            && (new.get("data") != old.get("data") || new.get("immutable") != old.get("immutable"))
+        {
+            errs.push(Cause::forbidden(
+                "data",
+                "field is immutable when `immutable` is set",
+            ));
         }
         errs
     }
@@ -278,8 +365,16 @@ impl Strategy for Secret {
         ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let n = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
-        vec![name(obj), json!(str_at(obj, &["type"]).unwrap_or("")), json!(n), age(obj)]
+        let n = obj
+            .get("data")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len());
+        vec![
+            name(obj),
+            json!(str_at(obj, &["type"]).unwrap_or("")),
+            json!(n),
+            age(obj),
+        ]
     }
 }
 
@@ -298,8 +393,12 @@ pub struct Node;
 
 impl Strategy for Node {
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
-        (label == "spec.unschedulable")
-            .then(|| obj.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false).to_string())
+        (label == "spec.unschedulable").then(|| {
+            obj.pointer("/spec/unschedulable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string()
+        })
     }
     fn field_labels(&self) -> &'static [&'static str] {
         &["spec.unschedulable"]
@@ -335,7 +434,12 @@ impl Strategy for Node {
             .into_iter()
             .flatten()
             .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from))
-            .chain(obj.labels().and_then(|l| l.get("kubernetes.io/role")).and_then(Value::as_str).map(String::from));
+            .chain(
+                obj.labels()
+                    .and_then(|l| l.get("kubernetes.io/role"))
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            );
         let addr = |ty: &str| {
             arr_at(obj, &["status", "addresses"])
                 .iter()
@@ -407,18 +511,27 @@ impl Strategy for Event {
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let since = |t: Option<&str>| match t.and_then(crate::meta::parse_time) {
-            Some(t) => json!(crate::table::human_duration(jiff::Timestamp::now().duration_since(t).as_secs())),
+            Some(t) => json!(crate::table::human_duration(
+                jiff::Timestamp::now().duration_since(t).as_secs()
+            )),
             None => json!("<unknown>"),
         };
         let last = str_at(obj, &["lastTimestamp"])
             .or(str_at(obj, &["eventTime"]))
             .or(str_at(obj, &["metadata", "creationTimestamp"]));
-        let kind = str_at(obj, &["involvedObject", "kind"]).unwrap_or("").to_lowercase();
+        let kind = str_at(obj, &["involvedObject", "kind"])
+            .unwrap_or("")
+            .to_lowercase();
         let oname = str_at(obj, &["involvedObject", "name"]).unwrap_or("");
-        let source = match (str_at(obj, &["source", "component"]), str_at(obj, &["source", "host"])) {
+        let source = match (
+            str_at(obj, &["source", "component"]),
+            str_at(obj, &["source", "host"]),
+        ) {
             (Some(c), Some(h)) => format!("{c}, {h}"),
             (Some(c), None) => c.to_string(),
-            _ => str_at(obj, &["reportingComponent"]).unwrap_or("").to_string(),
+            _ => str_at(obj, &["reportingComponent"])
+                .unwrap_or("")
+                .to_string(),
         };
         vec![
             since(last),
@@ -476,7 +589,10 @@ impl Strategy for PersistentVolume {
         ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let claim = match (str_at(obj, &["spec", "claimRef", "namespace"]), str_at(obj, &["spec", "claimRef", "name"])) {
+        let claim = match (
+            str_at(obj, &["spec", "claimRef", "namespace"]),
+            str_at(obj, &["spec", "claimRef", "name"]),
+        ) {
             (Some(ns), Some(n)) => format!("{ns}/{n}"),
             _ => String::new(),
         };

@@ -7,9 +7,9 @@ mod workloads;
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as autoscalingv1, autoscaling::v2 as autoscalingv2,
     batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
-    core::v1 as corev1, discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
-    node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    core::v1 as corev1, discovery::v1 as discovery, events::v1 as events,
+    networking::v1 as networking, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 use crate::registry::{KindBuilder as K, ResourceInfo};
@@ -28,49 +28,114 @@ pub fn all() -> Vec<ResourceInfo> {
         K::new::<corev1::Pod>(&pod::Pod)
             .short(&["po"])
             .categories(ALL)
-            .sub(&["attach", "binding", "ephemeralcontainers", "eviction", "exec", "log", "portforward", "proxy", "resize", "status"])
+            .subresources(&[
+                "attach",
+                "binding",
+                "ephemeralcontainers",
+                "eviction",
+                "exec",
+                "log",
+                "portforward",
+                "proxy",
+                "resize",
+                "status",
+            ])
             .build(),
-        K::new::<corev1::Namespace>(&core::Namespace).short(&["ns"]).sub(&["finalize", "status"]).build(),
-        K::new::<corev1::Service>(&core::Service).short(&["svc"]).categories(ALL).sub(&["proxy", "status"]).build(),
-        K::new::<corev1::Endpoints>(&core::Endpoints).short(&["ep"]).build(),
-        K::new::<corev1::ConfigMap>(&core::ConfigMap).short(&["cm"]).build(),
+        K::new::<corev1::Namespace>(&core::Namespace)
+            .short(&["ns"])
+            .subresources(&["finalize", "status"])
+            .build(),
+        K::new::<corev1::Service>(&core::Service)
+            .short(&["svc"])
+            .categories(ALL)
+            .subresources(&["proxy", "status"])
+            .build(),
+        K::new::<corev1::Endpoints>(&core::Endpoints)
+            .short(&["ep"])
+            .build(),
+        K::new::<corev1::ConfigMap>(&core::ConfigMap)
+            .short(&["cm"])
+            .build(),
         K::new::<corev1::Secret>(&core::Secret).build(),
-        K::new::<corev1::ServiceAccount>(&core::ServiceAccount).short(&["sa"]).sub(&["token"]).build(),
-        K::new::<corev1::Node>(&core::Node).short(&["no"]).sub(&["proxy", "status"]).build(),
+        K::new::<corev1::ServiceAccount>(&core::ServiceAccount)
+            .short(&["sa"])
+            .subresources(&["token"])
+            .build(),
+        K::new::<corev1::Node>(&core::Node)
+            .short(&["no"])
+            .subresources(&["proxy", "status"])
+            .build(),
         K::new::<corev1::Event>(&core::Event).short(&["ev"]).build(),
-        K::new::<corev1::LimitRange>(&Generic).short(&["limits"]).build(),
-        K::new::<corev1::ResourceQuota>(&Generic).short(&["quota"]).sub(STATUS).build(),
-        K::new::<corev1::PersistentVolume>(&core::PersistentVolume).short(&["pv"]).sub(STATUS).build(),
-        K::new::<corev1::PersistentVolumeClaim>(&core::PersistentVolumeClaim).short(&["pvc"]).sub(STATUS).build(),
+        K::new::<corev1::LimitRange>(&Generic)
+            .short(&["limits"])
+            .build(),
+        K::new::<corev1::ResourceQuota>(&Generic)
+            .short(&["quota"])
+            .subresources(STATUS)
+            .build(),
+        K::new::<corev1::PersistentVolume>(&core::PersistentVolume)
+            .short(&["pv"])
+            .subresources(STATUS)
+            .build(),
+        K::new::<corev1::PersistentVolumeClaim>(&core::PersistentVolumeClaim)
+            .short(&["pvc"])
+            .subresources(STATUS)
+            .build(),
         K::new::<corev1::ReplicationController>(&workloads::ReplicationController)
             .short(&["rc"])
             .categories(ALL)
-            .sub(SCALABLE)
+            .subresources(SCALABLE)
             .build(),
         K::new::<corev1::PodTemplate>(&Generic).build(),
         // apps/v1
-        K::new::<apps::Deployment>(&workloads::Deployment).short(&["deploy"]).categories(ALL).sub(SCALABLE).build(),
-        K::new::<apps::ReplicaSet>(&workloads::ReplicaSet).short(&["rs"]).categories(ALL).sub(SCALABLE).build(),
-        K::new::<apps::StatefulSet>(&workloads::StatefulSet).short(&["sts"]).categories(ALL).sub(SCALABLE).build(),
-        K::new::<apps::DaemonSet>(&workloads::DaemonSet).short(&["ds"]).categories(ALL).sub(STATUS).build(),
+        K::new::<apps::Deployment>(&workloads::Deployment)
+            .short(&["deploy"])
+            .categories(ALL)
+            .subresources(SCALABLE)
+            .build(),
+        K::new::<apps::ReplicaSet>(&workloads::ReplicaSet)
+            .short(&["rs"])
+            .categories(ALL)
+            .subresources(SCALABLE)
+            .build(),
+        K::new::<apps::StatefulSet>(&workloads::StatefulSet)
+            .short(&["sts"])
+            .categories(ALL)
+            .subresources(SCALABLE)
+            .build(),
+        K::new::<apps::DaemonSet>(&workloads::DaemonSet)
+            .short(&["ds"])
+            .categories(ALL)
+            .subresources(STATUS)
+            .build(),
         K::new::<apps::ControllerRevision>(&Generic).build(),
         // batch/v1
-        K::new::<batch::Job>(&workloads::Job).categories(ALL).sub(STATUS).build(),
-        K::new::<batch::CronJob>(&workloads::CronJob).short(&["cj"]).categories(ALL).sub(STATUS).build(),
+        K::new::<batch::Job>(&workloads::Job)
+            .categories(ALL)
+            .subresources(STATUS)
+            .build(),
+        K::new::<batch::CronJob>(&workloads::CronJob)
+            .short(&["cj"])
+            .categories(ALL)
+            .subresources(STATUS)
+            .build(),
         // autoscaling
         K::new::<autoscalingv2::HorizontalPodAutoscaler>(&WithGeneration)
             .short(&["hpa"])
             .categories(ALL)
-            .sub(STATUS)
+            .subresources(STATUS)
             .build(),
         K::new::<autoscalingv1::HorizontalPodAutoscaler>(&WithGeneration)
             .short(&["hpa"])
             .categories(ALL)
-            .sub(STATUS)
+            .subresources(STATUS)
             .storage("autoscaling/horizontalpodautoscalers.v1")
             .build(),
         // policy/v1
-        K::new::<policy::PodDisruptionBudget>(&WithGeneration).short(&["pdb"]).sub(STATUS).build(),
+        K::new::<policy::PodDisruptionBudget>(&WithGeneration)
+            .short(&["pdb"])
+            .subresources(STATUS)
+            .build(),
         // rbac.authorization.k8s.io/v1
         K::new::<rbac::ClusterRole>(&Generic).build(),
         K::new::<rbac::ClusterRoleBinding>(&Generic).build(),
@@ -81,26 +146,44 @@ pub fn all() -> Vec<ResourceInfo> {
         // discovery.k8s.io/v1
         K::new::<discovery::EndpointSlice>(&Generic).build(),
         // networking.k8s.io/v1
-        K::new::<networking::Ingress>(&WithGeneration).short(&["ing"]).sub(STATUS).build(),
+        K::new::<networking::Ingress>(&WithGeneration)
+            .short(&["ing"])
+            .subresources(STATUS)
+            .build(),
         K::new::<networking::IngressClass>(&Generic).build(),
-        K::new::<networking::NetworkPolicy>(&WithGeneration).short(&["netpol"]).build(),
-        K::new::<networking::IPAddress>(&Generic).short(&["ip"]).build(),
-        K::new::<networking::ServiceCIDR>(&Generic).sub(STATUS).build(),
+        K::new::<networking::NetworkPolicy>(&WithGeneration)
+            .short(&["netpol"])
+            .build(),
+        K::new::<networking::IPAddress>(&Generic)
+            .short(&["ip"])
+            .build(),
+        K::new::<networking::ServiceCIDR>(&Generic)
+            .subresources(STATUS)
+            .build(),
         // storage.k8s.io/v1
-        K::new::<storage::StorageClass>(&Generic).short(&["sc"]).build(),
+        K::new::<storage::StorageClass>(&Generic)
+            .short(&["sc"])
+            .build(),
         K::new::<storage::CSIDriver>(&Generic).build(),
         K::new::<storage::CSINode>(&Generic).build(),
         K::new::<storage::CSIStorageCapacity>(&Generic).build(),
-        K::new::<storage::VolumeAttachment>(&Generic).sub(STATUS).build(),
+        K::new::<storage::VolumeAttachment>(&Generic)
+            .subresources(STATUS)
+            .build(),
         // certificates.k8s.io/v1
         K::new::<certificates::CertificateSigningRequest>(&Generic)
             .short(&["csr"])
-            .sub(&["approval", "status"])
+            .subresources(&["approval", "status"])
             .build(),
         // events.k8s.io/v1
-        K::new::<events::Event>(&Generic).short(&["ev"]).storage("events.k8s.io/events").build(),
+        K::new::<events::Event>(&Generic)
+            .short(&["ev"])
+            .storage("events.k8s.io/events")
+            .build(),
         // scheduling.k8s.io/v1
-        K::new::<scheduling::PriorityClass>(&Generic).short(&["pc"]).build(),
+        K::new::<scheduling::PriorityClass>(&Generic)
+            .short(&["pc"])
+            .build(),
         // node.k8s.io/v1
         K::new::<node::RuntimeClass>(&Generic).build(),
     ]

@@ -63,7 +63,9 @@ fn default_container(c: &mut Value) {
 
 /// Fills upstream's PodSpec defaults (also used for pod templates in workloads).
 pub(crate) fn default_pod_spec(spec: &mut Value) {
-    let Some(s) = spec.as_object_mut() else { return };
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
     default_to(s, "restartPolicy", "Always");
     default_to(s, "terminationGracePeriodSeconds", 30);
     default_to(s, "dnsPolicy", "ClusterFirst");
@@ -72,7 +74,9 @@ pub(crate) fn default_pod_spec(spec: &mut Value) {
     default_to(s, "enableServiceLinks", true);
     for key in ["containers", "initContainers"] {
         if let Some(Value::Array(cs)) = s.get_mut(key) {
-            cs.iter_mut().filter(|c| c.is_object()).for_each(default_container);
+            cs.iter_mut()
+                .filter(|c| c.is_object())
+                .for_each(default_container);
         }
     }
     if let Some(Value::Array(vols)) = s.get_mut("volumes") {
@@ -98,7 +102,10 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
         errs.push(Cause::required(format!("{path}.containers")));
     }
     let mut names = Vec::new();
-    for (key, list) in [("initContainers", arr_at(spec, &["initContainers"])), ("containers", containers)] {
+    for (key, list) in [
+        ("initContainers", arr_at(spec, &["initContainers"])),
+        ("containers", containers),
+    ] {
         for (i, c) in list.iter().enumerate() {
             let at = format!("{path}.{key}[{i}]");
             match c.get("name").and_then(Value::as_str) {
@@ -128,18 +135,29 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
             }
             if let Some(policy) = c.get("imagePullPolicy") {
                 if !matches!(policy.as_str(), Some("Always" | "IfNotPresent" | "Never")) {
-                    errs.push(Cause::unsupported(format!("{at}.imagePullPolicy"), policy, &["Always", "IfNotPresent", "Never"]));
+                    errs.push(Cause::unsupported(
+                        format!("{at}.imagePullPolicy"),
+                        policy,
+                        &["Always", "IfNotPresent", "Never"],
+                    ));
                 }
             }
         }
     }
     if let Some(p) = spec.get("restartPolicy") {
         if !matches!(p.as_str(), Some("Always" | "OnFailure" | "Never")) {
-            errs.push(Cause::unsupported(format!("{path}.restartPolicy"), p, &["Always", "OnFailure", "Never"]));
+            errs.push(Cause::unsupported(
+                format!("{path}.restartPolicy"),
+                p,
+                &["Always", "OnFailure", "Never"],
+            ));
         }
     }
     if let Some(p) = spec.get("dnsPolicy") {
-        if !matches!(p.as_str(), Some("ClusterFirstWithHostNet" | "ClusterFirst" | "Default" | "None")) {
+        if !matches!(
+            p.as_str(),
+            Some("ClusterFirstWithHostNet" | "ClusterFirst" | "Default" | "None")
+        ) {
             errs.push(Cause::unsupported(
                 format!("{path}.dnsPolicy"),
                 p,
@@ -153,10 +171,17 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
             None | Some("") => errs.push(Cause::required(format!("{path}.volumes[{i}].name"))),
             Some(n) => {
                 for e in dns1123_label(n) {
-                    errs.push(Cause::invalid(format!("{path}.volumes[{i}].name"), &json!(n), e));
+                    errs.push(Cause::invalid(
+                        format!("{path}.volumes[{i}].name"),
+                        &json!(n),
+                        e,
+                    ));
                 }
                 if vol_names.contains(&n) {
-                    errs.push(Cause::duplicate(format!("{path}.volumes[{i}].name"), &json!(n)));
+                    errs.push(Cause::duplicate(
+                        format!("{path}.volumes[{i}].name"),
+                        &json!(n),
+                    ));
                 }
                 vol_names.push(n);
             }
@@ -186,7 +211,10 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
 
 /// The QoS class upstream derives from requests and limits.
 pub fn pod_qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = arr_at(spec, &["containers"]).iter().chain(arr_at(spec, &["initContainers"])).collect();
+    let containers: Vec<&Value> = arr_at(spec, &["containers"])
+        .iter()
+        .chain(arr_at(spec, &["initContainers"]))
+        .collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in &containers {
@@ -228,8 +256,14 @@ impl Strategy for Pod {
             default_to(s, "preemptionPolicy", "PreemptLowerPriority");
             let tolerations = s.entry("tolerations").or_insert_with(|| json!([]));
             if let Some(list) = tolerations.as_array_mut() {
-                for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-                    if !list.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key)) {
+                for key in [
+                    "node.kubernetes.io/not-ready",
+                    "node.kubernetes.io/unreachable",
+                ] {
+                    if !list
+                        .iter()
+                        .any(|t| t.get("key").and_then(Value::as_str) == Some(key))
+                    {
                         list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
                     }
                 }
@@ -256,7 +290,12 @@ impl Strategy for Pod {
         let mut b = old.get("spec").cloned().unwrap_or_default();
         for s in [&mut a, &mut b] {
             if let Some(m) = s.as_object_mut() {
-                for key in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates"] {
+                for key in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                    "schedulingGates",
+                ] {
                     m.remove(key);
                 }
                 for key in ["containers", "initContainers"] {
@@ -284,7 +323,12 @@ impl Strategy for Pod {
             "spec.restartPolicy" => s(&["spec", "restartPolicy"]),
             "spec.schedulerName" => s(&["spec", "schedulerName"]),
             "spec.serviceAccountName" => s(&["spec", "serviceAccountName"]),
-            "spec.hostNetwork" => Some(obj.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false).to_string()),
+            "spec.hostNetwork" => Some(
+                obj.pointer("/spec/hostNetwork")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string(),
+            ),
             "status.phase" => s(&["status", "phase"]),
             "status.podIP" => s(&["status", "podIP"]),
             "status.nominatedNodeName" => s(&["status", "nominatedNodeName"]),
@@ -313,8 +357,14 @@ impl Strategy for Pod {
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let statuses = arr_at(obj, &["status", "containerStatuses"]);
         let total = arr_at(obj, &["spec", "containers"]).len();
-        let ready = statuses.iter().filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true)).count();
-        let restarts: i64 = statuses.iter().filter_map(|s| s.get("restartCount").and_then(Value::as_i64)).sum();
+        let ready = statuses
+            .iter()
+            .filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
+            .count();
+        let restarts: i64 = statuses
+            .iter()
+            .filter_map(|s| s.get("restartCount").and_then(Value::as_i64))
+            .sum();
         let gates = arr_at(obj, &["spec", "readinessGates"]);
         vec![
             name(obj),
@@ -325,14 +375,21 @@ impl Strategy for Pod {
             crate::table::or_none(str_at(obj, &["status", "podIP"])),
             crate::table::or_none(str_at(obj, &["spec", "nodeName"])),
             crate::table::or_none(str_at(obj, &["status", "nominatedNodeName"])),
-            if gates.is_empty() { json!("<none>") } else { json!(format!("0/{}", gates.len())) },
+            if gates.is_empty() {
+                json!("<none>")
+            } else {
+                json!(format!("0/{}", gates.len()))
+            },
         ]
     }
 }
 
 /// The STATUS column: the phase, or the reason of the most telling container state.
 fn pod_status_reason(obj: &Value) -> String {
-    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+    if obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
         return "Terminating".into();
     }
     let mut reason = str_at(obj, &["status", "reason"])
@@ -348,7 +405,10 @@ fn pod_status_reason(obj: &Value) -> String {
             }
             return match t.get("reason").and_then(Value::as_str) {
                 Some(r) if !r.is_empty() => format!("Init:{r}"),
-                _ => format!("Init:ExitCode:{}", t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)),
+                _ => format!(
+                    "Init:ExitCode:{}",
+                    t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                ),
             };
         }
         if let Some(r) = s.pointer("/state/waiting/reason").and_then(Value::as_str) {
@@ -364,7 +424,10 @@ fn pod_status_reason(obj: &Value) -> String {
         } else if let Some(t) = s.pointer("/state/terminated") {
             reason = match t.get("reason").and_then(Value::as_str) {
                 Some(r) if !r.is_empty() => r.to_string(),
-                _ => format!("ExitCode:{}", t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)),
+                _ => format!(
+                    "ExitCode:{}",
+                    t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                ),
             };
         }
     }

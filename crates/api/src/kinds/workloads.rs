@@ -32,10 +32,16 @@ fn validate_template(obj: &Value, selector_required: bool) -> Vec<Cause> {
         Some(spec) => errs.extend(validate_pod_spec(spec, "spec.template.spec")),
         None => errs.push(Cause::required("spec.template.spec.containers")),
     }
-    let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
     match obj.pointer("/spec/selector") {
         Some(sel) if sel.is_object() => match LabelSelector::from_object(sel) {
-            Ok(s) if s.is_empty() => errs.push(Cause::invalid("spec.selector", sel, "empty selector is invalid for deployment")),
+            Ok(s) if s.is_empty() => errs.push(Cause::invalid(
+                "spec.selector",
+                sel,
+                "empty selector is invalid for deployment",
+            )),
             Ok(s) if !s.matches(labels) => errs.push(Cause::invalid(
                 "spec.template.metadata.labels",
                 &json!(labels),
@@ -49,7 +55,11 @@ fn validate_template(obj: &Value, selector_required: bool) -> Vec<Cause> {
     }
     if let Some(r) = i64_at(obj, &["spec", "replicas"]) {
         if r < 0 {
-            errs.push(Cause::invalid("spec.replicas", &json!(r), "must be greater than or equal to 0"));
+            errs.push(Cause::invalid(
+                "spec.replicas",
+                &json!(r),
+                "must be greater than or equal to 0",
+            ));
         }
     }
     errs
@@ -65,15 +75,25 @@ fn selector_immutable(new: &Value, old: &Value) -> Vec<Cause> {
 
 /// CONTAINERS, IMAGES cells of a pod template at `path`.
 fn template_cells(obj: &Value, path: &str) -> [Value; 2] {
-    let cs = obj.pointer(path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-    let names = cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from));
-    let images = cs.iter().filter_map(|c| c.get("image").and_then(Value::as_str).map(String::from));
+    let cs = obj
+        .pointer(path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let names = cs
+        .iter()
+        .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from));
+    let images = cs
+        .iter()
+        .filter_map(|c| c.get("image").and_then(Value::as_str).map(String::from));
     [joined(names), joined(images)]
 }
 
 /// The SELECTOR cell of a `metav1.LabelSelector`.
 fn selector_cell(sel: Option<&Value>) -> Value {
-    let Some(sel) = sel else { return json!("<none>") };
+    let Some(sel) = sel else {
+        return json!("<none>");
+    };
     let mut parts: Vec<String> = sel
         .get("matchLabels")
         .and_then(Value::as_object)
@@ -83,7 +103,10 @@ fn selector_cell(sel: Option<&Value>) -> Value {
         .collect();
     for e in arr_at(sel, &["matchExpressions"]) {
         let key = str_at(e, &["key"]).unwrap_or("");
-        let vals: Vec<&str> = arr_at(e, &["values"]).iter().filter_map(Value::as_str).collect();
+        let vals: Vec<&str> = arr_at(e, &["values"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         parts.push(match str_at(e, &["operator"]).unwrap_or("") {
             "In" => format!("{key} in ({})", vals.join(",")),
             "NotIn" => format!("{key} notin ({})", vals.join(",")),
@@ -95,8 +118,16 @@ fn selector_cell(sel: Option<&Value>) -> Value {
     or_none(Some(&parts.join(",")))
 }
 
-const CONTAINERS: Column = wide("Containers", "string", "Names of each container in the template.");
-const IMAGES: Column = wide("Images", "string", "Images referenced by each container in the template.");
+const CONTAINERS: Column = wide(
+    "Containers",
+    "string",
+    "Names of each container in the template.",
+);
+const IMAGES: Column = wide(
+    "Images",
+    "string",
+    "Images referenced by each container in the template.",
+);
 const SELECTOR: Column = wide("Selector", "string", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.");
 
 pub struct Deployment;
@@ -228,11 +259,17 @@ impl Strategy for ReplicationController {
             errs.extend(validate_pod_spec(spec, "spec.template.spec"));
         }
         let sel = obj.pointer("/spec/selector").and_then(Value::as_object);
-        let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .and_then(Value::as_object);
         if let (Some(sel), Some(_)) = (sel, labels) {
             let s = LabelSelector::from_object(&json!({"matchLabels": sel})).unwrap_or_default();
             if !s.matches(labels) {
-                errs.push(Cause::invalid("spec.template.metadata.labels", &json!(labels), "`selector` does not match template `labels`"));
+                errs.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &json!(labels),
+                    "`selector` does not match template `labels`",
+                ));
             }
         }
         errs
@@ -256,8 +293,16 @@ impl Strategy for StatefulSet {
         default_to(spec, "replicas", 1);
         default_to(spec, "podManagementPolicy", "OrderedReady");
         default_to(spec, "revisionHistoryLimit", 10);
-        default_to(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
-        default_to(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+        default_to(
+            spec,
+            "updateStrategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+        );
+        default_to(
+            spec,
+            "persistentVolumeClaimRetentionPolicy",
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        );
         default_template(obj, &["spec", "template"]);
     }
     fn validate(&self, obj: &Value) -> Vec<Cause> {
@@ -269,7 +314,15 @@ impl Strategy for StatefulSet {
         let strip = |v: &Value| {
             let mut s = v.get("spec").cloned().unwrap_or_default();
             if let Some(m) = s.as_object_mut() {
-                for k in ["replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy", "minReadySeconds", "revisionHistoryLimit"] {
+                for k in [
+                    "replicas",
+                    "ordinals",
+                    "template",
+                    "updateStrategy",
+                    "persistentVolumeClaimRetentionPolicy",
+                    "minReadySeconds",
+                    "revisionHistoryLimit",
+                ] {
                     m.remove(k);
                 }
             }
@@ -284,7 +337,13 @@ impl Strategy for StatefulSet {
         true
     }
     fn columns(&self) -> &'static [Column] {
-        crate::columns![NAME, col("Ready", "string", "Number of the pod with ready state"), AGE, CONTAINERS, IMAGES]
+        crate::columns![
+            NAME,
+            col("Ready", "string", "Number of the pod with ready state"),
+            AGE,
+            CONTAINERS,
+            IMAGES
+        ]
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let [c, i] = template_cells(obj, "/spec/template/spec/containers");
@@ -308,7 +367,11 @@ impl Strategy for DaemonSet {
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "revisionHistoryLimit", 10);
-        default_to(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+        default_to(
+            spec,
+            "updateStrategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+        );
         default_template(obj, &["spec", "template"]);
     }
     fn validate(&self, obj: &Value) -> Vec<Cause> {
@@ -383,7 +446,10 @@ impl Strategy for Job {
             "controller-uid": uid,
             "job-name": job_name,
         });
-        obj_mut(obj, "spec").insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+        obj_mut(obj, "spec").insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
         if let Some(t) = obj.pointer_mut("/spec/template") {
             let l = obj_mut(obj_mut_value(t, "metadata"), "labels");
             for (k, v) in labels.as_object().into_iter().flatten() {
@@ -428,9 +494,10 @@ impl Strategy for Job {
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let [c, i] = template_cells(obj, "/spec/template/spec/containers");
         let cond = |t: &str| {
-            arr_at(obj, &["status", "conditions"])
-                .iter()
-                .any(|c| c.get("type").and_then(Value::as_str) == Some(t) && c.get("status").and_then(Value::as_str) == Some("True"))
+            arr_at(obj, &["status", "conditions"]).iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(t)
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
         };
         let status = if cond("Failed") {
             "Failed"
@@ -447,12 +514,29 @@ impl Strategy for Job {
         };
         let completions = match i64_at(obj, &["spec", "completions"]) {
             Some(n) => format!("{}/{n}", i64_at(obj, &["status", "succeeded"]).unwrap_or(0)),
-            None => format!("{}/1 of {}", i64_at(obj, &["status", "succeeded"]).unwrap_or(0), i64_at(obj, &["spec", "parallelism"]).unwrap_or(1)),
+            None => format!(
+                "{}/1 of {}",
+                i64_at(obj, &["status", "succeeded"]).unwrap_or(0),
+                i64_at(obj, &["spec", "parallelism"]).unwrap_or(1)
+            ),
         };
         let start = str_at(obj, &["status", "startTime"]).and_then(crate::meta::parse_time);
-        let end = str_at(obj, &["status", "completionTime"]).and_then(crate::meta::parse_time).unwrap_or_else(jiff::Timestamp::now);
-        let duration = start.map(|s| crate::table::human_duration(end.duration_since(s).as_secs())).unwrap_or_default();
-        vec![name(obj), json!(status), json!(completions), json!(duration), age(obj), c, i, selector_cell(obj.pointer("/spec/selector"))]
+        let end = str_at(obj, &["status", "completionTime"])
+            .and_then(crate::meta::parse_time)
+            .unwrap_or_else(jiff::Timestamp::now);
+        let duration = start
+            .map(|s| crate::table::human_duration(end.duration_since(s).as_secs()))
+            .unwrap_or_default();
+        vec![
+            name(obj),
+            json!(status),
+            json!(completions),
+            json!(duration),
+            age(obj),
+            c,
+            i,
+            selector_cell(obj.pointer("/spec/selector")),
+        ]
     }
 }
 
@@ -478,8 +562,13 @@ impl Strategy for CronJob {
             errs.push(Cause::required("spec.schedule"));
         }
         match obj.pointer("/spec/jobTemplate/spec/template/spec") {
-            Some(spec) => errs.extend(validate_pod_spec(spec, "spec.jobTemplate.spec.template.spec")),
-            None => errs.push(Cause::required("spec.jobTemplate.spec.template.spec.containers")),
+            Some(spec) => errs.extend(validate_pod_spec(
+                spec,
+                "spec.jobTemplate.spec.template.spec",
+            )),
+            None => errs.push(Cause::required(
+                "spec.jobTemplate.spec.template.spec.containers",
+            )),
         }
         errs
     }
@@ -502,15 +591,21 @@ impl Strategy for CronJob {
     }
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let [c, i] = template_cells(obj, "/spec/jobTemplate/spec/template/spec/containers");
-        let last = match str_at(obj, &["status", "lastScheduleTime"]).and_then(crate::meta::parse_time) {
-            Some(t) => crate::table::human_duration(jiff::Timestamp::now().duration_since(t).as_secs()),
-            None => "<none>".into(),
-        };
+        let last =
+            match str_at(obj, &["status", "lastScheduleTime"]).and_then(crate::meta::parse_time) {
+                Some(t) => {
+                    crate::table::human_duration(jiff::Timestamp::now().duration_since(t).as_secs())
+                }
+                None => "<none>".into(),
+            };
         vec![
             name(obj),
             json!(str_at(obj, &["spec", "schedule"]).unwrap_or("")),
             or_none(str_at(obj, &["spec", "timeZone"])),
-            json!(obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+            json!(obj
+                .pointer("/spec/suspend")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
             json!(arr_at(obj, &["status", "active"]).len()),
             json!(last),
             age(obj),

@@ -65,7 +65,10 @@ fn camel(snake: &str) -> String {
 }
 
 fn norm(s: &str) -> String {
-    s.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect()
+    s.chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 impl ProtoCodec {
@@ -84,8 +87,12 @@ impl ProtoCodec {
             let mut fields = HashMap::new();
             for f in parts {
                 let mut it = f.splitn(4, ':');
-                let (Some(tag), Some(rust), Some(kind)) = (it.next(), it.next(), it.next()) else { continue };
-                let Ok(tag) = tag.parse::<u32>() else { continue };
+                let (Some(tag), Some(rust), Some(kind)) = (it.next(), it.next(), it.next()) else {
+                    continue;
+                };
+                let Ok(tag) = tag.parse::<u32>() else {
+                    continue;
+                };
                 let rust = rust.trim_start_matches("r#");
                 let json = props
                     .iter()
@@ -109,7 +116,15 @@ impl ProtoCodec {
                     "My" => Kind::MapBytes,
                     _ => continue,
                 };
-                fields.insert(tag, Field { json, kind, repeated, message: it.next() });
+                fields.insert(
+                    tag,
+                    Field {
+                        json,
+                        kind,
+                        repeated,
+                        message: it.next(),
+                    },
+                );
             }
             messages.insert(name, fields);
         }
@@ -119,16 +134,21 @@ impl ProtoCodec {
     /// Decodes a `k8s\0`-prefixed body into the JSON form of the object, expecting the
     /// message `expected` (an OpenAPI definition name such as `io.k8s.api.core.v1.Pod`).
     pub fn decode_object(&self, body: &[u8], expected: &str) -> Result<Value, ProtoError> {
-        let rest = body
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| ProtoError("the protobuf body does not start with the Kubernetes magic number".into()))?;
+        let rest = body.strip_prefix(MAGIC).ok_or_else(|| {
+            ProtoError("the protobuf body does not start with the Kubernetes magic number".into())
+        })?;
         let envelope = self.message(rest, "io.k8s.apimachinery.pkg.runtime.Unknown", "")?;
         let raw = envelope.get("raw").and_then(Value::as_str).unwrap_or("");
-        let raw = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| ProtoError(e.to_string()))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| ProtoError(e.to_string()))?;
         let mut obj = self.message(&raw, expected, "")?;
         if let Some(tm) = envelope.get("typeMeta") {
             for k in ["apiVersion", "kind"] {
-                if let Some(v) = tm.get(k).filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+                if let Some(v) = tm
+                    .get(k)
+                    .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                {
                     obj[k] = v.clone();
                 }
             }
@@ -150,15 +170,21 @@ impl ProtoCodec {
                     m.get("intVal").cloned().unwrap_or(json!(0))
                 });
             }
-            "io.k8s.apimachinery.pkg.apis.meta.v1.Time" | "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Time"
+            | "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime" => {
                 let m = self.plain(buf, name, path)?;
                 let secs = m.get("seconds").and_then(Value::as_i64).unwrap_or(0);
                 let nanos = m.get("nanos").and_then(Value::as_i64).unwrap_or(0);
                 if secs <= -62135596800 || (buf.is_empty()) {
                     return Ok(Value::Null);
                 }
-                let ts = jiff::Timestamp::new(secs, nanos as i32).map_err(|e| ProtoError(format!("{path}: {e}")))?;
-                let fmt = if name.ends_with("MicroTime") { "%Y-%m-%dT%H:%M:%S%.6fZ" } else { "%Y-%m-%dT%H:%M:%SZ" };
+                let ts = jiff::Timestamp::new(secs, nanos as i32)
+                    .map_err(|e| ProtoError(format!("{path}: {e}")))?;
+                let fmt = if name.ends_with("MicroTime") {
+                    "%Y-%m-%dT%H:%M:%S%.6fZ"
+                } else {
+                    "%Y-%m-%dT%H:%M:%SZ"
+                };
                 return Ok(json!(ts.strftime(fmt).to_string()));
             }
             "io.k8s.apimachinery.pkg.apis.meta.v1.Duration" => {
@@ -166,10 +192,13 @@ impl ProtoCodec {
                 let nanos = m.get("duration").and_then(Value::as_i64).unwrap_or(0);
                 return Ok(json!(go_duration(nanos)));
             }
-            "io.k8s.apimachinery.pkg.runtime.RawExtension" | "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+            "io.k8s.apimachinery.pkg.runtime.RawExtension"
+            | "io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1" => {
                 let m = self.plain(buf, name, path)?;
                 let raw = m.values().next().and_then(Value::as_str).unwrap_or("");
-                let bytes = base64::engine::general_purpose::STANDARD.decode(raw).unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .unwrap_or_default();
                 return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
             }
             _ => {}
@@ -179,33 +208,62 @@ impl ProtoCodec {
     }
 
     /// A message as a JSON object of its fields (no special forms).
-    fn plain(&self, mut buf: &[u8], name: &str, path: &str) -> Result<Map<String, Value>, ProtoError> {
-        let layout = self.messages.get(name).ok_or_else(|| ProtoError(format!("{path}: unknown message type {name}")))?;
+    fn plain(
+        &self,
+        mut buf: &[u8],
+        name: &str,
+        path: &str,
+    ) -> Result<Map<String, Value>, ProtoError> {
+        let layout = self
+            .messages
+            .get(name)
+            .ok_or_else(|| ProtoError(format!("{path}: unknown message type {name}")))?;
         let mut out = Map::new();
         while !buf.is_empty() {
-            let key = varint(&mut buf).ok_or_else(|| ProtoError(format!("{path}: truncated field key")))?;
+            let key = varint(&mut buf)
+                .ok_or_else(|| ProtoError(format!("{path}: truncated field key")))?;
             let (tag, wire) = ((key >> 3) as u32, (key & 7) as u8);
             let value: WireValue = match wire {
-                0 => WireValue::Varint(varint(&mut buf).ok_or_else(|| ProtoError(format!("{path}: truncated varint")))?),
+                0 => WireValue::Varint(
+                    varint(&mut buf)
+                        .ok_or_else(|| ProtoError(format!("{path}: truncated varint")))?,
+                ),
                 1 => {
-                    let b = take(&mut buf, 8).ok_or_else(|| ProtoError(format!("{path}: truncated fixed64")))?;
+                    let b = take(&mut buf, 8)
+                        .ok_or_else(|| ProtoError(format!("{path}: truncated fixed64")))?;
                     WireValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
                 }
                 2 => {
-                    let len = varint(&mut buf).ok_or_else(|| ProtoError(format!("{path}: truncated length")))? as usize;
-                    WireValue::Bytes(take(&mut buf, len).ok_or_else(|| ProtoError(format!("{path}: truncated field {tag}")))?)
+                    let len = varint(&mut buf)
+                        .ok_or_else(|| ProtoError(format!("{path}: truncated length")))?
+                        as usize;
+                    WireValue::Bytes(
+                        take(&mut buf, len)
+                            .ok_or_else(|| ProtoError(format!("{path}: truncated field {tag}")))?,
+                    )
                 }
                 5 => {
-                    take(&mut buf, 4).ok_or_else(|| ProtoError(format!("{path}: truncated fixed32")))?;
+                    take(&mut buf, 4)
+                        .ok_or_else(|| ProtoError(format!("{path}: truncated fixed32")))?;
                     continue;
                 }
                 other => return Err(ProtoError(format!("{path}: unsupported wire type {other}"))),
             };
-            let Some(field) = layout.get(&tag) else { continue };
-            let fpath = if path.is_empty() { field.json.clone() } else { format!("{path}.{}", field.json) };
+            let Some(field) = layout.get(&tag) else {
+                continue;
+            };
+            let fpath = if path.is_empty() {
+                field.json.clone()
+            } else {
+                format!("{path}.{}", field.json)
+            };
             match field.kind {
                 Kind::MapMessage | Kind::MapString | Kind::MapBytes => {
-                    let WireValue::Bytes(entry) = value else { return Err(ProtoError(format!("{fpath}: map entry is not length-delimited"))) };
+                    let WireValue::Bytes(entry) = value else {
+                        return Err(ProtoError(format!(
+                            "{fpath}: map entry is not length-delimited"
+                        )));
+                    };
                     let (k, v) = self.map_entry(entry, field, &fpath)?;
                     let m = out.entry(field.json.clone()).or_insert_with(|| json!({}));
                     m[k] = v;
@@ -216,7 +274,9 @@ impl ProtoCodec {
                     match (field.kind, value) {
                         (Kind::Int32 | Kind::Int64, WireValue::Bytes(mut packed)) => {
                             while !packed.is_empty() {
-                                let n = varint(&mut packed).ok_or_else(|| ProtoError(format!("{fpath}: truncated packed varint")))?;
+                                let n = varint(&mut packed).ok_or_else(|| {
+                                    ProtoError(format!("{fpath}: truncated packed varint"))
+                                })?;
                                 items.push(int_value(field.kind, n));
                             }
                         }
@@ -235,22 +295,33 @@ impl ProtoCodec {
         Ok(out)
     }
 
-    fn map_entry(&self, mut entry: &[u8], field: &Field, path: &str) -> Result<(String, Value), ProtoError> {
+    fn map_entry(
+        &self,
+        mut entry: &[u8],
+        field: &Field,
+        path: &str,
+    ) -> Result<(String, Value), ProtoError> {
         let mut key = String::new();
         let mut value = match field.kind {
             Kind::MapMessage => Value::Null,
             _ => json!(""),
         };
         while !entry.is_empty() {
-            let k = varint(&mut entry).ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))?;
-            let len = varint(&mut entry).ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))? as usize;
-            let b = take(&mut entry, len).ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))?;
+            let k = varint(&mut entry)
+                .ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))?;
+            let len = varint(&mut entry)
+                .ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))?
+                as usize;
+            let b = take(&mut entry, len)
+                .ok_or_else(|| ProtoError(format!("{path}: truncated map entry")))?;
             match k >> 3 {
                 1 => key = String::from_utf8_lossy(b).into_owned(),
                 2 => {
                     value = match field.kind {
                         Kind::MapMessage => self.message(b, field.message.unwrap_or(""), path)?,
-                        Kind::MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+                        Kind::MapBytes => {
+                            json!(base64::engine::general_purpose::STANDARD.encode(b))
+                        }
                         _ => json!(String::from_utf8_lossy(b)),
                     }
                 }
@@ -265,13 +336,21 @@ impl ProtoCodec {
 
     fn scalar(&self, field: &Field, v: WireValue, path: &str) -> Result<Value, ProtoError> {
         Ok(match (field.kind, v) {
-            (Kind::Message, WireValue::Bytes(b)) => self.message(b, field.message.unwrap_or(""), path)?,
+            (Kind::Message, WireValue::Bytes(b)) => {
+                self.message(b, field.message.unwrap_or(""), path)?
+            }
             (Kind::String, WireValue::Bytes(b)) => json!(String::from_utf8_lossy(b)),
-            (Kind::Bytes, WireValue::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            (Kind::Bytes, WireValue::Bytes(b)) => {
+                json!(base64::engine::general_purpose::STANDARD.encode(b))
+            }
             (Kind::Int32 | Kind::Int64, WireValue::Varint(n)) => int_value(field.kind, n),
             (Kind::Bool, WireValue::Varint(n)) => json!(n != 0),
             (Kind::Double, WireValue::Fixed64(n)) => json!(f64::from_bits(n)),
-            (k, _) => return Err(ProtoError(format!("{path}: wrong wire type for a {k:?} field"))),
+            (k, _) => {
+                return Err(ProtoError(format!(
+                    "{path}: wrong wire type for a {k:?} field"
+                )))
+            }
         })
     }
 }
@@ -316,15 +395,52 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 /// something other than "unset"; everything else encoded as a zero value is what Go
 /// writes for an unset field and JSON would have omitted.
 const MEANINGFUL_ZERO: &[&str] = &[
-    "replicas", "parallelism", "completions", "backoffLimit", "backoffLimitPerIndex", "maxFailedIndexes",
-    "terminationGracePeriodSeconds", "activeDeadlineSeconds", "ttlSecondsAfterFinished",
-    "successfulJobsHistoryLimit", "failedJobsHistoryLimit", "revisionHistoryLimit", "progressDeadlineSeconds",
-    "startingDeadlineSeconds", "defaultMode", "mode", "runAsUser", "runAsGroup", "fsGroup", "priority",
-    "storageClassName", "enableServiceLinks", "automountServiceAccountToken", "allocateLoadBalancerNodePorts",
-    "allowPrivilegeEscalation", "runAsNonRoot", "readOnlyRootFilesystem", "privileged", "suspend",
-    "setHostnameAsFQDN", "shareProcessNamespace", "hostUsers", "manualSelector", "value", "exitCode",
-    "minReadySeconds", "expirationSeconds", "gracePeriodSeconds", "deletionGracePeriodSeconds", "partition",
-    "minAvailable", "maxUnavailable", "maxSurge", "ready", "serving", "terminating",
+    "replicas",
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+    "terminationGracePeriodSeconds",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "startingDeadlineSeconds",
+    "defaultMode",
+    "mode",
+    "runAsUser",
+    "runAsGroup",
+    "fsGroup",
+    "priority",
+    "storageClassName",
+    "enableServiceLinks",
+    "automountServiceAccountToken",
+    "allocateLoadBalancerNodePorts",
+    "allowPrivilegeEscalation",
+    "runAsNonRoot",
+    "readOnlyRootFilesystem",
+    "privileged",
+    "suspend",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "hostUsers",
+    "manualSelector",
+    "value",
+    "exitCode",
+    "minReadySeconds",
+    "expirationSeconds",
+    "gracePeriodSeconds",
+    "deletionGracePeriodSeconds",
+    "partition",
+    "minAvailable",
+    "maxUnavailable",
+    "maxSurge",
+    "ready",
+    "serving",
+    "terminating",
 ];
 
 fn drop_go_zero_values(m: &mut Map<String, Value>) {
@@ -394,10 +510,19 @@ mod tests {
         bytes_field(&mut unknown, 2, &cm);
         let mut body = MAGIC.to_vec();
         body.extend(unknown);
-        let v = codec.decode_object(&body, "io.k8s.api.core.v1.ConfigMap").unwrap();
-        assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}}));
-        assert!(codec.decode_object(b"{}", "io.k8s.api.core.v1.ConfigMap").is_err());
-        assert!(codec.decode_object(&body[..body.len() - 3], "io.k8s.api.core.v1.ConfigMap").is_err());
+        let v = codec
+            .decode_object(&body, "io.k8s.api.core.v1.ConfigMap")
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}})
+        );
+        assert!(codec
+            .decode_object(b"{}", "io.k8s.api.core.v1.ConfigMap")
+            .is_err());
+        assert!(codec
+            .decode_object(&body[..body.len() - 3], "io.k8s.api.core.v1.ConfigMap")
+            .is_err());
     }
 
     #[test]

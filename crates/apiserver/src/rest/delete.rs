@@ -24,20 +24,39 @@ pub struct DeleteOptions {
 fn options(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut o = DeleteOptions::default();
     if !bytes.iter().all(u8::is_ascii_whitespace) {
-        let v = ctx.decode_object(bytes, Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"))?;
+        let v = ctx.decode_object(
+            bytes,
+            Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
+        )?;
         let grace = v.get("gracePeriodSeconds");
         if let Some(g) = grace.filter(|g| !g.is_null()) {
-            o.grace_period = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+            o.grace_period =
+                Some(g.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be an integer")
+                })?);
         }
-        o.propagation = v.get("propagationPolicy").and_then(Value::as_str).map(String::from);
-        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) && o.propagation.is_none() {
+        o.propagation = v
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+            && o.propagation.is_none()
+        {
             o.propagation = Some("Orphan".into());
         }
-        o.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
-        o.precondition_rv = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+        o.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.precondition_rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
     }
     if let Some(g) = ctx.query.get("gracePeriodSeconds") {
-        o.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}")))?);
+        o.grace_period = Some(g.parse().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}"))
+        })?);
     }
     if let Some(p) = ctx.query.get("propagationPolicy") {
         o.propagation = Some(p.to_string());
@@ -63,20 +82,35 @@ pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     let dry_run = ctx.dry_run()?;
     let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts, dry_run).await?;
     let out = ctx.output.object(ctx.info, obj);
-    Ok(raw(code, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default()))
+    Ok(raw(
+        code,
+        ctx.output.content_type(false),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    ))
 }
 
 /// Deletes (or marks for deletion) one object; returns it and 200 (gone) or 202 (pending).
-pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run: bool) -> Result<(Value, u16), ApiError> {
+pub async fn delete_one(
+    ctx: &Ctx<'_>,
+    name: &str,
+    opts: &DeleteOptions,
+    dry_run: bool,
+) -> Result<(Value, u16), ApiError> {
     let info = ctx.info;
     let store = &ctx.state.store;
     for _ in 0..10 {
         let (obj, rev) = storage::get(store, info, ctx.ns(), name).await?;
         if let Some(uid) = &opts.precondition_uid {
             if uid != obj.uid() {
-                return Err(ApiError::conflict(info.group, info.plural, name, &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}", obj.uid()
-                )));
+                return Err(ApiError::conflict(
+                    info.group,
+                    info.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj.uid()
+                    ),
+                ));
             }
         }
         if let Some(prv) = &opts.precondition_rv {
@@ -89,14 +123,22 @@ pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run
         let mut marked = obj.clone();
         let mut finalizers = obj.finalizers();
         match opts.propagation.as_deref() {
-            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
-            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => finalizers.push("foregroundDeletion".into()),
+            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                finalizers.push("orphan".into())
+            }
+            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                finalizers.push("foregroundDeletion".into())
+            }
             _ => {}
         }
         let grace = grace_period(info.kind, &obj, opts.grace_period);
         let waits_for_finalizers = !finalizers.is_empty() || info.kind == "Namespace";
         let mark = if obj.is_deleting() {
-            let current = obj.meta().and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0);
+            let current = obj
+                .meta()
+                .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             if waits_for_finalizers {
                 if !finalizers_changed(&obj, &finalizers) {
                     return Ok((obj, 202));
@@ -114,7 +156,10 @@ pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run
         };
         if mark {
             let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-            marked.set_meta("deletionTimestamp", when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked.set_meta(
+                "deletionTimestamp",
+                when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            );
             marked.set_meta("deletionGracePeriodSeconds", grace);
             if !finalizers.is_empty() {
                 marked.set_meta("finalizers", json!(finalizers));
@@ -123,14 +168,26 @@ pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run
                 marked["status"]["phase"] = json!("Terminating");
             }
             if info.strategy.tracks_generation() && !obj.is_deleting() {
-                let g = obj.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+                let g = obj
+                    .meta()
+                    .and_then(|m| m.get("generation"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 marked.set_meta("generation", g + 1);
             }
             if dry_run {
                 return Ok((marked, 202));
             }
             let key = storage::key(info, ctx.ns(), name);
-            match store.update(key.as_bytes(), storage::encode(&marked), Some(rev), super::write::ttl_of(info)).await {
+            match store
+                .update(
+                    key.as_bytes(),
+                    storage::encode(&marked),
+                    Some(rev),
+                    super::write::ttl_of(info),
+                )
+                .await
+            {
                 Ok((new_rev, _)) => {
                     marked.set_meta("resourceVersion", new_rev.to_string());
                     return Ok((marked, 202));
@@ -152,7 +209,12 @@ pub async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions, dry_run
             Err(e) => return Err(storage::store_error(e, info, name)),
         }
     }
-    Err(ApiError::conflict(info.group, info.plural, name, "the object kept changing during deletion; try again"))
+    Err(ApiError::conflict(
+        info.group,
+        info.plural,
+        name,
+        "the object kept changing during deletion; try again",
+    ))
 }
 
 fn finalizers_changed(obj: &Value, finalizers: &[String]) -> bool {
@@ -166,13 +228,22 @@ fn grace_period(kind: &str, obj: &Value, requested: Option<i64>) -> i64 {
     if kind != "Pod" {
         return 0;
     }
-    let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let scheduled = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        obj.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
     if !scheduled || finished {
         return 0;
     }
     let g = requested
-        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30);
     // Upstream turns a negative period into 1 second.
     if g < 0 {
@@ -192,8 +263,18 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
     for obj in listed.items {
         let name = obj.name().to_string();
         let ns = obj.namespace().to_string();
-        let ri = crate::request::RequestInfo { namespace: ns, ..ctx.ri.clone() };
-        let sub = Ctx { state: ctx.state, info: ctx.info, ri: &ri, query: ctx.query, headers: ctx.headers, output: ctx.output };
+        let ri = crate::request::RequestInfo {
+            namespace: ns,
+            ..ctx.ri.clone()
+        };
+        let sub = Ctx {
+            state: ctx.state,
+            info: ctx.info,
+            ri: &ri,
+            query: ctx.query,
+            headers: ctx.headers,
+            output: ctx.output,
+        };
         match delete_one(&sub, &name, &opts, dry_run).await {
             Ok((o, _)) => deleted.push(o),
             Err(e) if e.code == 404 => {}
@@ -203,5 +284,9 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(listed.revision.to_string()));
     let out = ctx.output.list(ctx.info, deleted, meta);
-    Ok(raw(200, ctx.output.content_type(true), serde_json::to_vec(&out).unwrap_or_default()))
+    Ok(raw(
+        200,
+        ctx.output.content_type(true),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    ))
 }

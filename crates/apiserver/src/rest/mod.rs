@@ -42,20 +42,28 @@ impl Ctx<'_> {
         let vals = self.query.all("dryRun");
         for v in &vals {
             if *v != "All" {
-                return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {v:?}: supported values: \"All\"")));
+                return Err(ApiError::bad_request(format!(
+                    "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+                )));
             }
         }
         Ok(!vals.is_empty())
     }
 
     pub fn content_type(&self) -> Option<&str> {
-        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// Decodes a request body: JSON, YAML, or protobuf holding `message` (the resource's
     /// own kind when None).
     pub fn decode_object(&self, bytes: &[u8], message: Option<&str>) -> Result<Value, ApiError> {
-        let proto = |b: &[u8]| self.state.openapi.decode_protobuf(&self.state.registry, self.info, message, b);
+        let proto = |b: &[u8]| {
+            self.state
+                .openapi
+                .decode_protobuf(&self.state.registry, self.info, message, b)
+        };
         crate::body::decode_object(self.content_type(), bytes, Some(&proto))
     }
 
@@ -70,7 +78,12 @@ impl Ctx<'_> {
 }
 
 /// Serves one resource request.
-pub async fn handle(state: &Arc<State>, ri: &RequestInfo, query: &Query, req: Request<RequestBody>) -> Result<Resp, ApiError> {
+pub async fn handle(
+    state: &Arc<State>,
+    ri: &RequestInfo,
+    query: &Query,
+    req: Request<RequestBody>,
+) -> Result<Resp, ApiError> {
     let info = state
         .registry
         .get(&ri.group, &ri.version, &ri.resource)

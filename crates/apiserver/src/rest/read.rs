@@ -1,8 +1,8 @@
 //! GET of one object and LIST with selectors, paging and resourceVersion semantics.
 
 use base64::Engine;
-use rkube_api::selector::{FieldSelector, LabelSelector};
 use rkube_api::meta::ObjectMeta;
+use rkube_api::selector::{FieldSelector, LabelSelector};
 use rkube_api::{ApiError, ResourceInfo};
 use serde_json::{json, Map, Value};
 
@@ -13,7 +13,11 @@ use crate::storage;
 pub async fn get(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     let (obj, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let out = ctx.output.object(ctx.info, obj);
-    Ok(raw(200, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default()))
+    Ok(raw(
+        200,
+        ctx.output.content_type(false),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    ))
 }
 
 /// Label and field selectors of a list or watch, checked against the kind.
@@ -25,12 +29,18 @@ pub struct Selectors {
 
 impl Selectors {
     pub fn parse(ctx: &Ctx<'_>) -> Result<Self, ApiError> {
-        let label = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("unable to parse label selector {:?}: {e}", ctx.query.get("labelSelector").unwrap_or(""))))?;
+        let label =
+            LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or("")).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "unable to parse label selector {:?}: {e}",
+                    ctx.query.get("labelSelector").unwrap_or("")
+                ))
+            })?;
         let field = FieldSelector::parse(ctx.query.get("fieldSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;
         for f in field.fields() {
-            let known = matches!(f, "metadata.name" | "metadata.namespace") || ctx.info.strategy.field_labels().contains(&f);
+            let known = matches!(f, "metadata.name" | "metadata.namespace")
+                || ctx.info.strategy.field_labels().contains(&f);
             if !known {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {f} (the {} field selectors are: {})",
@@ -63,7 +73,8 @@ struct Continue {
 }
 
 fn encode_continue(revision: i64, start: &[u8]) -> String {
-    let token = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": String::from_utf8_lossy(start)});
+    let token =
+        json!({"v": "meta.k8s.io/v1", "rv": revision, "start": String::from_utf8_lossy(start)});
     base64::engine::general_purpose::URL_SAFE.encode(token.to_string())
 }
 
@@ -75,14 +86,26 @@ fn decode_continue(s: &str, prefix: &str) -> Result<Continue, ApiError> {
         .map_err(|_| bad("not base64"))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad("not JSON"))?;
     if v.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
-        return Err(bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"));
+        return Err(bad(
+            "incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        ));
     }
-    let revision = v.get("rv").and_then(Value::as_i64).filter(|r| *r > 0).ok_or_else(|| bad("no resourceVersion"))?;
-    let start = v.get("start").and_then(Value::as_str).ok_or_else(|| bad("no start key"))?;
+    let revision = v
+        .get("rv")
+        .and_then(Value::as_i64)
+        .filter(|r| *r > 0)
+        .ok_or_else(|| bad("no resourceVersion"))?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no start key"))?;
     if !start.starts_with(prefix) {
         return Err(bad("the key does not belong to this list"));
     }
-    Ok(Continue { revision, start: start.as_bytes().to_vec() })
+    Ok(Continue {
+        revision,
+        start: start.as_bytes().to_vec(),
+    })
 }
 
 /// The result of a list: items, the revision they are consistent at, and paging state.
@@ -99,14 +122,22 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         None | Some("") => 0,
         Some(s) => s
             .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("limit: Invalid value: {s:?}: must be an integer")))?
+            .map_err(|_| {
+                ApiError::bad_request(format!("limit: Invalid value: {s:?}: must be an integer"))
+            })?
             .max(0) as usize,
     };
     let prefix = storage::prefix(ctx.info, ctx.ns());
     let (mut revision, mut start) = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
-            if ctx.query.get("resourceVersion").is_some_and(|rv| !rv.is_empty()) {
-                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            if ctx
+                .query
+                .get("resourceVersion")
+                .is_some_and(|rv| !rv.is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
             }
             let c = decode_continue(token, &prefix)?;
             (c.revision, Some(c.start))
@@ -118,7 +149,16 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
     let chunk = if limit > 0 { limit.max(64) } else { 0 };
     let remaining;
     loop {
-        let resp = match storage::range(&ctx.state.store, ctx.info, ctx.ns(), start.as_deref(), revision, chunk).await {
+        let resp = match storage::range(
+            &ctx.state.store,
+            ctx.info,
+            ctx.ns(),
+            start.as_deref(),
+            revision,
+            chunk,
+        )
+        .await
+        {
             Err(e) if e.code == 410 && ctx.query.get("continue").is_some() => {
                 return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
             }
@@ -145,7 +185,11 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         if limit > 0 && items.len() == limit && has_more {
             let mut next = last_key.map(|k| k.to_vec()).unwrap_or_default();
             next.push(0);
-            let rem = if sel.is_empty() { Some(total_rest as i64 - taken as i64) } else { None };
+            let rem = if sel.is_empty() {
+                Some(total_rest as i64 - taken as i64)
+            } else {
+                None
+            };
             return Ok(ListResult {
                 items,
                 revision,
@@ -161,7 +205,12 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         next.push(0);
         start = Some(next);
     }
-    Ok(ListResult { items, revision, continue_token: None, remaining })
+    Ok(ListResult {
+        items,
+        revision,
+        continue_token: None,
+        remaining,
+    })
 }
 
 /// The revision a list must be served at: an exact `resourceVersion` with
@@ -170,8 +219,11 @@ fn exact_revision(ctx: &Ctx<'_>) -> Result<i64, ApiError> {
     let rv = ctx.query.get("resourceVersion").unwrap_or("");
     let m = ctx.query.get("resourceVersionMatch").unwrap_or("");
     let parsed = || {
-        rv.parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be an integer")))
+        rv.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: {rv:?}: must be an integer"
+            ))
+        })
     };
     match m {
         "" | "NotOlderThan" => {
@@ -207,5 +259,9 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         meta.insert("remainingItemCount".into(), json!(n));
     }
     let out = ctx.output.list(ctx.info, r.items, meta);
-    Ok(raw(200, ctx.output.content_type(true), serde_json::to_vec(&out).unwrap_or_default()))
+    Ok(raw(
+        200,
+        ctx.output.content_type(true),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    ))
 }

@@ -50,7 +50,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
 
 fn object(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
     let out = ctx.output.object(ctx.info, obj);
-    let mut r = raw(code, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default());
+    let mut r = raw(
+        code,
+        ctx.output.content_type(false),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    );
     for w in warnings {
         crate::respond::add_warning(&mut r, w);
     }
@@ -60,9 +64,15 @@ fn object(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
 /// The autoscaling/v1 Scale of a scalable object.
 fn scale_of(obj: &Value) -> Value {
     let selector = match obj.pointer("/spec/selector") {
-        Some(sel) if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() => selector_string(sel),
+        Some(sel) if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() => {
+            selector_string(sel)
+        }
         // ReplicationControllers select with a plain map.
-        Some(Value::Object(m)) => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
         _ => String::new(),
     };
     json!({
@@ -91,15 +101,28 @@ fn selector_string(sel: &Value) -> String {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
-    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        let vals: Vec<&str> = e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        parts.push(match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
+        let vals: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(
+            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => format!("{key} in ({})", vals.join(",")),
+                "NotIn" => format!("{key} notin ({})", vals.join(",")),
+                "Exists" => key.to_string(),
+                _ => format!("!{key}"),
+            },
+        );
     }
     parts.join(",")
 }
@@ -107,26 +130,54 @@ fn selector_string(sel: &Value) -> String {
 async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     for _ in 0..5 {
-        let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+        let (old, old_rev) =
+            storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
         let current = scale_of(&old);
         let wanted = if ctx.ri.verb == "patch" {
             let ct = ctx.content_type().unwrap_or("");
             let doc = body::parse_json(&bytes)?;
             match rkube_api::patch::PatchType::from_content_type(ct) {
-                Some(rkube_api::patch::PatchType::Json) => rkube_api::patch::json_patch(&current, &doc).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
-                Some(rkube_api::patch::PatchType::Merge | rkube_api::patch::PatchType::StrategicMerge) => rkube_api::patch::merge_patch(&current, &doc),
-                _ => return Err(ApiError::unsupported_media_type(ct, &rkube_api::patch::PatchType::ACCEPTED[..3])),
+                Some(rkube_api::patch::PatchType::Json) => {
+                    rkube_api::patch::json_patch(&current, &doc)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
+                }
+                Some(
+                    rkube_api::patch::PatchType::Merge
+                    | rkube_api::patch::PatchType::StrategicMerge,
+                ) => rkube_api::patch::merge_patch(&current, &doc),
+                _ => {
+                    return Err(ApiError::unsupported_media_type(
+                        ct,
+                        &rkube_api::patch::PatchType::ACCEPTED[..3],
+                    ))
+                }
             }
         } else {
             ctx.decode_object(&bytes, Some("io.k8s.api.autoscaling.v1.Scale"))?
         };
         let rv = wanted.resource_version();
         if ctx.ri.verb == "update" && !rv.is_empty() && rv != old_rev.to_string() {
-            return Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name));
+            return Err(ApiError::stale(
+                ctx.info.group,
+                ctx.info.plural,
+                &ctx.ri.name,
+            ));
         }
-        let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if replicas < 0 {
-            return Err(ApiError::invalid("autoscaling", "Scale", &ctx.ri.name, vec![Cause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")]));
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                &ctx.ri.name,
+                vec![Cause::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
+            ));
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(replicas);
@@ -137,16 +188,29 @@ async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError>
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name))
+    Err(ApiError::stale(
+        ctx.info.group,
+        ctx.info.plural,
+        &ctx.ri.name,
+    ))
 }
 
 /// `pods/binding`: assigns a node to a pod that has none.
 async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let b = ctx.decode_object(&bytes, Some("io.k8s.api.core.v1.Binding"))?;
-    let node = b.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let node = b
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid("", "Binding", &ctx.ri.name, vec![Cause::required("target.name")]));
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            &ctx.ri.name,
+            vec![Cause::required("target.name")],
+        ));
     }
     if !b.name().is_empty() && b.name() != ctx.ri.name {
         return Err(ApiError::bad_request(format!(
@@ -156,37 +220,77 @@ async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
         )));
     }
     for _ in 0..5 {
-        let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+        let (old, old_rev) =
+            storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
         if old.is_deleting() {
-            return Err(ApiError::conflict("", "pods", &ctx.ri.name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                &ctx.ri.name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
         if let Some(uid) = b.meta_str("uid").filter(|u| !u.is_empty()) {
             if uid != old.uid() {
-                return Err(ApiError::conflict("", "pods", &ctx.ri.name, "the UID of the binding does not match the pod"));
+                return Err(ApiError::conflict(
+                    "",
+                    "pods",
+                    &ctx.ri.name,
+                    "the UID of the binding does not match the pod",
+                ));
             }
         }
-        if let Some(existing) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict("", "pods", &ctx.ri.name, &format!("pod {} is already assigned to node {existing:?}", ctx.ri.name)));
+        if let Some(existing) = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                &ctx.ri.name,
+                &format!(
+                    "pod {} is already assigned to node {existing:?}",
+                    ctx.ri.name
+                ),
+            ));
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
-        if let Some(ann) = b.pointer("/metadata/annotations").and_then(Value::as_object) {
-            let target = new.meta_mut().entry("annotations").or_insert_with(|| json!({}));
+        if let Some(ann) = b
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+        {
+            let target = new
+                .meta_mut()
+                .entry("annotations")
+                .or_insert_with(|| json!({}));
             if let Some(t) = target.as_object_mut() {
                 for (k, v) in ann {
                     t.insert(k.clone(), v.clone());
                 }
             }
         }
-        let conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled")).collect();
+        let conds = new["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conds: Vec<Value> = conds
+            .into_iter()
+            .filter(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"))
+            .collect();
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
         new["status"]["conditions"] = json!(conds);
         if ctx.dry_run()? {
             return Ok(json_resp(201, &success_status(Value::Null)));
         }
         let key = storage::key(ctx.info, ctx.ns(), &ctx.ri.name);
-        match ctx.state.store.update(key.as_bytes(), storage::encode(&new), Some(old_rev), None).await {
+        match ctx
+            .state
+            .store
+            .update(key.as_bytes(), storage::encode(&new), Some(old_rev), None)
+            .await
+        {
             Ok(_) => return Ok(json_resp(201, &success_status(Value::Null))),
             Err(rkube_store::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(storage::store_error(e, ctx.info, &ctx.ri.name)),
@@ -200,23 +304,38 @@ async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let ev = ctx.decode_object(&bytes, Some("io.k8s.api.policy.v1.Eviction"))?;
     let (pod, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
-    let finished = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
     if !finished && !pod.is_deleting() {
-        let pdb_info = ctx.state.registry.get("policy", "v1", "poddisruptionbudgets").expect("pdbs are registered");
+        let pdb_info = ctx
+            .state
+            .registry
+            .get("policy", "v1", "poddisruptionbudgets")
+            .expect("pdbs are registered");
         let pdbs = storage::range(&ctx.state.store, pdb_info, ctx.ns(), None, 0, 0).await?;
         for kv in &pdbs.kvs {
             let pdb = storage::decode(kv)?;
-            let Some(sel) = pdb.pointer("/spec/selector") else { continue };
-            let Ok(sel) = LabelSelector::from_object(sel) else { continue };
+            let Some(sel) = pdb.pointer("/spec/selector") else {
+                continue;
+            };
+            let Ok(sel) = LabelSelector::from_object(sel) else {
+                continue;
+            };
             if sel.is_empty() || !sel.matches(pod.labels()) {
                 continue;
             }
-            let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+            let allowed = pdb
+                .pointer("/status/disruptionsAllowed")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             if allowed <= 0 {
                 return Err(ApiError {
                     code: 429,
                     reason: "TooManyRequests",
-                    message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                    message: "Cannot evict pod as it would violate the pod's disruption budget."
+                        .into(),
                     details: json!({"causes": [{"reason": "DisruptionBudget", "message": format!(
                         "The disruption budget {} needs {} healthy pods and has {} currently",
                         pdb.name(),
@@ -227,8 +346,13 @@ async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
             }
         }
     }
-    let grace = ev.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
-    let opts = super::delete::DeleteOptions { grace_period: grace, ..Default::default() };
+    let grace = ev
+        .pointer("/deleteOptions/gracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let opts = super::delete::DeleteOptions {
+        grace_period: grace,
+        ..Default::default()
+    };
     super::delete::delete_one(ctx, &ctx.ri.name, &opts, ctx.dry_run()?).await?;
     Ok(json_resp(201, &success_status(Value::Null)))
 }

@@ -61,14 +61,21 @@ async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> Result<(), ApiError> {
     if !ctx.info.namespaced {
         return Ok(());
     }
-    let ns_info = ctx.state.registry.get("", "v1", "namespaces").expect("namespaces are registered");
+    let ns_info = ctx
+        .state
+        .registry
+        .get("", "v1", "namespaces")
+        .expect("namespaces are registered");
     let (ns, _) = storage::get(&ctx.state.store, ns_info, "", ctx.ns()).await?;
     if ns.is_deleting() {
         return Err(ApiError::forbidden(
             ctx.info.group,
             ctx.info.plural,
             name,
-            &format!("unable to create new content in namespace {} because it is being terminated", ctx.ns()),
+            &format!(
+                "unable to create new content in namespace {} because it is being terminated",
+                ctx.ns()
+            ),
         ));
     }
     Ok(())
@@ -76,7 +83,11 @@ async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> Result<(), ApiError> {
 
 fn respond(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
     let out = ctx.output.object(ctx.info, obj);
-    let mut r = raw(code, ctx.output.content_type(false), serde_json::to_vec(&out).unwrap_or_default());
+    let mut r = raw(
+        code,
+        ctx.output.content_type(false),
+        serde_json::to_vec(&out).unwrap_or_default(),
+    );
     for w in warnings {
         add_warning(&mut r, w);
     }
@@ -93,17 +104,16 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     let ns = ctx.ns().to_string();
     match (obj.namespace(), ctx.info.namespaced) {
         ("", true) => obj.set_meta("namespace", ns.clone()),
-        (n, true) if n != ns => {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ))
-        }
+        (n, true) if n != ns => return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
         (_, false) => {
             obj.remove_meta("namespace");
         }
         _ => {}
     }
-    let generated = obj.name().is_empty() && obj.meta_str("generateName").is_some_and(|g| !g.is_empty());
+    let generated =
+        obj.name().is_empty() && obj.meta_str("generateName").is_some_and(|g| !g.is_empty());
     if generated {
         let g = obj.meta_str("generateName").unwrap_or("").to_string();
         obj.set_meta("name", generate_name(&g));
@@ -117,7 +127,12 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
         return Ok(respond(ctx, 201, obj, &warnings));
     }
     let key = storage::key(ctx.info, &ns, obj.name());
-    match ctx.state.store.create(key.as_bytes(), storage::encode(&obj), ttl_of(ctx.info)).await {
+    match ctx
+        .state
+        .store
+        .create(key.as_bytes(), storage::encode(&obj), ttl_of(ctx.info))
+        .await
+    {
         Ok(rev) => {
             obj.set_meta("resourceVersion", rev.to_string());
             Ok(respond(ctx, 201, obj, &warnings))
@@ -125,8 +140,12 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
         Err(e) => {
             crate::alloc::release(ctx.state, ctx.info, &obj).await;
             Err(match e {
-                StoreError::AlreadyExists { .. } if generated => ApiError::already_exists(ctx.info.group, ctx.info.plural, obj.name())
-                    .with_message_suffix(", the server was not able to generate a unique name for the object"),
+                StoreError::AlreadyExists { .. } if generated => {
+                    ApiError::already_exists(ctx.info.group, ctx.info.plural, obj.name())
+                        .with_message_suffix(
+                            ", the server was not able to generate a unique name for the object",
+                        )
+                }
                 other => storage::store_error(other, ctx.info, obj.name()),
             })
         }
@@ -137,7 +156,12 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
 fn prepare_create(ctx: &Ctx<'_>, mut obj: Value) -> Result<Value, ApiError> {
     let info = ctx.info;
     let m = obj.meta_mut();
-    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for f in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         m.remove(f);
     }
     m.insert("uid".into(), Value::String(new_uid()));
@@ -173,7 +197,12 @@ pub(super) enum Part {
 
 /// Applies an update of `old` to `new` for the main resource or the status
 /// subresource: server-owned fields kept, defaults, generation, validation.
-pub(super) fn prepare_update(info: &ResourceInfo, mut new: Value, old: &Value, part: Part) -> Result<Value, ApiError> {
+pub(super) fn prepare_update(
+    info: &ResourceInfo,
+    mut new: Value,
+    old: &Value,
+    part: Part,
+) -> Result<Value, ApiError> {
     if part == Part::Status {
         let status = new.get("status").cloned();
         let mut merged = old.clone();
@@ -206,7 +235,15 @@ pub(super) fn prepare_update(info: &ResourceInfo, mut new: Value, old: &Value, p
         }
     }
     // Server-owned metadata comes from the stored object.
-    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "selfLink"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+        "selfLink",
+    ] {
         match old.meta().and_then(|m| m.get(f)).cloned() {
             Some(v) => new.set_meta(f, v),
             None => {
@@ -218,11 +255,22 @@ pub(super) fn prepare_update(info: &ResourceInfo, mut new: Value, old: &Value, p
     if old.is_deleting() {
         let old_f = old.finalizers();
         if new.finalizers().iter().any(|f| !old_f.contains(f)) {
-            return Err(invalid(info, &new, vec![rkube_api::Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+            return Err(invalid(
+                info,
+                &new,
+                vec![rkube_api::Cause::forbidden(
+                    "metadata.finalizers",
+                    "no new finalizers can be added if the object is being deleted",
+                )],
+            ));
         }
     }
     if info.strategy.tracks_generation() && spec_of(&new) != spec_of(old) {
-        let g = old.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .meta()
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         new.set_meta("generation", g + 1);
     }
     let mut causes = validate_meta(info, &new);
@@ -237,13 +285,25 @@ pub(super) fn prepare_update(info: &ResourceInfo, mut new: Value, old: &Value, p
 /// Everything but metadata and status: what `generation` counts changes of.
 fn spec_of(v: &Value) -> Vec<(&String, &Value)> {
     v.as_object()
-        .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Writes an updated object with compare-and-swap on `old_rev`. A no-op update is not
 /// written; an object whose deletion waited only for finalizers is deleted.
-pub(super) async fn commit_update(ctx: &Ctx<'_>, old: &Value, old_rev: i64, mut new: Value, dry_run: bool) -> Result<Value, ApiError> {
+pub(super) async fn commit_update(
+    ctx: &Ctx<'_>,
+    old: &Value,
+    old_rev: i64,
+    mut new: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
     let name = new.name().to_string();
     let key = storage::key(ctx.info, ctx.ns(), &name);
     let mut compare_new = new.clone();
@@ -268,7 +328,12 @@ pub(super) async fn commit_update(ctx: &Ctx<'_>, old: &Value, old_rev: i64, mut 
         return Ok(new);
     }
     let (rev, _) = store
-        .update(key.as_bytes(), storage::encode(&new), Some(old_rev), ttl_of(ctx.info))
+        .update(
+            key.as_bytes(),
+            storage::encode(&new),
+            Some(old_rev),
+            ttl_of(ctx.info),
+        )
         .await
         .map_err(|e| storage::store_error(e, ctx.info, &name))?;
     new.set_meta("resourceVersion", rev.to_string());
@@ -278,7 +343,10 @@ pub(super) async fn commit_update(ctx: &Ctx<'_>, old: &Value, old_rev: i64, mut 
 /// Namespaces also wait for `spec.finalizers` (the namespace controller's).
 fn pending_spec_finalizers(obj: &Value) -> bool {
     obj.get("kind").and_then(Value::as_str) == Some("Namespace")
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
 }
 
 pub async fn update(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
@@ -290,12 +358,20 @@ pub async fn update(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
 
 /// PUT semantics for a decoded object: name checks, resourceVersion precondition,
 /// strategy, commit.
-pub(super) async fn update_object(ctx: &Ctx<'_>, mut new: Value, part: Part) -> Result<Value, ApiError> {
+pub(super) async fn update_object(
+    ctx: &Ctx<'_>,
+    mut new: Value,
+    part: Part,
+) -> Result<Value, ApiError> {
     check_identity(ctx, &mut new)?;
     let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let rv = new.resource_version().to_string();
     if !rv.is_empty() && rv != old_rev.to_string() {
-        return Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name));
+        return Err(ApiError::stale(
+            ctx.info.group,
+            ctx.info.plural,
+            &ctx.ri.name,
+        ));
     }
     let mut prepared = prepare_update(ctx.info, new, &old, part)?;
     if part == Part::Main {
@@ -337,22 +413,30 @@ pub async fn patch(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
 
 /// Applies a patch to the stored object and commits it, retrying on conflicts unless the
 /// patch itself pins a resourceVersion.
-pub(super) async fn patch_object(ctx: &Ctx<'_>, body: RequestBody, part: Part) -> Result<(Value, Vec<String>), ApiError> {
+pub(super) async fn patch_object(
+    ctx: &Ctx<'_>,
+    body: RequestBody,
+    part: Part,
+) -> Result<(Value, Vec<String>), ApiError> {
     let ct = ctx.content_type().unwrap_or("");
-    let ptype = PatchType::from_content_type(ct)
-        .ok_or_else(|| ApiError::unsupported_media_type(body::media_type(Some(ct)).as_str(), &PatchType::ACCEPTED))?;
+    let ptype = PatchType::from_content_type(ct).ok_or_else(|| {
+        ApiError::unsupported_media_type(body::media_type(Some(ct)).as_str(), &PatchType::ACCEPTED)
+    })?;
     if ptype == PatchType::Apply {
         return Err(ApiError::unsupported_media_type(
             "application/apply-patch+yaml",
             &PatchType::ACCEPTED[..3],
         )
-        .with_message_suffix("; server-side apply is not supported yet: use client-side `kubectl apply`"));
+        .with_message_suffix(
+            "; server-side apply is not supported yet: use client-side `kubectl apply`",
+        ));
     }
     let bytes = body::read(body).await?;
     let patch_doc = body::parse_json(&bytes)?;
     let mode = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
     for attempt in 0.. {
-        let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+        let (old, old_rev) =
+            storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
         let patched = apply_patch(ptype, &old, &patch_doc)?;
         let mut patched = patched;
         check_type(ctx.info, &mut patched)?;
@@ -360,14 +444,22 @@ pub(super) async fn patch_object(ctx: &Ctx<'_>, body: RequestBody, part: Part) -
         check_identity(ctx, &mut new)?;
         let pinned = new.resource_version().to_string();
         if !pinned.is_empty() && pinned != old_rev.to_string() {
-            return Err(ApiError::stale(ctx.info.group, ctx.info.plural, &ctx.ri.name));
+            return Err(ApiError::stale(
+                ctx.info.group,
+                ctx.info.plural,
+                &ctx.ri.name,
+            ));
         }
         let mut prepared = prepare_update(ctx.info, new, &old, part)?;
         if part == Part::Main {
             crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(&old)).await?;
         }
         match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
-            Err(e) if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 => continue,
+            Err(e)
+                if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 =>
+            {
+                continue
+            }
             other => return other.map(|o| (o, warnings)),
         }
     }
@@ -385,7 +477,9 @@ fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiE
         }
         PatchType::StrategicMerge => {
             if !doc.is_object() {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             }
             patch::strategic_merge(old, doc, &patch::builtin_list_strategy)
         }

@@ -1,0 +1,100 @@
+//! An apiserver on a free port over an embedded store in a temp dir, with its own
+//! tokio runtime, for tests that drive it with real clients.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rkube_apiserver::{ApiServer, Config};
+use rkube_store::{EmbeddedOptions, EmbeddedStore, Store};
+
+pub struct TestServer {
+    pub server: Option<ApiServer>,
+    pub store: Arc<dyn Store>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn Store> = rt.block_on(async {
+            Arc::new(
+                EmbeddedStore::open(dir.path().join("server/db"), EmbeddedOptions::default())
+                    .unwrap(),
+            )
+        });
+        let server = rt.block_on(async {
+            let store = store.clone();
+            let mut config = Config::new(dir.path().join("server"));
+            config.bind_address = "127.0.0.1".parse().unwrap();
+            config.port = 0;
+            ApiServer::start(config, store).await.unwrap()
+        });
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        std::fs::write(&kubeconfig, server.admin_kubeconfig()).unwrap();
+        TestServer {
+            server: Some(server),
+            store,
+            dir,
+            kubeconfig,
+            rt,
+        }
+    }
+
+    /// Compacts the store's history up to `revision` (what the compaction loop does).
+    pub fn compact(&self, revision: i64) {
+        let store = self.store.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(store.compact(revision))
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().unwrap().url()
+    }
+
+    /// PEM files of the CA and the admin client certificate, for raw HTTPS clients.
+    pub fn pems(&self) -> (String, String, String) {
+        let pki = &self.server.as_ref().unwrap().pki;
+        (
+            pki.ca.cert_pem.clone(),
+            pki.admin.cert_pem.clone(),
+            pki.admin.key_pem.clone(),
+        )
+    }
+
+    /// The real kubectl for this server, or None (the caller skips loudly).
+    pub fn kubectl(&self) -> Option<rkube_testkit::Kubectl> {
+        rkube_testkit::Kubectl::new(&self.kubeconfig)
+    }
+}
+
+/// Skips a test loudly when kubectl is missing.
+#[macro_export]
+macro_rules! kubectl_or_skip {
+    ($srv:expr) => {
+        match $srv.kubectl() {
+            Some(k) => k,
+            None => {
+                eprintln!("SKIPPED: kubectl is not installed");
+                return;
+            }
+        }
+    };
+}
