@@ -43,10 +43,11 @@ lint: deps
 test: lint pyvenv
 	$(CARGO) test --workspace
 
-## bench: datastore figures for the embedded store and a real etcd on the same disk
+## bench: datastore figures (embedded store vs a real etcd on the same disk) and API server figures
 bench: deps
 	$(CARGO) build --release -p rkube
 	./target/release/rkube bench datastore
+	./target/release/rkube bench apiserver
 
 clean:
 	$(CARGO) clean

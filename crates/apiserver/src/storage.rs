@@ -39,11 +39,62 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Encodes an object for the store (without resourceVersion, which the store assigns).
+/// Encodes an object for the store: JSON with `metadata` first and no resourceVersion
+/// (the store assigns it), so a read can splice the revision in without parsing.
 pub fn encode(obj: &Value) -> Bytes {
-    let mut o = obj.clone();
-    o.remove_meta("resourceVersion");
-    Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
+    let Some(map) = obj.as_object() else {
+        return Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+    };
+    let mut out = Vec::with_capacity(512);
+    out.push(b'{');
+    let mut first = true;
+    let mut field = |out: &mut Vec<u8>, k: &str, v: &Value| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, k).unwrap_or_default();
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v).unwrap_or_default();
+    };
+    if let Some(meta) = map.get("metadata") {
+        let mut m = meta.clone();
+        if let Some(o) = m.as_object_mut() {
+            o.remove("resourceVersion");
+        }
+        field(&mut out, "metadata", &m);
+    }
+    for (k, v) in map.iter().filter(|(k, _)| k.as_str() != "metadata") {
+        field(&mut out, k, v);
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+const META_PREFIX: &[u8] = b"{\"metadata\":{";
+
+/// The stored JSON with `metadata.resourceVersion` set to `revision`, without parsing it
+/// (objects written by `encode`); None for another layout.
+pub fn splice_resource_version(value: &[u8], revision: i64) -> Option<Vec<u8>> {
+    let rest = value.strip_prefix(META_PREFIX)?;
+    let rv = format!("\"resourceVersion\":\"{revision}\"");
+    let mut out = Vec::with_capacity(value.len() + rv.len() + 1);
+    out.extend_from_slice(META_PREFIX);
+    out.extend_from_slice(rv.as_bytes());
+    if rest.first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The client form of a stored object as JSON bytes: spliced when possible, else decoded
+/// and encoded again.
+pub fn client_bytes(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+    match splice_resource_version(&kv.value, kv.mod_revision) {
+        Some(b) => Ok(b),
+        None => Ok(serde_json::to_vec(&decode(kv)?).unwrap_or_default()),
+    }
 }
 
 /// Store errors as the apiserver reports them.
@@ -98,4 +149,40 @@ pub async fn range(
         req = req.limit(limit);
     }
     store.range(req).await.map_err(|e| store_error(e, info, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spliced_resource_versions_equal_decoded_ones() {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"metadata": "{\"metadata\":{"},
+                         "metadata": {"name": "c", "resourceVersion": "7", "labels": {"a": "b"}}});
+        let kv = KeyValue {
+            key: Bytes::from_static(b"/k"),
+            value: encode(&obj),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 1,
+            lease: 0,
+        };
+        assert!(kv.value.starts_with(META_PREFIX));
+        let spliced: Value = serde_json::from_slice(&client_bytes(&kv).unwrap()).unwrap();
+        assert_eq!(spliced, decode(&kv).unwrap());
+        assert_eq!(spliced["metadata"]["resourceVersion"], "9");
+        let empty = KeyValue {
+            value: Bytes::from_static(b"{\"metadata\":{}}"),
+            ..kv.clone()
+        };
+        let v: Value = serde_json::from_slice(&client_bytes(&empty).unwrap()).unwrap();
+        assert_eq!(v, json!({"metadata": {"resourceVersion": "9"}}));
+        let other = KeyValue {
+            value: Bytes::from_static(b"{\"kind\":\"X\",\"metadata\":{\"name\":\"n\"}}"),
+            ..kv
+        };
+        let v: Value = serde_json::from_slice(&client_bytes(&other).unwrap()).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "9");
+    }
 }

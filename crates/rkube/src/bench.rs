@@ -28,6 +28,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// API server: creates/s and gets/s with 64 clients, mutating latency at 1,000
+    /// writes/s, watch fan-out to 1,000 watchers, LIST of 100,000 pods, and server RSS
+    /// idle and holding them; through the real API against a server process.
+    Apiserver {
+        /// Where the server's data directory goes.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        /// Scale the number of operations (1.0 = the figures in docs/benchmarks.md).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -37,6 +48,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             etcd_endpoint,
             scale,
         } => datastore(dir, etcd_endpoint, scale).await,
+        BenchCommand::Apiserver { dir, scale } => crate::bench_api::apiserver(dir, scale).await,
     }
 }
 

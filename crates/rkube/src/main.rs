@@ -1,6 +1,7 @@
 //! `rkube`: Kubernetes in one binary. This file only parses flags and wires crates together.
 
 mod bench;
+mod bench_api;
 mod datastore;
 mod server;
 
@@ -113,4 +114,19 @@ fn kubectl(args: &[String]) -> anyhow::Result<()> {
     Err(anyhow::anyhow!(
         "running kubectl: {err} (is kubectl installed and on PATH?)"
     ))
+}
+
+/// Raises the open-files soft limit to the hard limit (watchers and clients need sockets).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -96,6 +96,7 @@ fn scalar(v: &serde_json::Value) -> String {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    crate::raise_fd_limit();
     let endpoint = match &args.datastore_endpoint {
         Some(url) => Endpoint::parse(url)?,
         None => Endpoint::DataDir(args.data_dir.clone()),

@@ -111,6 +111,8 @@ fn decode_continue(s: &str, prefix: &str) -> Result<Continue, ApiError> {
 /// The result of a list: items, the revision they are consistent at, and paging state.
 pub struct ListResult {
     pub items: Vec<Value>,
+    /// With `raw`: the items as client JSON bytes, not parsed (no selector to apply).
+    pub raw: Vec<Vec<u8>>,
     pub revision: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<i64>,
@@ -118,6 +120,17 @@ pub struct ListResult {
 
 /// Lists objects for a request: selectors, `limit` / `continue`, `resourceVersion`.
 pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, ApiError> {
+    list_objects_as(ctx, sel, false).await
+}
+
+/// `list_objects`, with `raw`: items stay JSON bytes (only without selectors).
+pub async fn list_objects_as(
+    ctx: &Ctx<'_>,
+    sel: &Selectors,
+    raw: bool,
+) -> Result<ListResult, ApiError> {
+    let raw = raw && sel.is_empty();
+    let mut raw_items = Vec::new();
     let limit: usize = match ctx.query.get("limit") {
         None | Some("") => 0,
         Some(s) => s
@@ -144,7 +157,6 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         }
         None => (exact_revision(ctx)?, None),
     };
-    // A narrow exact-name selector reads one key instead of scanning.
     let mut items = Vec::new();
     let chunk = if limit > 0 { limit.max(64) } else { 0 };
     let remaining;
@@ -172,6 +184,13 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         for kv in &resp.kvs {
             taken += 1;
             last_key = Some(kv.key.clone());
+            if raw {
+                raw_items.push(storage::client_bytes(kv)?);
+                if limit > 0 && raw_items.len() == limit {
+                    break;
+                }
+                continue;
+            }
             let obj = storage::decode(kv)?;
             if sel.matches(ctx.info, &obj) {
                 items.push(obj);
@@ -180,9 +199,10 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
                 }
             }
         }
+        let found = if raw { raw_items.len() } else { items.len() };
         let exhausted_page = taken == resp.kvs.len();
         let has_more = more || !exhausted_page;
-        if limit > 0 && items.len() == limit && has_more {
+        if limit > 0 && found == limit && has_more {
             let mut next = last_key.map(|k| k.to_vec()).unwrap_or_default();
             next.push(0);
             let rem = if sel.is_empty() {
@@ -192,6 +212,7 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
             };
             return Ok(ListResult {
                 items,
+                raw: raw_items,
                 revision,
                 continue_token: Some(encode_continue(revision, &next)),
                 remaining: rem.filter(|r| *r > 0),
@@ -207,6 +228,7 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
     }
     Ok(ListResult {
         items,
+        raw: raw_items,
         revision,
         continue_token: None,
         remaining,
@@ -249,7 +271,8 @@ fn exact_revision(ctx: &Ctx<'_>) -> Result<i64, ApiError> {
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     let sel = Selectors::parse(ctx)?;
-    let r = list_objects(ctx, &sel).await?;
+    let fast = ctx.output == crate::output::Output::Object && sel.is_empty();
+    let r = list_objects_as(ctx, &sel, fast).await?;
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(r.revision.to_string()));
     if let Some(c) = r.continue_token {
@@ -257,6 +280,23 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     }
     if let Some(n) = r.remaining {
         meta.insert("remainingItemCount".into(), json!(n));
+    }
+    if fast {
+        // The items are already client JSON: write the list around them.
+        let head = json!({"kind": ctx.info.list_kind, "apiVersion": ctx.info.api_version(), "metadata": meta});
+        let mut body = serde_json::to_vec(&head).unwrap_or_default();
+        body.pop();
+        body.extend_from_slice(b",\"items\":[");
+        let total: usize = r.raw.iter().map(Vec::len).sum();
+        body.reserve(total + r.raw.len() + 2);
+        for (i, item) in r.raw.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        return Ok(raw(200, "application/json", body));
     }
     let out = ctx.output.list(ctx.info, r.items, meta);
     Ok(raw(

@@ -1,0 +1,350 @@
+//! `rkube bench apiserver`: the API server's figures through the real API, from a kube-rs
+//! client, against a server process of this binary on an embedded store.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+
+/// A server process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    client: kube::Client,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    fn rss_mib(&self) -> f64 {
+        rss_of(self.child.id()) as f64 / 1024.0
+    }
+}
+
+/// VmRSS of a process in KiB.
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(String::from)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
+    let kubeconfig = dir.join("kubeconfig.yaml");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "server",
+            "--data-dir",
+            dir.join("data").to_str().unwrap_or_default(),
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .args([
+            "--https-listen-port",
+            "0",
+            "--disable-agent",
+            "--write-kubeconfig",
+            kubeconfig.to_str().unwrap_or_default(),
+        ])
+        .env("RKUBE_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the server")?;
+    let stderr = child.stderr.take().context("server stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("API at") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .context("the server did not start")?;
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    config.read_timeout = Some(Duration::from_secs(600));
+    let client = kube::Client::try_from(config)?;
+    Ok(ServerProcess { child, client })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `total` operations over `concurrency` tasks; returns ops/s and sorted latencies.
+async fn load<F, Fut>(total: usize, concurrency: usize, op: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return lat;
+                }
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "bench", "shard": (name.bytes().map(u32::from).sum::<u32>() % 7).to_string()}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
+    }))
+    .expect("pod literal")
+}
+
+pub async fn apiserver(dir: PathBuf, scale: f64) -> anyhow::Result<()> {
+    crate::raise_fd_limit();
+    let n = |x: f64| ((x * scale) as usize).max(1);
+    let tmp = tempfile::Builder::new()
+        .prefix("rkube-bench-api-")
+        .tempdir_in(&dir)?;
+    let srv = start_server(tmp.path()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = srv.rss_mib();
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client.clone(), "default");
+    println!(
+        "apiserver benchmark: server process on an embedded store in {} ({} cores)",
+        tmp.path().display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!("{:<58} {:>12}", "figure", "value");
+    println!("{:<58} {:>12.1}", "server RSS idle (MiB)", idle_rss);
+
+    // Creates and gets with 64 concurrent clients.
+    let creates = n(20_000.0);
+    let api = cms.clone();
+    let (rate, lat) = load(creates, 64, move |i| {
+        let api = api.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}}),
+            )
+            .expect("literal");
+            api.create(&PostParams::default(), &cm)
+                .await
+                .expect("create");
+        }
+    })
+    .await;
+    println!("{:<58} {:>12.0}", "creates/s, 64 concurrent clients", rate);
+    println!(
+        "{:<58} {:>6.2}/{:>5.2}",
+        "  create latency p50/p99 (ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    let api = cms.clone();
+    let (rate, lat) = load(creates, 64, move |i| {
+        let api = api.clone();
+        async move {
+            api.get(&format!("cm-{}", i % creates)).await.expect("get");
+        }
+    })
+    .await;
+    println!("{:<58} {:>12.0}", "gets/s, 64 concurrent clients", rate);
+    println!(
+        "{:<58} {:>6.2}/{:>5.2}",
+        "  get latency p50/p99 (ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    // Mutating latency at a steady 1,000 writes/s.
+    let secs = (10.0 * scale).max(1.0) as usize;
+    let mut lat = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..secs * 1000 {
+        tick.tick().await;
+        let (api, tx) = (cms.clone(), tx.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let p = Patch::Merge(json!({"data": {"k": i.to_string()}}));
+            let ok = api
+                .patch(&format!("cm-{}", i % creates), &PatchParams::default(), &p)
+                .await
+                .is_ok();
+            let _ = tx.send((ok, t.elapsed()));
+        });
+    }
+    drop(tx);
+    let mut failed = 0;
+    while let Some((ok, d)) = rx.recv().await {
+        if ok {
+            lat.push(d);
+        } else {
+            failed += 1;
+        }
+    }
+    lat.sort();
+    println!(
+        "{:<58} {:>6.2}/{:>5.2}",
+        "mutating latency p50/p99 at 1,000 writes/s (ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    if failed > 0 {
+        println!("  ({failed} writes failed)");
+    }
+
+    // Watch fan-out: 1,000 watchers, delivery latency of each write to every watcher.
+    let watchers = n(1000.0).min(1000);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let ns_api: Api<ConfigMap> = Api::namespaced(srv.client.clone(), "kube-public");
+    let rv = ns_api
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut handles = Vec::new();
+    for _ in 0..watchers {
+        let (api, tx, rv) = (ns_api.clone(), tx.clone(), rv.clone());
+        handles.push(tokio::spawn(async move {
+            let Ok(stream) = api.watch(&WatchParams::default().timeout(290), &rv).await else {
+                return;
+            };
+            let mut stream = stream.boxed();
+            while let Some(Ok(ev)) = stream.next().await {
+                if let WatchEvent::Added(o) = ev {
+                    let _ = tx.send((o.metadata.name.unwrap_or_default(), Instant::now()));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = 20;
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..writes {
+        let name = format!("fan-{i}");
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        let t = Instant::now();
+        ns_api.create(&PostParams::default(), &cm).await?;
+        sent.insert(name, t);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lat = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lat.len() < watchers * writes && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((name, at))) => {
+                if let Some(t) = sent.get(&name) {
+                    lat.push(at.saturating_duration_since(*t));
+                }
+            }
+            _ => break,
+        }
+    }
+    for h in handles {
+        h.abort();
+    }
+    lat.sort();
+    println!(
+        "{:<58} {:>6.2}/{:>5.2}",
+        format!("watch delivery p50/p99, {watchers} watchers (ms)"),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "{:<58} {:>12}",
+        "  events delivered / expected",
+        format!("{}/{}", lat.len(), watchers * writes)
+    );
+
+    // LIST of 100,000 pods.
+    let pods_n = n(100_000.0);
+    let pods: Api<Pod> = Api::namespaced(srv.client.clone(), "default");
+    let api = pods.clone();
+    let (rate, _) = load(pods_n, 64, move |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &pod(&format!("pod-{i:06}")))
+                .await
+                .expect("create pod");
+        }
+    })
+    .await;
+    println!(
+        "{:<58} {:>12.0}",
+        format!("pod creates/s while loading {pods_n} pods"),
+        rate
+    );
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let list = pods.list(&ListParams::default()).await?;
+        times.push(t.elapsed());
+        anyhow::ensure!(
+            list.items.len() == pods_n,
+            "listed {} pods, expected {pods_n}",
+            list.items.len()
+        );
+    }
+    times.sort();
+    println!(
+        "{:<58} {:>12.0}",
+        format!("LIST {pods_n} pods, median of 3 (ms)"),
+        times[1].as_secs_f64() * 1000.0
+    );
+    let t = Instant::now();
+    let sel = pods.list(&ListParams::default().labels("shard=3")).await?;
+    println!(
+        "{:<58} {:>12.0}",
+        format!(
+            "LIST with a label selector ({} of {pods_n} match) (ms)",
+            sel.items.len()
+        ),
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    println!(
+        "{:<58} {:>12.1}",
+        format!("server RSS holding {pods_n} pods (MiB)"),
+        srv.rss_mib()
+    );
+    Ok(())
+}
