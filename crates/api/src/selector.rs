@@ -118,6 +118,42 @@ impl LabelSelector {
     }
 }
 
+/// A `metav1.LabelSelector` object in the query-string form (`a=b,c in (d)`), as the
+/// Scale subresource and `kubectl get -o wide` show it.
+pub fn selector_string(sel: &Value) -> String {
+    let mut parts: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let vals: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(
+            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => format!("{key} in ({})", vals.join(",")),
+                "NotIn" => format!("{key} notin ({})", vals.join(",")),
+                "Exists" => key.to_string(),
+                _ => format!("!{key}"),
+            },
+        );
+    }
+    parts.join(",")
+}
+
 struct Lexer<'a> {
     s: &'a [u8],
     i: usize,

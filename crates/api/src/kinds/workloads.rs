@@ -91,31 +91,10 @@ fn template_cells(obj: &Value, path: &str) -> [Value; 2] {
 
 /// The SELECTOR cell of a `metav1.LabelSelector`.
 fn selector_cell(sel: Option<&Value>) -> Value {
-    let Some(sel) = sel else {
-        return json!("<none>");
-    };
-    let mut parts: Vec<String> = sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    for e in arr_at(sel, &["matchExpressions"]) {
-        let key = str_at(e, &["key"]).unwrap_or("");
-        let vals: Vec<&str> = arr_at(e, &["values"])
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(match str_at(e, &["operator"]).unwrap_or("") {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => String::new(),
-        });
+    match sel {
+        Some(sel) => or_none(Some(&crate::selector::selector_string(sel))),
+        None => json!("<none>"),
     }
-    or_none(Some(&parts.join(",")))
 }
 
 const CONTAINERS: Column = wide(

@@ -65,7 +65,7 @@ fn object(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
 fn scale_of(obj: &Value) -> Value {
     let selector = match obj.pointer("/spec/selector") {
         Some(sel) if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() => {
-            selector_string(sel)
+            rkube_api::selector::selector_string(sel)
         }
         // ReplicationControllers select with a plain map.
         Some(Value::Object(m)) => m
@@ -91,40 +91,6 @@ fn scale_of(obj: &Value) -> Value {
             "selector": selector,
         },
     })
-}
-
-fn selector_string(sel: &Value) -> String {
-    let mut parts: Vec<String> = sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    for e in sel
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        let vals: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(
-            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-                "In" => format!("{key} in ({})", vals.join(",")),
-                "NotIn" => format!("{key} notin ({})", vals.join(",")),
-                "Exists" => key.to_string(),
-                _ => format!("!{key}"),
-            },
-        );
-    }
-    parts.join(",")
 }
 
 async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {

@@ -365,7 +365,20 @@ pub(super) async fn update_object(
 ) -> Result<Value, ApiError> {
     check_identity(ctx, &mut new)?;
     let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
-    let rv = new.resource_version().to_string();
+    let prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
+    commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await
+}
+
+/// The update of `old` (at `old_rev`) to `new`: the resourceVersion precondition, the
+/// strategy, and Service allocations.
+async fn prepare_against(
+    ctx: &Ctx<'_>,
+    new: Value,
+    old: &Value,
+    old_rev: i64,
+    part: Part,
+) -> Result<Value, ApiError> {
+    let rv = new.resource_version();
     if !rv.is_empty() && rv != old_rev.to_string() {
         return Err(ApiError::stale(
             ctx.info.group,
@@ -373,11 +386,11 @@ pub(super) async fn update_object(
             &ctx.ri.name,
         ));
     }
-    let mut prepared = prepare_update(ctx.info, new, &old, part)?;
+    let mut prepared = prepare_update(ctx.info, new, old, part)?;
     if part == Part::Main {
-        crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(&old)).await?;
+        crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(old)).await?;
     }
-    commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await
+    Ok(prepared)
 }
 
 /// The object's name and namespace must agree with the URL.
@@ -443,17 +456,7 @@ pub(super) async fn patch_object(
         let (mut new, warnings) = decode_typed(ctx.info, patched, None, mode)?;
         check_identity(ctx, &mut new)?;
         let pinned = new.resource_version().to_string();
-        if !pinned.is_empty() && pinned != old_rev.to_string() {
-            return Err(ApiError::stale(
-                ctx.info.group,
-                ctx.info.plural,
-                &ctx.ri.name,
-            ));
-        }
-        let mut prepared = prepare_update(ctx.info, new, &old, part)?;
-        if part == Part::Main {
-            crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(&old)).await?;
-        }
+        let prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
         match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
             Err(e)
                 if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 =>
