@@ -142,7 +142,7 @@ pub async fn compaction_loop(state: Arc<State>, interval: Duration) {
             continue;
         };
         if let Some(rev) = previous {
-            if let Err(e) = state.store.compact(rev).await {
+            if let Err(e) = state.compact(rev).await {
                 if !matches!(e, StoreError::Compacted { .. }) {
                     tracing::warn!("compacting the datastore at revision {rev}: {e}");
                 }

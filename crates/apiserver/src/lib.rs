@@ -8,6 +8,7 @@ mod body;
 mod bootstrap;
 mod discovery;
 mod handler;
+mod hub;
 mod metered;
 mod metrics;
 mod openapi;
@@ -66,11 +67,26 @@ pub struct State {
     /// host:port clients use (discovery's serverAddressByClientCIDRs).
     pub server_address: String,
     pub openapi: openapi::OpenApi,
+    pub hubs: hub::Hubs,
+    /// The revision history was last compacted at: watches from before it get 410.
+    compacted: std::sync::atomic::AtomicI64,
     store_failed: AtomicBool,
     bootstrapped: AtomicBool,
 }
 
 impl State {
+    /// Compacts the store's history before `revision` (etcd's compaction); watches that
+    /// start before it get 410 Expired.
+    pub async fn compact(&self, revision: i64) -> Result<(), rkube_store::StoreError> {
+        self.store.compact(revision).await?;
+        self.compacted.fetch_max(revision, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted.load(Ordering::Relaxed)
+    }
+
     fn store_failed(&self) -> bool {
         self.store_failed.load(Ordering::Relaxed)
     }
@@ -130,6 +146,8 @@ impl ApiServer {
             service_cidr: config.service_cidr,
             server_address: SocketAddr::new(advertise, addr.port()).to_string(),
             openapi: openapi::OpenApi::default(),
+            hubs: hub::Hubs::default(),
+            compacted: std::sync::atomic::AtomicI64::new(0),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),
         });
@@ -167,6 +185,11 @@ impl ApiServer {
     /// A kubeconfig with admin credentials for this server.
     pub fn admin_kubeconfig(&self) -> String {
         self.pki.admin_kubeconfig(&self.url())
+    }
+
+    /// Compacts the history before `revision`, as the compaction loop does.
+    pub async fn compact(&self, revision: i64) -> Result<(), rkube_store::StoreError> {
+        self.state.compact(revision).await
     }
 
     /// The metrics text, as `/metrics` serves it.

@@ -113,6 +113,21 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
     }
 }
 
+/// Reads one object's stored form.
+pub async fn get_kv(
+    store: &Arc<dyn Store>,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<KeyValue, ApiError> {
+    let k = key(info, ns, name);
+    match store.get(k.as_bytes(), 0).await {
+        Ok((Some(kv), _)) => Ok(kv),
+        Ok((None, _)) => Err(ApiError::not_found(info.group, info.plural, name)),
+        Err(e) => Err(store_error(e, info, name)),
+    }
+}
+
 /// Reads one object.
 pub async fn get(
     store: &Arc<dyn Store>,
@@ -120,12 +135,8 @@ pub async fn get(
     ns: &str,
     name: &str,
 ) -> Result<(Value, i64), ApiError> {
-    let k = key(info, ns, name);
-    match store.get(k.as_bytes(), 0).await {
-        Ok((Some(kv), _)) => Ok((decode(&kv)?, kv.mod_revision)),
-        Ok((None, _)) => Err(ApiError::not_found(info.group, info.plural, name)),
-        Err(e) => Err(store_error(e, info, name)),
-    }
+    let kv = get_kv(store, info, ns, name).await?;
+    Ok((decode(&kv)?, kv.mod_revision))
 }
 
 /// One page of a range at a fixed revision (0 = latest).

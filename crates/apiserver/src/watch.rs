@@ -1,7 +1,9 @@
 //! WATCH: newline-delimited JSON events from a resourceVersion, with initial events,
 //! bookmarks, selectors (objects leaving the selection are DELETED) and timeouts.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,11 +11,12 @@ use futures::StreamExt;
 use http::Response;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use rkube_api::meta::ObjectMeta;
 use rkube_api::{ApiError, ResourceInfo};
-use rkube_store::{EventType, KeySpan, StoreError, WatchResponse};
+use rkube_store::{KeySpan, StoreError, WatchResponse};
 use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
 
+use crate::hub::{HubEvent, HubItem, Subscription};
 use crate::output::Output;
 use crate::respond::Resp;
 use crate::rest::{list_objects, Ctx};
@@ -65,12 +68,27 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         (Vec::new(), n)
     };
     let info = ctx.info;
-    let prefix = storage::prefix(info, ctx.ns());
-    let stream = ctx
-        .state
-        .store
-        .watch(KeySpan::prefix(prefix.as_bytes()), after)
-        .await;
+    let ns_prefix = storage::prefix(info, ctx.ns());
+    // The shared fan-out serves watches that start after the compaction point; older
+    // ones go to the store, which answers 410.
+    let hub = if after >= ctx.state.compacted_revision() {
+        let resource_prefix = storage::prefix(info, "");
+        ctx.state
+            .hubs
+            .subscribe(&ctx.state.store, &resource_prefix, after)
+            .await
+    } else {
+        None
+    };
+    let source = match hub {
+        Some(sub) => Ok(Source::Hub(sub)),
+        None => ctx
+            .state
+            .store
+            .watch(KeySpan::prefix(ns_prefix.as_bytes()), after)
+            .await
+            .map(|w| Source::Store(w, VecDeque::new())),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let state = ctx.state.clone();
     let key = (info.group, info.version, info.plural);
@@ -82,15 +100,12 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
             resource: key.2,
         };
         let info = state.registry.get(key.0, key.1, key.2).expect("registered");
-        let send = |v: Value| {
+        let send_line = |line: Bytes| {
             let tx = tx.clone();
-            async move {
-                let mut line = serde_json::to_vec(&v).unwrap_or_default();
-                line.push(b'\n');
-                tx.send(Bytes::from(line)).await.is_ok()
-            }
+            async move { tx.send(line).await.is_ok() }
         };
-        let mut stream = match stream {
+        let send = |v: Value| send_line(encode_line(&v));
+        let mut source = match source {
             Ok(s) => s,
             Err(StoreError::Compacted { compacted, .. }) => {
                 let e =
@@ -122,38 +137,28 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
             let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
-                n = stream.next() => n,
+                n = source.next(after) => n,
             };
             match next {
-                None => return,
-                Some(Err(StoreError::Compacted {
-                    compacted,
-                    requested,
-                })) => {
-                    let e = ApiError::expired(format!(
-                        "too old resource version: {requested} ({compacted})"
-                    ));
+                Next::End => return,
+                Next::Error(e) => {
                     send(json!({"type": "ERROR", "object": e.to_status()})).await;
                     return;
                 }
-                Some(Err(e)) => {
-                    let e = storage::store_error(e, info, "");
-                    send(json!({"type": "ERROR", "object": e.to_status()})).await;
-                    return;
-                }
-                Some(Ok(WatchResponse::Progress(rev))) => {
+                Next::Progress(rev) => {
                     if bookmarks && !send(bookmark(info, rev)).await {
                         return;
                     }
                 }
-                Some(Ok(WatchResponse::Events(events))) => {
-                    for ev in events {
-                        let Some(e) = translate(info, &sel, output, ev) else {
-                            continue;
-                        };
-                        if !send(e).await {
-                            return;
-                        }
+                Next::Event(ev) => {
+                    if !ev.key.starts_with(ns_prefix.as_bytes()) {
+                        continue;
+                    }
+                    let Some(line) = translate(info, &sel, output, &ev) else {
+                        continue;
+                    };
+                    if !send_line(line).await {
+                        return;
                     }
                 }
             }
@@ -212,33 +217,104 @@ fn bookmark(info: &ResourceInfo, rev: i64) -> Value {
     }})
 }
 
-/// A store event as the watch event a client of this selection sees.
+/// A change as the watch event line a client of this selection sees: objects entering
+/// the selection are ADDED, leaving it DELETED. Plain-object lines are encoded once per
+/// change and shared by all watchers.
 fn translate(
     info: &ResourceInfo,
     sel: &crate::rest::Selectors,
     output: Output,
-    ev: rkube_store::Event,
-) -> Option<Value> {
-    let prev = ev.prev_kv.as_ref().and_then(|kv| storage::decode(kv).ok());
-    let prev_matches = prev.as_ref().is_some_and(|p| sel.matches(info, p));
-    match ev.kind {
-        EventType::Delete => {
-            let mut p = prev?;
-            if !prev_matches {
-                return None;
-            }
-            p.set_meta("resourceVersion", ev.kv.mod_revision.to_string());
-            Some(event("DELETED", info, output, p))
+    ev: &HubEvent,
+) -> Option<Bytes> {
+    let prev_matches = ev.previous.as_ref().is_some_and(|p| sel.matches(info, p));
+    let (index, obj) = if ev.deleted {
+        (2, ev.previous.as_ref().filter(|_| prev_matches)?)
+    } else {
+        let obj = ev.object.as_ref()?;
+        match (prev_matches, sel.matches(info, obj)) {
+            (false, true) => (0, obj),
+            (true, true) => (1, obj),
+            (true, false) => (2, obj),
+            (false, false) => return None,
         }
-        EventType::Put => {
-            let obj = storage::decode(&ev.kv).ok()?;
-            let now_matches = sel.matches(info, &obj);
-            match (prev_matches, now_matches) {
-                (false, true) => Some(event("ADDED", info, output, obj)),
-                (true, true) => Some(event("MODIFIED", info, output, obj)),
-                (true, false) => Some(event("DELETED", info, output, obj)),
-                (false, false) => None,
+    };
+    let kind = ["ADDED", "MODIFIED", "DELETED"][index];
+    let make = || encode_line(&event(kind, info, output, obj.clone()));
+    // A DELETED for an object leaving the selection carries the new object, so only
+    // plain deletions share the cached DELETED line.
+    let shareable = output == Output::Object && (index != 2 || ev.deleted);
+    Some(if shareable {
+        ev.line(index, make)
+    } else {
+        make()
+    })
+}
+
+fn encode_line(v: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Where a watch's changes come from: the shared fan-out, or its own store watch.
+enum Source {
+    Hub(Subscription),
+    Store(rkube_store::WatchStream, VecDeque<Arc<HubEvent>>),
+}
+
+enum Next {
+    Event(Arc<HubEvent>),
+    Progress(i64),
+    Error(ApiError),
+    End,
+}
+
+impl Source {
+    async fn next(&mut self, after: i64) -> Next {
+        match self {
+            Source::Hub(sub) => {
+                if let Some(ev) = sub.backlog.pop_front() {
+                    return Next::Event(ev);
+                }
+                loop {
+                    match sub.rx.recv().await {
+                        Ok(HubItem::Event(ev)) if ev.revision > after => return Next::Event(ev),
+                        Ok(HubItem::Event(_)) => continue,
+                        Ok(HubItem::Progress(rev)) => return Next::Progress(rev),
+                        Err(RecvError::Lagged(n)) => {
+                            return Next::Error(ApiError::expired(format!(
+                                "the watch fell {n} events behind; start a new watch from the last resourceVersion seen"
+                            )))
+                        }
+                        Err(RecvError::Closed) => return Next::End,
+                    }
+                }
             }
+            Source::Store(stream, pending) => loop {
+                if let Some(ev) = pending.pop_front() {
+                    return Next::Event(ev);
+                }
+                match stream.next().await {
+                    None => return Next::End,
+                    Some(Err(StoreError::Compacted {
+                        compacted,
+                        requested,
+                    })) => {
+                        return Next::Error(ApiError::expired(format!(
+                            "too old resource version: {requested} ({compacted})"
+                        )))
+                    }
+                    Some(Err(e)) => return Next::Error(ApiError::internal(e.to_string())),
+                    Some(Ok(WatchResponse::Progress(rev))) => return Next::Progress(rev),
+                    // Decoded here for this watcher alone.
+                    Some(Ok(WatchResponse::Events(events))) => pending.extend(
+                        events
+                            .into_iter()
+                            .filter_map(crate::hub::decode_event)
+                            .map(Arc::new),
+                    ),
+                }
+            },
         }
     }
 }

@@ -11,6 +11,10 @@ use crate::respond::{raw, Resp};
 use crate::storage;
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
+    if ctx.output == crate::output::Output::Object {
+        let kv = storage::get_kv(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
+        return Ok(raw(200, "application/json", storage::client_bytes(&kv)?));
+    }
     let (obj, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let out = ctx.output.object(ctx.info, obj);
     Ok(raw(

@@ -52,17 +52,17 @@ impl TestServer {
         }
     }
 
-    /// Compacts the store's history up to `revision` (what the compaction loop does).
+    /// Compacts the history up to `revision` (what the compaction loop does).
     pub fn compact(&self, revision: i64) {
-        let store = self.store.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(store.compact(revision))
-                .unwrap();
-        })
-        .join()
-        .unwrap();
+        let server = self.server.as_ref().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(server.compact(revision))
+                    .unwrap()
+            });
+        });
     }
 
     pub fn url(&self) -> String {
