@@ -12,6 +12,18 @@ pub trait Strategy: Send + Sync {
     /// Fills defaults (on create and on every update, as upstream's defaulting runs on decode).
     fn default(&self, _obj: &mut Value) {}
 
+    /// Problems with an object name under this kind's naming rule (DNS-1123 subdomain
+    /// unless the kind says otherwise).
+    fn validate_name(&self, name: &str) -> Vec<String> {
+        crate::names::dns1123_subdomain(name)
+    }
+
+    /// Whether a create keeps the status the client sent (Nodes report their own);
+    /// otherwise kinds with a status subresource start with an empty status.
+    fn keeps_status_on_create(&self) -> bool {
+        false
+    }
+
     /// Prepares a new object on create: e.g. resets or initialises status.
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
@@ -63,5 +75,14 @@ pub struct WithGeneration;
 impl Strategy for WithGeneration {
     fn tracks_generation(&self) -> bool {
         true
+    }
+}
+
+/// RBAC kinds: names only need to be valid path segments (`system:controller:x`).
+pub struct PathSegmentNames;
+
+impl Strategy for PathSegmentNames {
+    fn validate_name(&self, name: &str) -> Vec<String> {
+        crate::names::path_segment(name)
     }
 }

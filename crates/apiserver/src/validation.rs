@@ -176,8 +176,8 @@ impl<'de> Visitor<'de> for DupSeed<'_> {
     }
 }
 
-/// ObjectMeta validation every kind shares: name (DNS subdomain unless the kind checks
-/// its own), namespace presence, labels, annotations, finalizers.
+/// ObjectMeta validation every kind shares: name (by the kind's rule), namespace
+/// presence, labels, annotations, finalizers.
 pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     let mut errs = Vec::new();
     let name = obj.name();
@@ -187,14 +187,10 @@ pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             "metadata.name",
             "Required value: name or generateName is required".into(),
         ));
-    } else if !matches!(info.kind, "Namespace" | "Service") {
-        let problems = if info.group == "rbac.authorization.k8s.io" {
-            names::path_segment(name)
-        } else {
-            names::dns1123_subdomain(name)
-        };
+    } else {
         errs.extend(
-            problems
+            info.strategy
+                .validate_name(name)
                 .into_iter()
                 .map(|e| Cause::invalid("metadata.name", &json!(name), e)),
         );

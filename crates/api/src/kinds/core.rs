@@ -24,8 +24,8 @@ impl Strategy for Namespace {
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
         obj["status"] = json!({"phase": "Active"});
     }
-    fn validate(&self, obj: &Value) -> Vec<Cause> {
-        name_errors(obj, dns1123_label)
+    fn validate_name(&self, name: &str) -> Vec<String> {
+        dns1123_label(name)
     }
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
         (label == "status.phase")
@@ -62,21 +62,12 @@ impl MetaValue for Value {
     }
 }
 
-/// Name errors under a name rule other than the generic DNS subdomain.
-fn name_errors(obj: &Value, rule: fn(&str) -> Vec<String>) -> Vec<Cause> {
-    let n = obj.name();
-    if n.is_empty() {
-        return Vec::new();
-    }
-    rule(n)
-        .into_iter()
-        .map(|e| Cause::invalid("metadata.name", &json!(n), e))
-        .collect()
-}
-
 pub struct Service;
 
 impl Strategy for Service {
+    fn validate_name(&self, name: &str) -> Vec<String> {
+        dns1035_label(name)
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "type", "ClusterIP");
@@ -107,7 +98,7 @@ impl Strategy for Service {
         }
     }
     fn validate(&self, obj: &Value) -> Vec<Cause> {
-        let mut errs = name_errors(obj, dns1035_label);
+        let mut errs = Vec::new();
         let ty = str_at(obj, &["spec", "type"]).unwrap_or("ClusterIP");
         let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
         if !types.contains(&ty) {
@@ -392,6 +383,9 @@ impl Strategy for ServiceAccount {
 pub struct Node;
 
 impl Strategy for Node {
+    fn keeps_status_on_create(&self) -> bool {
+        true
+    }
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
         (label == "spec.unschedulable").then(|| {
             obj.pointer("/spec/unschedulable")

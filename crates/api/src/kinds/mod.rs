@@ -13,7 +13,7 @@ use k8s_openapi::api::{
 };
 
 use crate::registry::{KindBuilder as K, ResourceInfo};
-use crate::strategy::{Generic, WithGeneration};
+use crate::strategy::{Generic, PathSegmentNames, WithGeneration};
 
 const STATUS: &[&str] = &["status"];
 const SCALABLE: &[&str] = &["scale", "status"];
@@ -137,10 +137,10 @@ pub fn all() -> Vec<ResourceInfo> {
             .subresources(STATUS)
             .build(),
         // rbac.authorization.k8s.io/v1
-        K::new::<rbac::ClusterRole>(&Generic).build(),
-        K::new::<rbac::ClusterRoleBinding>(&Generic).build(),
-        K::new::<rbac::Role>(&Generic).build(),
-        K::new::<rbac::RoleBinding>(&Generic).build(),
+        K::new::<rbac::ClusterRole>(&PathSegmentNames).build(),
+        K::new::<rbac::ClusterRoleBinding>(&PathSegmentNames).build(),
+        K::new::<rbac::Role>(&PathSegmentNames).build(),
+        K::new::<rbac::RoleBinding>(&PathSegmentNames).build(),
         // coordination.k8s.io/v1
         K::new::<coordination::Lease>(&Generic).build(),
         // discovery.k8s.io/v1

@@ -330,7 +330,7 @@ impl Strategy for Pod {
                     .to_string(),
             ),
             "status.phase" => s(&["status", "phase"]),
-            "status.podIP" => s(&["status", "podIP"]),
+            "status.podIP" | "status.podIPs" => s(&["status", "podIP"]),
             "status.nominatedNodeName" => s(&["status", "nominatedNodeName"]),
             _ => None,
         }

@@ -172,7 +172,7 @@ fn prepare_create(ctx: &Ctx<'_>, mut obj: Value) -> Result<Value, ApiError> {
         m.remove("generation");
     }
     info.strategy.default(&mut obj);
-    if info.has_status() && info.kind != "Node" {
+    if info.has_status() && !info.strategy.keeps_status_on_create() {
         if let Some(o) = obj.as_object_mut() {
             o.remove("status");
         }
