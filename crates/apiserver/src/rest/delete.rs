@@ -81,12 +81,7 @@ pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     let opts = options(ctx, &bytes)?;
     let dry_run = ctx.dry_run()?;
     let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts, dry_run).await?;
-    let out = ctx.output.object(ctx.info, obj);
-    Ok(raw(
-        code,
-        ctx.output.content_type(false),
-        serde_json::to_vec(&out).unwrap_or_default(),
-    ))
+    Ok(ctx.object_response(code, obj, &[]))
 }
 
 /// Deletes (or marks for deletion) one object; returns it and 200 (gone) or 202 (pending).

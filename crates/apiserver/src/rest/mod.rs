@@ -67,6 +67,20 @@ impl Ctx<'_> {
         crate::body::decode_object(self.content_type(), bytes, Some(&proto))
     }
 
+    /// One object in the requested shape, with field-validation warnings as headers.
+    pub fn object_response(&self, code: u16, obj: Value, warnings: &[String]) -> Resp {
+        let out = self.output.object(self.info, obj);
+        let mut r = crate::respond::raw(
+            code,
+            self.output.content_type(false),
+            serde_json::to_vec(&out).unwrap_or_default(),
+        );
+        for w in warnings {
+            crate::respond::add_warning(&mut r, w);
+        }
+        r
+    }
+
     /// The namespace the object belongs to ("" for cluster-scoped kinds).
     pub fn ns(&self) -> &str {
         if self.info.namespaced {

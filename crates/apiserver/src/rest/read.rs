@@ -16,12 +16,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         return Ok(raw(200, "application/json", storage::client_bytes(&kv)?));
     }
     let (obj, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
-    let out = ctx.output.object(ctx.info, obj);
-    Ok(raw(
-        200,
-        ctx.output.content_type(false),
-        serde_json::to_vec(&out).unwrap_or_default(),
-    ))
+    Ok(ctx.object_response(200, obj, &[]))
 }
 
 /// Label and field selectors of a list or watch, checked against the kind.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::write::{commit_update, patch_object, prepare_update, update_object, Part};
 use super::Ctx;
 use crate::body;
-use crate::respond::{json as json_resp, raw, Resp};
+use crate::respond::{json as json_resp, Resp};
 use crate::serve::RequestBody;
 use crate::storage;
 
@@ -22,11 +22,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
             let bytes = body::read(body).await?;
             let (obj, warnings) = super::write::decode_body(ctx, &bytes)?;
             let out = update_object(ctx, obj, Part::Status).await?;
-            Ok(object(ctx, 200, out, &warnings))
+            Ok(ctx.object_response(200, out, &warnings))
         }
         ("status", "patch") => {
             let (out, warnings) = patch_object(ctx, body, Part::Status).await?;
-            Ok(object(ctx, 200, out, &warnings))
+            Ok(ctx.object_response(200, out, &warnings))
         }
         ("finalize", "update") if ctx.info.kind == "Namespace" => finalize(ctx, body).await,
         ("scale", "get") => {
@@ -46,19 +46,6 @@ pub async fn handle(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
         )),
         _ => Err(ApiError::method_not_supported(&format!("{}/{sub}", ctx.info.plural), verb)),
     }
-}
-
-fn object(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
-    let out = ctx.output.object(ctx.info, obj);
-    let mut r = raw(
-        code,
-        ctx.output.content_type(false),
-        serde_json::to_vec(&out).unwrap_or_default(),
-    );
-    for w in warnings {
-        crate::respond::add_warning(&mut r, w);
-    }
-    r
 }
 
 /// The autoscaling/v1 Scale of a scalable object.
@@ -331,5 +318,5 @@ async fn finalize(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let mut new = old.clone();
     new["spec"]["finalizers"] = b.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
     let obj = commit_update(ctx, &old, old_rev, new, ctx.dry_run()?).await?;
-    Ok(object(ctx, 200, obj, &[]))
+    Ok(ctx.object_response(200, obj, &[]))
 }

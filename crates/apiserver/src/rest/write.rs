@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::body;
-use crate::respond::{add_warning, raw, Resp};
+use crate::respond::Resp;
 use crate::serve::RequestBody;
 use crate::storage;
 use crate::validation::{decode_typed, validate_meta, FieldValidation};
@@ -81,19 +81,6 @@ async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn respond(ctx: &Ctx<'_>, code: u16, obj: Value, warnings: &[String]) -> Resp {
-    let out = ctx.output.object(ctx.info, obj);
-    let mut r = raw(
-        code,
-        ctx.output.content_type(false),
-        serde_json::to_vec(&out).unwrap_or_default(),
-    );
-    for w in warnings {
-        add_warning(&mut r, w);
-    }
-    r
-}
-
 fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<rkube_api::Cause>) -> ApiError {
     ApiError::invalid(info.group, info.kind, obj.name(), causes)
 }
@@ -124,7 +111,7 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     crate::alloc::allocate(ctx.state, ctx.info, &mut obj, None).await?;
     if ctx.dry_run()? {
         crate::alloc::release(ctx.state, ctx.info, &obj).await;
-        return Ok(respond(ctx, 201, obj, &warnings));
+        return Ok(ctx.object_response(201, obj, &warnings));
     }
     let key = storage::key(ctx.info, &ns, obj.name());
     match ctx
@@ -135,7 +122,7 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     {
         Ok(rev) => {
             obj.set_meta("resourceVersion", rev.to_string());
-            Ok(respond(ctx, 201, obj, &warnings))
+            Ok(ctx.object_response(201, obj, &warnings))
         }
         Err(e) => {
             crate::alloc::release(ctx.state, ctx.info, &obj).await;
@@ -353,7 +340,7 @@ pub async fn update(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     let bytes = body::read(body).await?;
     let (new, warnings) = decode_body(ctx, &bytes)?;
     let obj = update_object(ctx, new, Part::Main).await?;
-    Ok(respond(ctx, 200, obj, &warnings))
+    Ok(ctx.object_response(200, obj, &warnings))
 }
 
 /// PUT semantics for a decoded object: name checks, resourceVersion precondition,
@@ -421,7 +408,7 @@ fn check_identity(ctx: &Ctx<'_>, obj: &mut Value) -> Result<(), ApiError> {
 
 pub async fn patch(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let (obj, warnings) = patch_object(ctx, body, Part::Main).await?;
-    Ok(respond(ctx, 200, obj, &warnings))
+    Ok(ctx.object_response(200, obj, &warnings))
 }
 
 /// Applies a patch to the stored object and commits it, retrying on conflicts unless the
