@@ -2,6 +2,8 @@
 
 CARGO    ?= cargo
 DATA_DIR ?= $(CURDIR)/.rkube-data
+# Where cargo puts binaries (honours CARGO_TARGET_DIR).
+TARGET   := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 # Debian packages the build and the tests need (etcd-client's build uses protoc; the
 # etcd backend's tests run a real etcd).
 APT_PACKAGES := protobuf-compiler etcd-server
@@ -33,7 +35,7 @@ build: deps
 ## run: build and start a single-node server on ./.rkube-data
 run: build
 	@echo "starting rkube server with data in $(DATA_DIR) (Ctrl-C stops it)"
-	./target/debug/rkube server --data-dir $(DATA_DIR) --write-kubeconfig $(DATA_DIR)/rkube.yaml
+	$(TARGET)/debug/rkube server --data-dir $(DATA_DIR) --write-kubeconfig $(DATA_DIR)/rkube.yaml
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -46,8 +48,8 @@ test: lint pyvenv
 ## bench: datastore figures (embedded store vs a real etcd on the same disk) and API server figures
 bench: deps
 	$(CARGO) build --release -p rkube
-	./target/release/rkube bench datastore
-	./target/release/rkube bench apiserver
+	$(TARGET)/release/rkube bench datastore
+	$(TARGET)/release/rkube bench apiserver
 
 clean:
 	$(CARGO) clean
