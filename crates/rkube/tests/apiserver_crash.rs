@@ -17,6 +17,8 @@ struct Server {
     child: Child,
     url: String,
     client: reqwest::blocking::Client,
+    /// The CA and admin certificate the kubeconfig carried.
+    credentials: (Vec<u8>, Vec<u8>),
 }
 
 impl Drop for Server {
@@ -74,6 +76,7 @@ fn start(data: &Path) -> Server {
         field("client-certificate-data"),
         field("client-key-data"),
     );
+    let credentials = (ca.clone(), cert.clone());
     let identity = reqwest::Identity::from_pem(&[cert, key].concat()).unwrap();
     let client = reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -81,7 +84,12 @@ fn start(data: &Path) -> Server {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    Server { child, url, client }
+    Server {
+        child,
+        url,
+        client,
+        credentials,
+    }
 }
 
 #[test]
@@ -90,8 +98,15 @@ fn acknowledged_creates_survive_kill_9() {
     let data = tmp.path().join("data");
     let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let mut last_rv = 0;
+    let mut first_credentials = None;
     for round in 0..ROUNDS {
         let mut server = start(&data);
+        // A restart keeps the CA and the admin certificate: old kubeconfigs keep working.
+        let first = first_credentials.get_or_insert_with(|| server.credentials.clone());
+        assert_eq!(
+            *first, server.credentials,
+            "round {round}: the restart kept the certificates"
+        );
         let mut writers = Vec::new();
         for w in 0..WRITERS {
             let (client, url, acked) = (server.client.clone(), server.url.clone(), acked.clone());
