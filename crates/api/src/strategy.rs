@@ -24,6 +24,15 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// Whether deletion must wait for something besides `metadata.finalizers`
+    /// (namespaces: their `spec.finalizers`).
+    fn blocks_deletion(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// Marks an object whose deletion is pending (namespaces: phase Terminating).
+    fn prepare_for_deletion(&self, _obj: &mut Value) {}
+
     /// Prepares a new object on create: e.g. resets or initialises status.
     fn prepare_for_create(&self, _obj: &mut Value) {}
 

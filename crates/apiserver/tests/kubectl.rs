@@ -383,6 +383,19 @@ fn kubectl_everyday_commands() {
         "--wait=false",
     ]);
     assert!(orphan.contains("deleted"), "{orphan}");
+
+    // A deleted namespace is Terminating (the namespace controller finishes it) and
+    // takes no new objects.
+    k.ok(&["delete", "namespace", "shop", "--wait=false"]);
+    assert_eq!(
+        k.ok(&["get", "ns", "shop", "-o", "jsonpath={.status.phase}"]),
+        "Terminating"
+    );
+    let refused = k.fails(&["create", "configmap", "late", "-n", "shop"]);
+    assert!(
+        refused.contains("because it is being terminated"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -27,6 +27,12 @@ impl Strategy for Namespace {
     fn validate_name(&self, name: &str) -> Vec<String> {
         dns1123_label(name)
     }
+    fn blocks_deletion(&self, obj: &Value) -> bool {
+        !arr_at(obj, &["spec", "finalizers"]).is_empty()
+    }
+    fn prepare_for_deletion(&self, obj: &mut Value) {
+        obj_mut(obj, "status").insert("phase".into(), json!("Terminating"));
+    }
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
         (label == "status.phase")
             .then(|| str_at(obj, &["status", "phase"]).unwrap_or("").to_string())

@@ -127,7 +127,7 @@ pub async fn delete_one(
             _ => {}
         }
         let grace = grace_period(info.kind, &obj, opts.grace_period);
-        let waits_for_finalizers = !finalizers.is_empty() || info.kind == "Namespace";
+        let waits_for_finalizers = !finalizers.is_empty() || info.strategy.blocks_deletion(&obj);
         let mark = if obj.is_deleting() {
             let current = obj
                 .meta()
@@ -159,9 +159,7 @@ pub async fn delete_one(
             if !finalizers.is_empty() {
                 marked.set_meta("finalizers", json!(finalizers));
             }
-            if info.kind == "Namespace" {
-                marked["status"]["phase"] = json!("Terminating");
-            }
+            info.strategy.prepare_for_deletion(&mut marked);
             if info.strategy.tracks_generation() && !obj.is_deleting() {
                 let g = obj
                     .meta()

@@ -305,7 +305,8 @@ pub(super) async fn commit_update(
         return Ok(new);
     }
     let store = &ctx.state.store;
-    if new.is_deleting() && new.finalizers().is_empty() && !pending_spec_finalizers(&new) {
+    if new.is_deleting() && new.finalizers().is_empty() && !ctx.info.strategy.blocks_deletion(&new)
+    {
         let (rev, _) = store
             .delete(key.as_bytes(), Some(old_rev))
             .await
@@ -325,15 +326,6 @@ pub(super) async fn commit_update(
         .map_err(|e| storage::store_error(e, ctx.info, &name))?;
     new.set_meta("resourceVersion", rev.to_string());
     Ok(new)
-}
-
-/// Namespaces also wait for `spec.finalizers` (the namespace controller's).
-fn pending_spec_finalizers(obj: &Value) -> bool {
-    obj.get("kind").and_then(Value::as_str) == Some("Namespace")
-        && obj
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
 }
 
 pub async fn update(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
