@@ -6,9 +6,9 @@ mod alloc;
 mod auth;
 mod body;
 mod bootstrap;
+mod cache;
 mod discovery;
 mod handler;
-mod hub;
 mod metered;
 mod metrics;
 mod openapi;
@@ -67,7 +67,8 @@ pub struct State {
     /// host:port clients use (discovery's serverAddressByClientCIDRs).
     pub server_address: String,
     pub openapi: openapi::OpenApi,
-    pub hubs: hub::Hubs,
+    /// Every resource's objects and recent changes, for LIST and WATCH.
+    pub cache: Arc<cache::WatchCache>,
     /// The revision history was last compacted at: watches from before it get 410.
     compacted: std::sync::atomic::AtomicI64,
     store_failed: AtomicBool,
@@ -139,14 +140,20 @@ impl ApiServer {
             inner: store,
             metrics: metrics.clone(),
         });
+        let registry = Registry::builtin();
+        let cache = cache::WatchCache::new(store.clone(), &registry);
+        let cache_task = cache
+            .start()
+            .await
+            .map_err(|e| StartError::Bootstrap(format!("loading the watch cache: {e}")))?;
         let state = Arc::new(State {
-            registry: Registry::builtin(),
+            registry,
             store,
             metrics,
             service_cidr: config.service_cidr,
             server_address: SocketAddr::new(advertise, addr.port()).to_string(),
             openapi: openapi::OpenApi::default(),
-            hubs: hub::Hubs::default(),
+            cache,
             compacted: std::sync::atomic::AtomicI64::new(0),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),
@@ -157,6 +164,7 @@ impl ApiServer {
         state.bootstrapped.store(true, Ordering::Relaxed);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let tasks = vec![
+            cache_task,
             tokio::spawn(serve::accept_loop(listener, acceptor, state.clone())),
             tokio::spawn(bootstrap::compaction_loop(
                 state.clone(),

@@ -29,13 +29,20 @@ pub fn prefix(info: &ResourceInfo, ns: &str) -> String {
 
 /// Decodes a stored object and stamps its resourceVersion.
 pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+    decode_at(&kv.value, kv.mod_revision).map_err(|e| {
         ApiError::internal(format!(
-            "object {} in storage does not decode: {e}",
-            String::from_utf8_lossy(&kv.key)
+            "object {} in storage: {}",
+            String::from_utf8_lossy(&kv.key),
+            e.message
         ))
-    })?;
-    v.set_meta("resourceVersion", kv.mod_revision.to_string());
+    })
+}
+
+/// Decodes stored object bytes with resourceVersion `revision`.
+pub fn decode_at(value: &[u8], revision: i64) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("a stored object does not decode: {e}")))?;
+    v.set_meta("resourceVersion", revision.to_string());
     Ok(v)
 }
 
@@ -73,28 +80,33 @@ pub fn encode(obj: &Value) -> Bytes {
 
 const META_PREFIX: &[u8] = b"{\"metadata\":{";
 
-/// The stored JSON with `metadata.resourceVersion` set to `revision`, without parsing it
-/// (objects written by `encode`); None for another layout.
-pub fn splice_resource_version(value: &[u8], revision: i64) -> Option<Vec<u8>> {
-    let rest = value.strip_prefix(META_PREFIX)?;
-    let rv = format!("\"resourceVersion\":\"{revision}\"");
-    let mut out = Vec::with_capacity(value.len() + rv.len() + 1);
-    out.extend_from_slice(META_PREFIX);
-    out.extend_from_slice(rv.as_bytes());
-    if rest.first() != Some(&b'}') {
-        out.push(b',');
+/// Appends the client JSON of a stored object: `metadata.resourceVersion` set to
+/// `revision`, spliced in without parsing for objects written by `encode`, else decoded
+/// and encoded again.
+pub fn write_client_json(out: &mut Vec<u8>, value: &[u8], revision: i64) -> Result<(), ApiError> {
+    if let Some(rest) = value.strip_prefix(META_PREFIX) {
+        out.reserve(value.len() + 40);
+        out.extend_from_slice(META_PREFIX);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(revision.to_string().as_bytes());
+        out.push(b'"');
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        return Ok(());
     }
-    out.extend_from_slice(rest);
-    Some(out)
+    let mut v: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("an object in storage does not decode: {e}")))?;
+    v.set_meta("resourceVersion", revision.to_string());
+    serde_json::to_writer(out, &v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The client form of a stored object as JSON bytes: spliced when possible, else decoded
-/// and encoded again.
+/// The client form of a stored object as JSON bytes.
 pub fn client_bytes(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
-    match splice_resource_version(&kv.value, kv.mod_revision) {
-        Some(b) => Ok(b),
-        None => Ok(serde_json::to_vec(&decode(kv)?).unwrap_or_default()),
-    }
+    let mut out = Vec::new();
+    write_client_json(&mut out, &kv.value, kv.mod_revision)?;
+    Ok(out)
 }
 
 /// Store errors as the apiserver reports them.

@@ -16,7 +16,7 @@ use rkube_store::{KeySpan, StoreError, WatchResponse};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::{HubEvent, HubItem, Subscription};
+use crate::cache::{Change, Freshness, Item, Subscription};
 use crate::output::Output;
 use crate::respond::Resp;
 use crate::rest::{list_objects, Ctx};
@@ -56,38 +56,70 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     // Initial state: for an unset or "0" resourceVersion the current objects are sent as
     // ADDED events first, as upstream does; sendInitialEvents does the same and ends
     // with a bookmark.
-    let (initial, after) = if rv.is_empty() || rv == "0" || send_initial {
-        let listed = list_objects_all(ctx, &sel).await?;
-        (listed.0, listed.1)
-    } else {
-        let n = rv.parse::<i64>().map_err(|_| {
+    let parse_rv = || {
+        rv.parse::<i64>().map_err(|_| {
             ApiError::bad_request(format!(
                 "resourceVersion: Invalid value: {rv:?}: must be an integer"
             ))
-        })?;
-        (Vec::new(), n)
+        })
+    };
+    let initial = if rv.is_empty() {
+        let current = ctx
+            .state
+            .store
+            .current_revision()
+            .await
+            .map_err(|e| storage::store_error(e, ctx.info, ""))?;
+        Some(Freshness::NotOlderThan(current))
+    } else if rv == "0" {
+        Some(Freshness::Any)
+    } else if send_initial {
+        Some(Freshness::NotOlderThan(parse_rv()?))
+    } else {
+        None
+    };
+    let after = match initial {
+        Some(_) => 0,
+        None => parse_rv()?,
     };
     let info = ctx.info;
     let ns_prefix = storage::prefix(info, ctx.ns());
-    // The shared fan-out serves watches that start after the compaction point; older
-    // ones go to the store, which answers 410.
-    let hub = if after >= ctx.state.compacted_revision() {
-        let resource_prefix = storage::prefix(info, "");
+    // The watch cache serves watches that start after the compaction point; older ones
+    // go to the store, which answers 410.
+    let cached = if initial.is_some() || after >= ctx.state.compacted_revision() {
         ctx.state
-            .hubs
-            .subscribe(&ctx.state.store, &resource_prefix, after)
+            .cache
+            .watch(
+                info.storage_prefix,
+                after,
+                initial.map(|f| (ns_prefix.as_str(), &sel, f)),
+            )
             .await
     } else {
         None
     };
-    let source = match hub {
-        Some(sub) => Ok(Source::Hub(sub)),
-        None => ctx
-            .state
-            .store
-            .watch(KeySpan::prefix(ns_prefix.as_bytes()), after)
-            .await
-            .map(|w| Source::Store(w, VecDeque::new())),
+    let (source, initial, after) = match cached {
+        Some((sub, entries, after)) => {
+            let items = entries
+                .iter()
+                .map(|e| (e.value.clone(), e.revision))
+                .collect();
+            (Ok(Source::Cache(sub)), items, after)
+        }
+        None => {
+            let (items, after) = if initial.is_some() {
+                list_objects_all(ctx, &sel).await?
+            } else {
+                (Vec::new(), after)
+            };
+            let w = ctx
+                .state
+                .store
+                .watch(KeySpan::prefix(ns_prefix.as_bytes()), after)
+                .await
+                .map(|w| Source::Store(w, VecDeque::new()));
+            (w, items, after)
+        }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let state = ctx.state.clone();
@@ -119,8 +151,11 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
                 return;
             }
         };
-        for obj in initial {
-            if !send(event("ADDED", info, output, obj)).await {
+        for (value, rev) in initial {
+            let Some(line) = object_line("ADDED", info, output, &value, rev) else {
+                continue;
+            };
+            if !send_line(line).await {
                 return;
             }
         }
@@ -137,7 +172,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
             let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
-                n = source.next(after) => n,
+                n = source.next(info, after) => n,
             };
             match next {
                 Next::End => return,
@@ -185,7 +220,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
 async fn list_objects_all(
     ctx: &Ctx<'_>,
     sel: &crate::rest::Selectors,
-) -> Result<(Vec<Value>, i64), ApiError> {
+) -> Result<(Vec<(Bytes, i64)>, i64), ApiError> {
     let mut q = ctx.query.clone();
     q.remove(&[
         "limit",
@@ -224,30 +259,59 @@ fn translate(
     info: &ResourceInfo,
     sel: &crate::rest::Selectors,
     output: Output,
-    ev: &HubEvent,
+    ch: &Change,
 ) -> Option<Bytes> {
-    let prev_matches = ev.previous.as_ref().is_some_and(|p| sel.matches(info, p));
-    let (index, obj) = if ev.deleted {
-        (2, ev.previous.as_ref().filter(|_| prev_matches)?)
+    let prev_matches = ch.previous.as_ref().is_some_and(|p| p.matches(sel));
+    let (index, entry, rev) = if ch.deleted {
+        // A deleted object carries the deletion's resourceVersion.
+        (
+            2,
+            ch.previous.as_ref().filter(|_| prev_matches)?,
+            ch.revision,
+        )
     } else {
-        let obj = ev.object.as_ref()?;
-        match (prev_matches, sel.matches(info, obj)) {
-            (false, true) => (0, obj),
-            (true, true) => (1, obj),
-            (true, false) => (2, obj),
+        let obj = ch.object.as_ref()?;
+        let index = match (prev_matches, obj.matches(sel)) {
+            (false, true) => 0,
+            (true, true) => 1,
+            (true, false) => 2,
             (false, false) => return None,
-        }
+        };
+        (index, obj, obj.revision)
     };
     let kind = ["ADDED", "MODIFIED", "DELETED"][index];
-    let make = || encode_line(&event(kind, info, output, obj.clone()));
+    let make = || object_line(kind, info, output, &entry.value, rev).unwrap_or_default();
     // A DELETED for an object leaving the selection carries the new object, so only
     // plain deletions share the cached DELETED line.
-    let shareable = output == Output::Object && (index != 2 || ev.deleted);
-    Some(if shareable {
-        ev.line(index, make)
+    let shareable = output == Output::Object && (index != 2 || ch.deleted);
+    let line = if shareable {
+        ch.line(index, make)
     } else {
         make()
-    })
+    };
+    (!line.is_empty()).then_some(line)
+}
+
+/// The event line of a stored object in the requested output, spliced without parsing
+/// for plain objects.
+fn object_line(
+    kind: &str,
+    info: &ResourceInfo,
+    output: Output,
+    value: &[u8],
+    rev: i64,
+) -> Option<Bytes> {
+    if output == Output::Object {
+        let mut line = Vec::with_capacity(value.len() + 64);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        storage::write_client_json(&mut line, value, rev).ok()?;
+        line.extend_from_slice(b"}\n");
+        return Some(Bytes::from(line));
+    }
+    let obj = storage::decode_at(value, rev).ok()?;
+    Some(encode_line(&event(kind, info, output, obj)))
 }
 
 fn encode_line(v: &Value) -> Bytes {
@@ -256,31 +320,31 @@ fn encode_line(v: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-/// Where a watch's changes come from: the shared fan-out, or its own store watch.
+/// Where a watch's changes come from: the watch cache, or its own store watch.
 enum Source {
-    Hub(Subscription),
-    Store(rkube_store::WatchStream, VecDeque<Arc<HubEvent>>),
+    Cache(Subscription),
+    Store(rkube_store::WatchStream, VecDeque<Arc<Change>>),
 }
 
 enum Next {
-    Event(Arc<HubEvent>),
+    Event(Arc<Change>),
     Progress(i64),
     Error(ApiError),
     End,
 }
 
 impl Source {
-    async fn next(&mut self, after: i64) -> Next {
+    async fn next(&mut self, info: &ResourceInfo, after: i64) -> Next {
         match self {
-            Source::Hub(sub) => {
+            Source::Cache(sub) => {
                 if let Some(ev) = sub.backlog.pop_front() {
                     return Next::Event(ev);
                 }
                 loop {
                     match sub.rx.recv().await {
-                        Ok(HubItem::Event(ev)) if ev.revision > after => return Next::Event(ev),
-                        Ok(HubItem::Event(_)) => continue,
-                        Ok(HubItem::Progress(rev)) => return Next::Progress(rev),
+                        Ok(Item::Change(ev)) if ev.revision > after => return Next::Event(ev),
+                        Ok(Item::Change(_)) => continue,
+                        Ok(Item::Progress(rev)) => return Next::Progress(rev),
                         Err(RecvError::Lagged(n)) => {
                             return Next::Error(ApiError::expired(format!(
                                 "the watch fell {n} events behind; start a new watch from the last resourceVersion seen"
@@ -309,8 +373,8 @@ impl Source {
                     // Decoded here for this watcher alone.
                     Some(Ok(WatchResponse::Events(events))) => pending.extend(
                         events
-                            .into_iter()
-                            .filter_map(crate::hub::decode_event)
+                            .iter()
+                            .filter_map(|ev| Change::from_event(info.strategy, ev, None))
                             .map(Arc::new),
                     ),
                 }

@@ -253,7 +253,7 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
     let sel = Selectors::parse(ctx)?;
     let listed = list_objects(ctx, &sel).await?;
     let mut deleted = Vec::new();
-    for obj in listed.items {
+    for obj in listed.objects()? {
         let name = obj.name().to_string();
         let ns = obj.namespace().to_string();
         let ri = crate::request::RequestInfo {

@@ -6,7 +6,10 @@ use rkube_api::selector::{FieldSelector, LabelSelector};
 use rkube_api::{ApiError, ResourceInfo};
 use serde_json::{json, Map, Value};
 
+use bytes::Bytes;
+
 use super::{field_value, Ctx};
+use crate::cache::Freshness;
 use crate::respond::{raw, Resp};
 use crate::storage;
 
@@ -109,28 +112,25 @@ fn decode_continue(s: &str, prefix: &str) -> Result<Continue, ApiError> {
 
 /// The result of a list: items, the revision they are consistent at, and paging state.
 pub struct ListResult {
-    pub items: Vec<Value>,
-    /// With `raw`: the items as client JSON bytes, not parsed (no selector to apply).
-    pub raw: Vec<Vec<u8>>,
+    /// Each item's stored bytes and resourceVersion.
+    pub items: Vec<(Bytes, i64)>,
     pub revision: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<i64>,
 }
 
-/// Lists objects for a request: selectors, `limit` / `continue`, `resourceVersion`.
-pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, ApiError> {
-    list_objects_as(ctx, sel, false).await
+impl ListResult {
+    /// The items as client objects.
+    pub fn objects(&self) -> Result<Vec<Value>, ApiError> {
+        self.items
+            .iter()
+            .map(|(value, rev)| storage::decode_at(value, *rev))
+            .collect()
+    }
 }
 
-/// `list_objects`, with `raw`: items stay JSON bytes (only without selectors).
-pub async fn list_objects_as(
-    ctx: &Ctx<'_>,
-    sel: &Selectors,
-    raw: bool,
-) -> Result<ListResult, ApiError> {
-    let raw = raw && sel.is_empty();
-    let mut raw_items = Vec::new();
-    let limit: usize = match ctx.query.get("limit") {
+fn parse_limit(ctx: &Ctx<'_>) -> Result<usize, ApiError> {
+    Ok(match ctx.query.get("limit") {
         None | Some("") => 0,
         Some(s) => s
             .parse::<i64>()
@@ -138,27 +138,88 @@ pub async fn list_objects_as(
                 ApiError::bad_request(format!("limit: Invalid value: {s:?}: must be an integer"))
             })?
             .max(0) as usize,
-    };
+    })
+}
+
+/// Lists objects for a request: selectors, `limit` / `continue`, `resourceVersion`.
+/// Served from the watch cache, except continued pages and exact revisions, which the
+/// store serves at the revision of the list.
+pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, ApiError> {
+    let limit = parse_limit(ctx)?;
     let prefix = storage::prefix(ctx.info, ctx.ns());
-    let (mut revision, mut start) = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => {
-            if ctx
-                .query
-                .get("resourceVersion")
-                .is_some_and(|rv| !rv.is_empty())
-            {
-                return Err(ApiError::bad_request(
-                    "specifying resource version is not allowed when using continue",
-                ));
-            }
-            let c = decode_continue(token, &prefix)?;
-            (c.revision, Some(c.start))
+    if let Some(token) = ctx.query.get("continue").filter(|c| !c.is_empty()) {
+        if ctx
+            .query
+            .get("resourceVersion")
+            .is_some_and(|rv| !rv.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
-        None => (exact_revision(ctx)?, None),
+        let c = decode_continue(token, &prefix)?;
+        return list_from_store(ctx, sel, limit, c.revision, Some(c.start)).await;
+    }
+    let freshness = match requested_revision(ctx)? {
+        Requested::Exact(rev) => return list_from_store(ctx, sel, limit, rev, None).await,
+        Requested::Any => Freshness::Any,
+        Requested::NotOlderThan(rev) => Freshness::NotOlderThan(rev),
+        Requested::Latest => Freshness::NotOlderThan(
+            ctx.state
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| storage::store_error(e, ctx.info, ""))?,
+        ),
     };
+    let cached = ctx
+        .state
+        .cache
+        .list(ctx.info.storage_prefix, &prefix, sel, freshness, limit)
+        .await;
+    let Some(listed) = cached else {
+        // The cache is loading or behind: the store answers, unless the revision asked
+        // for does not exist yet.
+        if let Freshness::NotOlderThan(min) = freshness {
+            let current = ctx
+                .state
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| storage::store_error(e, ctx.info, ""))?;
+            if current < min {
+                return Err(ApiError::timeout(format!(
+                    "Too large resource version: {min}, current: {current}"
+                )));
+            }
+        }
+        return list_from_store(ctx, sel, limit, 0, None).await;
+    };
+    Ok(ListResult {
+        items: listed
+            .entries
+            .iter()
+            .map(|e| (e.value.clone(), e.revision))
+            .collect(),
+        revision: listed.revision,
+        continue_token: listed
+            .next
+            .map(|next| encode_continue(listed.revision, &next)),
+        remaining: listed.remaining.filter(|r| *r > 0),
+    })
+}
+
+/// A list read from the store at `revision` (0: latest), from `start`.
+async fn list_from_store(
+    ctx: &Ctx<'_>,
+    sel: &Selectors,
+    limit: usize,
+    mut revision: i64,
+    mut start: Option<Vec<u8>>,
+) -> Result<ListResult, ApiError> {
+    let continued = start.is_some();
     let mut items = Vec::new();
     let chunk = if limit > 0 { limit.max(64) } else { 0 };
-    let remaining;
     loop {
         let resp = match storage::range(
             &ctx.state.store,
@@ -170,73 +231,67 @@ pub async fn list_objects_as(
         )
         .await
         {
-            Err(e) if e.code == 410 && ctx.query.get("continue").is_some() => {
+            Err(e) if e.code == 410 && continued => {
                 return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
             }
             other => other?,
         };
         revision = resp.revision;
-        let more = resp.more;
-        let total_rest = resp.count;
         let mut last_key = None;
         let mut taken = 0usize;
         for kv in &resp.kvs {
             taken += 1;
             last_key = Some(kv.key.clone());
-            if raw {
-                raw_items.push(storage::client_bytes(kv)?);
-                if limit > 0 && raw_items.len() == limit {
-                    break;
-                }
+            if !sel.is_empty() && !sel.matches(ctx.info, &storage::decode(kv)?) {
                 continue;
             }
-            let obj = storage::decode(kv)?;
-            if sel.matches(ctx.info, &obj) {
-                items.push(obj);
-                if limit > 0 && items.len() == limit {
-                    break;
-                }
+            items.push((kv.value.clone(), kv.mod_revision));
+            if limit > 0 && items.len() == limit {
+                break;
             }
         }
-        let found = if raw { raw_items.len() } else { items.len() };
-        let exhausted_page = taken == resp.kvs.len();
-        let has_more = more || !exhausted_page;
-        if limit > 0 && found == limit && has_more {
-            let mut next = last_key.map(|k| k.to_vec()).unwrap_or_default();
-            next.push(0);
-            let rem = if sel.is_empty() {
-                Some(total_rest as i64 - taken as i64)
+        let has_more = resp.more || taken < resp.kvs.len();
+        let mut next = last_key.map(|k| k.to_vec()).unwrap_or_default();
+        next.push(0);
+        if limit > 0 && items.len() == limit && has_more {
+            let remaining = if sel.is_empty() {
+                Some(resp.count as i64 - taken as i64)
             } else {
                 None
             };
             return Ok(ListResult {
                 items,
-                raw: raw_items,
                 revision,
                 continue_token: Some(encode_continue(revision, &next)),
-                remaining: rem.filter(|r| *r > 0),
+                remaining: remaining.filter(|r| *r > 0),
             });
         }
         if !has_more {
-            remaining = None;
             break;
         }
-        let mut next = last_key.map(|k| k.to_vec()).unwrap_or_default();
-        next.push(0);
         start = Some(next);
     }
     Ok(ListResult {
         items,
-        raw: raw_items,
         revision,
         continue_token: None,
-        remaining,
+        remaining: None,
     })
 }
 
-/// The revision a list must be served at: an exact `resourceVersion` with
-/// `resourceVersionMatch=Exact`, else the latest (0).
-fn exact_revision(ctx: &Ctx<'_>) -> Result<i64, ApiError> {
+/// The revision a read asks for.
+enum Requested {
+    /// No resourceVersion: the latest, consistent with every acknowledged write.
+    Latest,
+    /// "0": any recent state.
+    Any,
+    NotOlderThan(i64),
+    /// `resourceVersionMatch=Exact`.
+    Exact(i64),
+}
+
+/// The revision a list asks for, from `resourceVersion` and `resourceVersionMatch`.
+fn requested_revision(ctx: &Ctx<'_>) -> Result<Requested, ApiError> {
     let rv = ctx.query.get("resourceVersion").unwrap_or("");
     let m = ctx.query.get("resourceVersionMatch").unwrap_or("");
     let parsed = || {
@@ -248,19 +303,23 @@ fn exact_revision(ctx: &Ctx<'_>) -> Result<i64, ApiError> {
     };
     match m {
         "" | "NotOlderThan" => {
-            if !rv.is_empty() {
-                parsed()?;
-            } else if m == "NotOlderThan" {
-                return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+            if rv.is_empty() {
+                if m == "NotOlderThan" {
+                    return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                }
+                return Ok(Requested::Latest);
             }
-            Ok(0)
+            Ok(match parsed()? {
+                0 => Requested::Any,
+                n => Requested::NotOlderThan(n),
+            })
         }
         "Exact" => {
             let r = parsed()?;
             if r == 0 {
                 return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
             }
-            Ok(r)
+            Ok(Requested::Exact(r))
         }
         other => Err(ApiError::bad_request(format!(
             "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
@@ -270,34 +329,33 @@ fn exact_revision(ctx: &Ctx<'_>) -> Result<i64, ApiError> {
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     let sel = Selectors::parse(ctx)?;
-    let fast = ctx.output == crate::output::Output::Object && sel.is_empty();
-    let r = list_objects_as(ctx, &sel, fast).await?;
+    let r = list_objects(ctx, &sel).await?;
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(r.revision.to_string()));
-    if let Some(c) = r.continue_token {
+    if let Some(c) = &r.continue_token {
         meta.insert("continue".into(), json!(c));
     }
     if let Some(n) = r.remaining {
         meta.insert("remainingItemCount".into(), json!(n));
     }
-    if fast {
-        // The items are already client JSON: write the list around them.
+    if ctx.output == crate::output::Output::Object {
+        // The items are spliced into the list as stored, never parsed.
         let head = json!({"kind": ctx.info.list_kind, "apiVersion": ctx.info.api_version(), "metadata": meta});
         let mut body = serde_json::to_vec(&head).unwrap_or_default();
         body.pop();
         body.extend_from_slice(b",\"items\":[");
-        let total: usize = r.raw.iter().map(Vec::len).sum();
-        body.reserve(total + r.raw.len() + 2);
-        for (i, item) in r.raw.iter().enumerate() {
+        let total: usize = r.items.iter().map(|(v, _)| v.len() + 40).sum();
+        body.reserve(total + 2);
+        for (i, (value, rev)) in r.items.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(item);
+            storage::write_client_json(&mut body, value, *rev)?;
         }
         body.extend_from_slice(b"]}");
         return Ok(raw(200, "application/json", body));
     }
-    let out = ctx.output.list(ctx.info, r.items, meta);
+    let out = ctx.output.list(ctx.info, r.objects()?, meta);
     Ok(raw(
         200,
         ctx.output.content_type(true),
