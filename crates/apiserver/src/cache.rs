@@ -190,6 +190,9 @@ struct ResourceState {
     history: VecDeque<Arc<Change>>,
     /// Changes after this revision are all in `history` or still to come.
     complete_after: i64,
+    /// The revision of the last change applied here; it can be ahead of the cache's
+    /// revision while a batch of changes is being applied.
+    last_change: i64,
     /// Created with the first watcher, so idle resources cost no channel buffer.
     tx: Option<broadcast::Sender<Item>>,
 }
@@ -230,6 +233,7 @@ impl WatchCache {
                         objects: BTreeMap::new(),
                         history: VecDeque::new(),
                         complete_after: 0,
+                        last_change: 0,
                         tx: None,
                     }),
                 })
@@ -255,6 +259,12 @@ impl WatchCache {
     /// The revision the cache is consistent at.
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()
+    }
+
+    /// The revision a resource's objects are at, under its lock: every change up to it
+    /// is applied and none after it.
+    fn snapshot_revision(&self, st: &ResourceState) -> i64 {
+        self.revision().max(st.last_change)
     }
 
     /// Reads every key at one revision into the resource caches; returns the revision.
@@ -298,6 +308,7 @@ impl WatchCache {
             st.objects = loaded.remove(prefix).unwrap_or_default();
             st.history.clear();
             st.complete_after = revision;
+            st.last_change = revision;
             // Watchers of the old state end; clients watch again.
             st.tx = None;
         }
@@ -400,7 +411,7 @@ impl WatchCache {
             return None;
         }
         let st = rc.read();
-        let revision = self.revision();
+        let revision = self.snapshot_revision(&st);
         let start = Bytes::copy_from_slice(prefix.as_bytes());
         let mut entries = Vec::new();
         let mut iter = st
@@ -465,7 +476,7 @@ impl WatchCache {
                     .filter(|e| e.matches(sel))
                     .cloned()
                     .collect();
-                (objects, self.revision())
+                (objects, self.snapshot_revision(&st))
             }
             None => (Vec::new(), after),
         };
@@ -504,6 +515,7 @@ fn apply(rc: &ResourceCache, ev: &rkube_store::Event) {
         }
     };
     let mut st = rc.write();
+    st.last_change = ev.kv.mod_revision;
     let previous = match &object {
         Some(o) => st.objects.insert(ev.kv.key.clone(), o.clone()),
         None => st.objects.remove(&ev.kv.key),

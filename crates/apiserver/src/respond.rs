@@ -31,6 +31,21 @@ pub fn raw(code: u16, content_type: &str, body: impl Into<Bytes>) -> Resp {
     r
 }
 
+/// A 200 response whose body comes in chunks from `stream`.
+pub fn stream(
+    content_type: &'static str,
+    stream: impl futures::Stream<Item = Bytes> + Send + Sync + 'static,
+) -> Resp {
+    use futures::StreamExt;
+    let body = http_body_util::StreamBody::new(
+        stream.map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b))),
+    );
+    let mut r = Response::new(BodyExt::boxed(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 /// A `Status` error response.
 pub fn error(e: &ApiError) -> Resp {
     if e.code >= 500 {

@@ -339,21 +339,8 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         meta.insert("remainingItemCount".into(), json!(n));
     }
     if ctx.output == crate::output::Output::Object {
-        // The items are spliced into the list as stored, never parsed.
         let head = json!({"kind": ctx.info.list_kind, "apiVersion": ctx.info.api_version(), "metadata": meta});
-        let mut body = serde_json::to_vec(&head).unwrap_or_default();
-        body.pop();
-        body.extend_from_slice(b",\"items\":[");
-        let total: usize = r.items.iter().map(|(v, _)| v.len() + 40).sum();
-        body.reserve(total + 2);
-        for (i, (value, rev)) in r.items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            storage::write_client_json(&mut body, value, *rev)?;
-        }
-        body.extend_from_slice(b"]}");
-        return Ok(raw(200, "application/json", body));
+        return Ok(stream_list(head, r.items));
     }
     let out = ctx.output.list(ctx.info, r.objects()?, meta);
     Ok(raw(
@@ -361,4 +348,49 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         ctx.output.content_type(true),
         serde_json::to_vec(&out).unwrap_or_default(),
     ))
+}
+
+/// Bytes per chunk of a streamed list.
+const LIST_CHUNK: usize = 256 * 1024;
+
+/// A JSON list streamed in chunks: the items are spliced in as stored, never parsed, and
+/// the client receives the first items while the rest are still being written, without
+/// the whole list ever held in one buffer.
+fn stream_list(head: Value, items: Vec<(Bytes, i64)>) -> Resp {
+    let mut first = serde_json::to_vec(&head).unwrap_or_default();
+    first.pop();
+    first.extend_from_slice(b",\"items\":[");
+    let chunks = futures::stream::unfold(
+        (Some(first), items.into_iter(), false, false),
+        |(start, mut items, mut any, done)| async move {
+            if done {
+                return None;
+            }
+            let mut buf = start.unwrap_or_default();
+            buf.reserve(LIST_CHUNK + 4096);
+            let mut end = true;
+            for (value, rev) in items.by_ref() {
+                let mark = buf.len();
+                if any {
+                    buf.push(b',');
+                }
+                if let Err(e) = storage::write_client_json(&mut buf, &value, rev) {
+                    // Already answering 200: leave the object out rather than break the list.
+                    tracing::warn!("list: {}", e.message);
+                    buf.truncate(mark);
+                    continue;
+                }
+                any = true;
+                if buf.len() >= LIST_CHUNK {
+                    end = false;
+                    break;
+                }
+            }
+            if end {
+                buf.extend_from_slice(b"]}");
+            }
+            Some((Bytes::from(buf), (None, items, any, end)))
+        },
+    );
+    crate::respond::stream("application/json", chunks)
 }
