@@ -31,6 +31,32 @@ pub struct ResourceInfo {
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     /// Where objects of this resource live in the store: `/registry/<prefix>/`.
     pub storage_prefix: &'static str,
+    /// For a version stored as another one: how its objects convert.
+    pub conversion: Option<&'static Conversion>,
+}
+
+/// Converts objects between a served version and the version they are stored in.
+pub struct Conversion {
+    pub to_storage: fn(Value) -> Value,
+    pub from_storage: fn(Value) -> Value,
+}
+
+impl ResourceInfo {
+    /// An object of this version as it is stored.
+    pub fn to_storage(&self, obj: Value) -> Value {
+        match self.conversion {
+            Some(c) => (c.to_storage)(obj),
+            None => obj,
+        }
+    }
+
+    /// A stored object as this version serves it.
+    pub fn from_storage(&self, obj: Value) -> Value {
+        match self.conversion {
+            Some(c) => (c.from_storage)(obj),
+            None => obj,
+        }
+    }
 }
 
 impl ResourceInfo {
@@ -87,6 +113,7 @@ impl KindBuilder {
                 roundtrip: roundtrip::<T>,
                 schema: |g| g.subschema_for::<T>(),
                 storage_prefix: "",
+                conversion: None,
             },
         }
     }
@@ -102,9 +129,11 @@ impl KindBuilder {
         self.info.subresources = s;
         self
     }
-    /// Shares storage with another group's resource (`events.k8s.io` events live with core events).
-    pub fn storage(mut self, prefix: &'static str) -> Self {
+    /// Stored as another version's objects under that version's prefix (`events.k8s.io`
+    /// events live with core events), converted on the way in and out.
+    pub fn stored_as(mut self, prefix: &'static str, conversion: &'static Conversion) -> Self {
         self.info.storage_prefix = prefix;
+        self.info.conversion = Some(conversion);
         self
     }
     pub fn build(mut self) -> ResourceInfo {

@@ -225,7 +225,10 @@ pub struct WatchCache {
 impl WatchCache {
     pub fn new(store: Arc<dyn Store>, registry: &Registry) -> Arc<WatchCache> {
         let mut resources = HashMap::new();
-        for info in registry.all() {
+        // The stored version's strategy extracts the fields of a prefix's objects.
+        let mut infos: Vec<_> = registry.all().iter().collect();
+        infos.sort_by_key(|i| i.conversion.is_some());
+        for info in infos {
             resources.entry(info.storage_prefix).or_insert_with(|| {
                 Arc::new(ResourceCache {
                     strategy: info.strategy,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rkube_api::meta::ObjectMeta;
+use rkube_api::registry::Conversion;
 use rkube_api::{ApiError, ResourceInfo};
 use rkube_store::{KeyValue, RangeRequest, Store, StoreError};
 use serde_json::Value;
@@ -36,6 +37,34 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
             e.message
         ))
     })
+}
+
+/// Decodes stored object bytes as `info`'s version serves them.
+pub fn decode_for(info: &ResourceInfo, value: &[u8], revision: i64) -> Result<Value, ApiError> {
+    Ok(info.from_storage(decode_at(value, revision)?))
+}
+
+/// Encodes an object of `info`'s version for the store, converted to the stored version.
+pub fn encode_for(info: &ResourceInfo, obj: &Value) -> Bytes {
+    match info.conversion {
+        None => encode(obj),
+        Some(c) => encode(&(c.to_storage)(obj.clone())),
+    }
+}
+
+/// Appends the client JSON of a stored object in the served version: spliced without
+/// parsing when no conversion is needed.
+pub fn write_served_json(
+    conversion: Option<&Conversion>,
+    out: &mut Vec<u8>,
+    value: &[u8],
+    revision: i64,
+) -> Result<(), ApiError> {
+    let Some(c) = conversion else {
+        return write_client_json(out, value, revision);
+    };
+    let obj = (c.from_storage)(decode_at(value, revision)?);
+    serde_json::to_writer(out, &obj).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Decodes stored object bytes with resourceVersion `revision`.
@@ -102,10 +131,10 @@ pub fn write_client_json(out: &mut Vec<u8>, value: &[u8], revision: i64) -> Resu
     serde_json::to_writer(out, &v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The client form of a stored object as JSON bytes.
-pub fn client_bytes(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+/// The client form of a stored object as JSON bytes, in `info`'s version.
+pub fn client_bytes(info: &ResourceInfo, kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
-    write_client_json(&mut out, &kv.value, kv.mod_revision)?;
+    write_served_json(info.conversion, &mut out, &kv.value, kv.mod_revision)?;
     Ok(out)
 }
 
@@ -148,7 +177,7 @@ pub async fn get(
     name: &str,
 ) -> Result<(Value, i64), ApiError> {
     let kv = get_kv(store, info, ns, name).await?;
-    Ok((decode(&kv)?, kv.mod_revision))
+    Ok((info.from_storage(decode(&kv)?), kv.mod_revision))
 }
 
 /// One page of a range at a fixed revision (0 = latest).
@@ -179,6 +208,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn info() -> ResourceInfo {
+        rkube_api::Registry::builtin()
+            .get("", "v1", "configmaps")
+            .map(|i| ResourceInfo { ..*i })
+            .unwrap()
+    }
+
     #[test]
     fn spliced_resource_versions_equal_decoded_ones() {
         let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"metadata": "{\"metadata\":{"},
@@ -192,20 +228,20 @@ mod tests {
             lease: 0,
         };
         assert!(kv.value.starts_with(META_PREFIX));
-        let spliced: Value = serde_json::from_slice(&client_bytes(&kv).unwrap()).unwrap();
+        let spliced: Value = serde_json::from_slice(&client_bytes(&info(), &kv).unwrap()).unwrap();
         assert_eq!(spliced, decode(&kv).unwrap());
         assert_eq!(spliced["metadata"]["resourceVersion"], "9");
         let empty = KeyValue {
             value: Bytes::from_static(b"{\"metadata\":{}}"),
             ..kv.clone()
         };
-        let v: Value = serde_json::from_slice(&client_bytes(&empty).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&client_bytes(&info(), &empty).unwrap()).unwrap();
         assert_eq!(v, json!({"metadata": {"resourceVersion": "9"}}));
         let other = KeyValue {
             value: Bytes::from_static(b"{\"kind\":\"X\",\"metadata\":{\"name\":\"n\"}}"),
             ..kv
         };
-        let v: Value = serde_json::from_slice(&client_bytes(&other).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&client_bytes(&info(), &other).unwrap()).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], "9");
     }
 }

@@ -283,7 +283,8 @@ fn translate(
     let make = || object_line(kind, info, output, &entry.value, rev).unwrap_or_default();
     // A DELETED for an object leaving the selection carries the new object, so only
     // plain deletions share the cached DELETED line.
-    let shareable = output == Output::Object && (index != 2 || ch.deleted);
+    let shareable =
+        output == Output::Object && info.conversion.is_none() && (index != 2 || ch.deleted);
     let line = if shareable {
         ch.line(index, make)
     } else {
@@ -301,7 +302,7 @@ fn object_line(
     value: &[u8],
     rev: i64,
 ) -> Option<Bytes> {
-    if output == Output::Object {
+    if output == Output::Object && info.conversion.is_none() {
         let mut line = Vec::with_capacity(value.len() + 64);
         line.extend_from_slice(b"{\"type\":\"");
         line.extend_from_slice(kind.as_bytes());
@@ -310,7 +311,7 @@ fn object_line(
         line.extend_from_slice(b"}\n");
         return Some(Bytes::from(line));
     }
-    let obj = storage::decode_at(value, rev).ok()?;
+    let obj = storage::decode_for(info, value, rev).ok()?;
     Some(encode_line(&event(kind, info, output, obj)))
 }
 

@@ -1,5 +1,6 @@
 //! The built-in kinds rkube serves and their strategies.
 
+mod convert;
 mod core;
 mod pod;
 mod workloads;
@@ -129,7 +130,7 @@ pub fn all() -> Vec<ResourceInfo> {
             .short(&["hpa"])
             .categories(ALL)
             .subresources(STATUS)
-            .storage("autoscaling/horizontalpodautoscalers.v1")
+            .stored_as("autoscaling/horizontalpodautoscalers", &convert::HPA_V1)
             .build(),
         // policy/v1
         K::new::<policy::PodDisruptionBudget>(&WithGeneration)
@@ -178,7 +179,7 @@ pub fn all() -> Vec<ResourceInfo> {
         // events.k8s.io/v1
         K::new::<events::Event>(&Generic)
             .short(&["ev"])
-            .storage("events.k8s.io/events")
+            .stored_as("events", &convert::EVENTS_V1)
             .build(),
         // scheduling.k8s.io/v1
         K::new::<scheduling::PriorityClass>(&Generic)

@@ -175,7 +175,7 @@ pub async fn delete_one(
             match store
                 .update(
                     key.as_bytes(),
-                    storage::encode(&marked),
+                    storage::encode_for(ctx.info, &marked),
                     Some(rev),
                     super::write::ttl_of(info),
                 )
@@ -253,7 +253,7 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
     let sel = Selectors::parse(ctx)?;
     let listed = list_objects(ctx, &sel).await?;
     let mut deleted = Vec::new();
-    for obj in listed.objects()? {
+    for obj in listed.objects(ctx.info)? {
         let name = obj.name().to_string();
         let ns = obj.namespace().to_string();
         let ri = crate::request::RequestInfo {

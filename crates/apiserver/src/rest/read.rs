@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use rkube_api::meta::ObjectMeta;
+use rkube_api::registry::Conversion;
 use rkube_api::selector::{FieldSelector, LabelSelector};
 use rkube_api::{ApiError, ResourceInfo};
 use serde_json::{json, Map, Value};
@@ -16,7 +17,11 @@ use crate::storage;
 pub async fn get(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     if ctx.output == crate::output::Output::Object {
         let kv = storage::get_kv(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
-        return Ok(raw(200, "application/json", storage::client_bytes(&kv)?));
+        return Ok(raw(
+            200,
+            "application/json",
+            storage::client_bytes(ctx.info, &kv)?,
+        ));
     }
     let (obj, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     Ok(ctx.object_response(200, obj, &[]))
@@ -120,11 +125,11 @@ pub struct ListResult {
 }
 
 impl ListResult {
-    /// The items as client objects.
-    pub fn objects(&self) -> Result<Vec<Value>, ApiError> {
+    /// The items as client objects of `info`'s version.
+    pub fn objects(&self, info: &ResourceInfo) -> Result<Vec<Value>, ApiError> {
         self.items
             .iter()
-            .map(|(value, rev)| storage::decode_at(value, *rev))
+            .map(|(value, rev)| storage::decode_for(info, value, *rev))
             .collect()
     }
 }
@@ -242,7 +247,12 @@ async fn list_from_store(
         for kv in &resp.kvs {
             taken += 1;
             last_key = Some(kv.key.clone());
-            if !sel.is_empty() && !sel.matches(ctx.info, &storage::decode(kv)?) {
+            if !sel.is_empty()
+                && !sel.matches(
+                    ctx.info,
+                    &storage::decode_for(ctx.info, &kv.value, kv.mod_revision)?,
+                )
+            {
                 continue;
             }
             items.push((kv.value.clone(), kv.mod_revision));
@@ -340,9 +350,9 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     }
     if ctx.output == crate::output::Output::Object {
         let head = json!({"kind": ctx.info.list_kind, "apiVersion": ctx.info.api_version(), "metadata": meta});
-        return Ok(stream_list(head, r.items));
+        return Ok(stream_list(head, r.items, ctx.info.conversion));
     }
-    let out = ctx.output.list(ctx.info, r.objects()?, meta);
+    let out = ctx.output.list(ctx.info, r.objects(ctx.info)?, meta);
     Ok(raw(
         200,
         ctx.output.content_type(true),
@@ -356,13 +366,17 @@ const LIST_CHUNK: usize = 256 * 1024;
 /// A JSON list streamed in chunks: the items are spliced in as stored, never parsed, and
 /// the client receives the first items while the rest are still being written, without
 /// the whole list ever held in one buffer.
-fn stream_list(head: Value, items: Vec<(Bytes, i64)>) -> Resp {
+fn stream_list(
+    head: Value,
+    items: Vec<(Bytes, i64)>,
+    conversion: Option<&'static Conversion>,
+) -> Resp {
     let mut first = serde_json::to_vec(&head).unwrap_or_default();
     first.pop();
     first.extend_from_slice(b",\"items\":[");
     let chunks = futures::stream::unfold(
         (Some(first), items.into_iter(), false, false),
-        |(start, mut items, mut any, done)| async move {
+        move |(start, mut items, mut any, done)| async move {
             if done {
                 return None;
             }
@@ -374,7 +388,7 @@ fn stream_list(head: Value, items: Vec<(Bytes, i64)>) -> Resp {
                 if any {
                     buf.push(b',');
                 }
-                if let Err(e) = storage::write_client_json(&mut buf, &value, rev) {
+                if let Err(e) = storage::write_served_json(conversion, &mut buf, &value, rev) {
                     // Already answering 200: leave the object out rather than break the list.
                     tracing::warn!("list: {}", e.message);
                     buf.truncate(mark);

@@ -241,7 +241,12 @@ async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
         match ctx
             .state
             .store
-            .update(key.as_bytes(), storage::encode(&new), Some(old_rev), None)
+            .update(
+                key.as_bytes(),
+                storage::encode_for(ctx.info, &new),
+                Some(old_rev),
+                None,
+            )
             .await
         {
             Ok(_) => return Ok(json_resp(201, &success_status(Value::Null))),

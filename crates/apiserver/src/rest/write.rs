@@ -117,7 +117,11 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     match ctx
         .state
         .store
-        .create(key.as_bytes(), storage::encode(&obj), ttl_of(ctx.info))
+        .create(
+            key.as_bytes(),
+            storage::encode_for(ctx.info, &obj),
+            ttl_of(ctx.info),
+        )
         .await
     {
         Ok(rev) => {
@@ -318,7 +322,7 @@ pub(super) async fn commit_update(
     let (rev, _) = store
         .update(
             key.as_bytes(),
-            storage::encode(&new),
+            storage::encode_for(ctx.info, &new),
             Some(old_rev),
             ttl_of(ctx.info),
         )
