@@ -1,6 +1,7 @@
 //! API machinery shared by the apiserver and its clients inside rkube: the registry of
 //! built-in kinds with their strategies, selectors, patches, names and `Status` errors.
 
+pub mod apply;
 pub mod kinds;
 pub mod meta;
 pub mod names;

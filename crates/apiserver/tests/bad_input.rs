@@ -257,6 +257,52 @@ fn bad_input_gets_upstream_statuses() {
         "UnsupportedMediaType",
         "application/merge-patch+json",
     );
+    // Server-side apply needs a field manager; force is for apply only; a body that is
+    // not an object is refused before anything is written.
+    status(
+        c.send(
+            "PATCH",
+            &format!("{CMS}/rv"),
+            "application/apply-patch+yaml",
+            b"data: {a: '3'}".to_vec(),
+        ),
+        422,
+        "Invalid",
+        "fieldManager: Required value: is required for apply patch",
+    );
+    status(
+        c.send(
+            "PATCH",
+            &format!("{CMS}/rv?force=true"),
+            "application/merge-patch+json",
+            b"{}".to_vec(),
+        ),
+        422,
+        "Invalid",
+        "force: Forbidden: may not be specified for non-apply patch",
+    );
+    status(
+        c.send(
+            "PATCH",
+            &format!("{CMS}/rv?fieldManager=t"),
+            "application/apply-patch+yaml",
+            b"- just\n- a list".to_vec(),
+        ),
+        400,
+        "BadRequest",
+        "must be a JSON object",
+    );
+    status(
+        c.send(
+            "PATCH",
+            &format!("{CMS}/rv?fieldManager=t"),
+            "application/apply-patch+yaml",
+            b"apiVersion: v1\nkind: Secret\nmetadata: {name: rv}".to_vec(),
+        ),
+        400,
+        "BadRequest",
+        "does not match the expected kind",
+    );
     status(
         c.send("GET", &format!("{CMS}/nope"), "", vec![]),
         404,

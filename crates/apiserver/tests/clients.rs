@@ -70,6 +70,22 @@ fn kube_rs_client_and_watcher() {
             .await
             .unwrap();
         assert_eq!(patched.data.unwrap()["k"], "v2");
+        // Server-side apply, as kube-rs controllers use it: create, then update.
+        let ssa = PatchParams::apply("rkube-test");
+        let apply = |v: &str| {
+            Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "applied"}, "data": {"k": v}}))
+        };
+        let first = cms.patch("applied", &ssa, &apply("1")).await.unwrap();
+        assert_eq!(first.data.unwrap()["k"], "1");
+        let second = cms.patch("applied", &ssa, &apply("2")).await.unwrap();
+        assert_eq!(second.data.unwrap()["k"], "2");
+        let mf = second.metadata.managed_fields.unwrap();
+        assert_eq!(mf[0].manager.as_deref(), Some("rkube-test"));
+        assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+        cms.delete("applied", &DeleteParams::default())
+            .await
+            .unwrap();
         let mut stale = created.clone();
         stale.data = Some([("k".to_string(), "v3".to_string())].into());
         let err = cms

@@ -438,6 +438,69 @@ fn an_old_kubectl_works_too() {
     k.ok(&["delete", "configmap", "old", "-n", "shop"]);
 }
 
+#[test]
+fn server_side_apply_tracks_field_owners() {
+    let srv = TestServer::start();
+    let k = kubectl_or_skip!(srv);
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  namespace: default\ndata:\n{data}")
+    };
+    let out = k.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&cm("  a: \"1\"\n  b: \"1\"\n")),
+    );
+    assert!(out.contains("configmap/owned serverside-applied"), "{out}");
+    // Another manager changing a field kubectl owns is a conflict...
+    let other = ["apply", "--server-side", "--field-manager=ops", "-f", "-"];
+    let r = k.run(&other, Some(&cm("  a: \"2\"\n")));
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("conflict with \"kubectl\"") && err.contains(".data.a"),
+        "{err}"
+    );
+    // ...until forced, which moves the field to it.
+    let forced = [
+        "apply",
+        "--server-side",
+        "--field-manager=ops",
+        "--force-conflicts",
+        "-f",
+        "-",
+    ];
+    k.ok_with(&forced, Some(&cm("  a: \"2\"\n")));
+    let managed = k.ok(&["get", "cm", "owned", "-o", "yaml", "--show-managed-fields"]);
+    assert!(
+        managed.contains("manager: ops") && managed.contains("operation: Apply"),
+        "{managed}"
+    );
+    assert!(managed.contains("f:a: {}"), "{managed}");
+    // kubectl drops both fields from its configuration: b goes, a stays with ops.
+    k.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&cm("  c: \"1\"\n")),
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "owned", "-o", "jsonpath={.data}"]),
+        r#"{"a":"2","c":"1"}"#
+    );
+    // An ordinary edit takes the field over from the applier.
+    k.ok(&[
+        "patch",
+        "cm",
+        "owned",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"c":"9"}}"#,
+    ]);
+    let r = k.run(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&cm("  c: \"1\"\n")),
+    );
+    assert!(!r.status.success(), "the patch's manager now owns data.c");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("kubectl-patch"));
+}
+
 /// The lines a child writes, as they come.
 fn lines_of(out: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -1,6 +1,7 @@
 //! The generic REST path: every resource of the registry through the same verbs, with
 //! the kind's strategy for what differs.
 
+mod apply;
 mod delete;
 mod read;
 mod sub;

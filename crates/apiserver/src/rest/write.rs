@@ -23,7 +23,7 @@ pub fn ttl_of(info: &ResourceInfo) -> Option<Duration> {
 }
 
 /// Checks apiVersion/kind of a body against the endpoint, filling them when absent.
-fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+pub(super) fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
     let want_av = info.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => obj["apiVersion"] = Value::String(want_av.clone()),
@@ -105,13 +105,24 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
         let g = obj.meta_str("generateName").unwrap_or("").to_string();
         obj.set_meta("name", generate_name(&g));
     }
+    let obj = create_object(ctx, obj, generated).await?;
+    Ok(ctx.object_response(201, obj, &warnings))
+}
+
+/// Creates a decoded object: strategy, namespace lifecycle, allocations, store.
+pub(super) async fn create_object(
+    ctx: &Ctx<'_>,
+    obj: Value,
+    generated: bool,
+) -> Result<Value, ApiError> {
+    let ns = ctx.ns().to_string();
     let obj = prepare_create(ctx, obj)?;
     check_namespace(ctx, obj.name()).await?;
     let mut obj = obj;
     crate::alloc::allocate(ctx.state, ctx.info, &mut obj, None).await?;
     if ctx.dry_run()? {
         crate::alloc::release(ctx.state, ctx.info, &obj).await;
-        return Ok(ctx.object_response(201, obj, &warnings));
+        return Ok(obj);
     }
     let key = storage::key(ctx.info, &ns, obj.name());
     match ctx
@@ -126,7 +137,7 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     {
         Ok(rev) => {
             obj.set_meta("resourceVersion", rev.to_string());
-            Ok(ctx.object_response(201, obj, &warnings))
+            Ok(obj)
         }
         Err(e) => {
             crate::alloc::release(ctx.state, ctx.info, &obj).await;
@@ -242,6 +253,12 @@ pub(super) fn prepare_update(
             }
         }
     }
+    // An update that leaves managedFields out keeps them, as upstream does.
+    if new.meta().is_some_and(|m| !m.contains_key("managedFields")) {
+        if let Some(mf) = old.meta().and_then(|m| m.get("managedFields")).cloned() {
+            new.set_meta("managedFields", mf);
+        }
+    }
     info.strategy.default(&mut new);
     if old.is_deleting() {
         let old_f = old.finalizers();
@@ -348,13 +365,14 @@ pub(super) async fn update_object(
 ) -> Result<Value, ApiError> {
     check_identity(ctx, &mut new)?;
     let (old, old_rev) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
-    let prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
+    let mut prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
+    super::apply::record_update(ctx, &old, &mut prepared, part);
     commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await
 }
 
 /// The update of `old` (at `old_rev`) to `new`: the resourceVersion precondition, the
 /// strategy, and Service allocations.
-async fn prepare_against(
+pub(super) async fn prepare_against(
     ctx: &Ctx<'_>,
     new: Value,
     old: &Value,
@@ -377,7 +395,7 @@ async fn prepare_against(
 }
 
 /// The object's name and namespace must agree with the URL.
-fn check_identity(ctx: &Ctx<'_>, obj: &mut Value) -> Result<(), ApiError> {
+pub(super) fn check_identity(ctx: &Ctx<'_>, obj: &mut Value) -> Result<(), ApiError> {
     if obj.name().is_empty() {
         obj.set_meta("name", ctx.ri.name.clone());
     }
@@ -419,12 +437,17 @@ pub(super) async fn patch_object(
         ApiError::unsupported_media_type(body::media_type(Some(ct)).as_str(), &PatchType::ACCEPTED)
     })?;
     if ptype == PatchType::Apply {
-        return Err(ApiError::unsupported_media_type(
-            "application/apply-patch+yaml",
-            &PatchType::ACCEPTED[..3],
-        )
-        .with_message_suffix(
-            "; server-side apply is not supported yet: use client-side `kubectl apply`",
+        return super::apply::apply(ctx, body, part).await;
+    }
+    if ctx.query.get("force").is_some() {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![rkube_api::Cause::forbidden(
+                "force",
+                "may not be specified for non-apply patch",
+            )],
         ));
     }
     let bytes = body::read(body).await?;
@@ -439,7 +462,8 @@ pub(super) async fn patch_object(
         let (mut new, warnings) = decode_typed(ctx.info, patched, None, mode)?;
         check_identity(ctx, &mut new)?;
         let pinned = new.resource_version().to_string();
-        let prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
+        let mut prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
+        super::apply::record_update(ctx, &old, &mut prepared, part);
         match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
             Err(e)
                 if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 =>
