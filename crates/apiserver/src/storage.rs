@@ -154,6 +154,17 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
     }
 }
 
+/// The store's latest revision, as a consistent read needs it.
+pub async fn current_revision(
+    store: &Arc<dyn Store>,
+    info: &ResourceInfo,
+) -> Result<i64, ApiError> {
+    store
+        .current_revision()
+        .await
+        .map_err(|e| store_error(e, info, ""))
+}
+
 /// Reads one object's stored form.
 pub async fn get_kv(
     store: &Arc<dyn Store>,

@@ -64,12 +64,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         })
     };
     let initial = if rv.is_empty() {
-        let current = ctx
-            .state
-            .store
-            .current_revision()
-            .await
-            .map_err(|e| storage::store_error(e, ctx.info, ""))?;
+        let current = storage::current_revision(&ctx.state.store, ctx.info).await?;
         Some(Freshness::NotOlderThan(current))
     } else if rv == "0" {
         Some(Freshness::Any)

@@ -10,15 +10,6 @@ use common::TestServer;
 use rkube_apiserver::{ApiServer, Config};
 use serde_json::{json, Value};
 
-fn client(pems: (String, String, String)) -> reqwest::blocking::Client {
-    let (ca, cert, key) = pems;
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
-        .build()
-        .unwrap()
-}
-
 /// A second apiserver on the first one's store, as two servers share etcd.
 fn second_server(a: &TestServer, dir: &std::path::Path) -> ApiServer {
     a.rt.block_on(async {
@@ -51,8 +42,8 @@ fn lists_see_every_acknowledged_write_across_servers() {
     let a = TestServer::start();
     let dir_b = tempfile::tempdir().unwrap();
     let b = second_server(&a, dir_b.path());
-    let ca = client(a.pems());
-    let cb = client((
+    let ca = a.client();
+    let cb = common::admin_client((
         b.pki.ca.cert_pem.clone(),
         b.pki.admin.cert_pem.clone(),
         b.pki.admin.key_pem.clone(),

@@ -7,15 +7,6 @@ mod common;
 use common::TestServer;
 use serde_json::{json, Value};
 
-fn client(srv: &TestServer) -> reqwest::blocking::Client {
-    let (ca, cert, key) = srv.pems();
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
-        .build()
-        .unwrap()
-}
-
 fn ok(r: reqwest::blocking::Response, code: u16) -> Value {
     let status = r.status().as_u16();
     let body: Value = r.json().unwrap();
@@ -26,7 +17,7 @@ fn ok(r: reqwest::blocking::Response, code: u16) -> Value {
 #[test]
 fn hpa_versions_share_objects() {
     let srv = TestServer::start();
-    let c = client(&srv);
+    let c = srv.client();
     let v1 = format!(
         "{}/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers",
         srv.url()
@@ -119,7 +110,7 @@ fn hpa_versions_share_objects() {
 #[test]
 fn events_api_events_are_core_events() {
     let srv = TestServer::start();
-    let c = client(&srv);
+    let c = srv.client();
     let new = format!(
         "{}/apis/events.k8s.io/v1/namespaces/default/events",
         srv.url()

@@ -9,15 +9,6 @@ use std::io::{BufRead, BufReader};
 use common::TestServer;
 use serde_json::{json, Value};
 
-fn client(srv: &TestServer) -> reqwest::blocking::Client {
-    let (ca, cert, key) = srv.pems();
-    reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
-        .build()
-        .unwrap()
-}
-
 /// Event types and names of a watch that ends after `timeoutSeconds`.
 fn events(c: &reqwest::blocking::Client, url: &str) -> Vec<(String, String)> {
     let r = c.get(url).send().unwrap();
@@ -46,7 +37,7 @@ fn events(c: &reqwest::blocking::Client, url: &str) -> Vec<(String, String)> {
 #[test]
 fn watchers_share_events_and_selectors_filter_them() {
     let srv = TestServer::start();
-    let c = client(&srv);
+    let c = srv.client();
     let base = format!("{}/api/v1/namespaces/default/configmaps", srv.url());
     let list: Value = c.get(&base).send().unwrap().json().unwrap();
     let rv = list["metadata"]["resourceVersion"]

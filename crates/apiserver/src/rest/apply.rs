@@ -7,7 +7,8 @@ use rkube_api::{ApiError, Cause};
 use serde_json::{json, Value};
 
 use super::write::{
-    check_identity, check_type, commit_update, create_object, prepare_against, Part,
+    check_identity, check_type, commit_update, create_object, prepare_against, retry_on_conflict,
+    Part,
 };
 use super::Ctx;
 use crate::body;
@@ -122,7 +123,7 @@ pub(super) async fn apply(
         now: &now,
     };
     let pinned = applied.resource_version().to_string();
-    for attempt in 0.. {
+    for attempt in 0u32.. {
         let live = match storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await {
             Ok(found) => Some(found),
             Err(e) if e.code == 404 && part == Part::Main => None,
@@ -139,13 +140,9 @@ pub(super) async fn apply(
         let mut merged = merged;
         merged.set_meta("resourceVersion", json!(pinned));
         let prepared = prepare_against(ctx, merged, &old, old_rev, part).await?;
-        match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
-            Err(e)
-                if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 =>
-            {
-                continue
-            }
-            other => return other.map(|o| (o, warnings)),
+        let result = commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await;
+        if !retry_on_conflict(&result, &pinned, attempt) {
+            return result.map(|o| (o, warnings));
         }
     }
     unreachable!("the loop returns")

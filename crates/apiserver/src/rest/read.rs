@@ -169,13 +169,9 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         Requested::Exact(rev) => return list_from_store(ctx, sel, limit, rev, None).await,
         Requested::Any => Freshness::Any,
         Requested::NotOlderThan(rev) => Freshness::NotOlderThan(rev),
-        Requested::Latest => Freshness::NotOlderThan(
-            ctx.state
-                .store
-                .current_revision()
-                .await
-                .map_err(|e| storage::store_error(e, ctx.info, ""))?,
-        ),
+        Requested::Latest => {
+            Freshness::NotOlderThan(storage::current_revision(&ctx.state.store, ctx.info).await?)
+        }
     };
     let cached = ctx
         .state
@@ -186,12 +182,7 @@ pub async fn list_objects(ctx: &Ctx<'_>, sel: &Selectors) -> Result<ListResult, 
         // The cache is loading or behind: the store answers, unless the revision asked
         // for does not exist yet.
         if let Freshness::NotOlderThan(min) = freshness {
-            let current = ctx
-                .state
-                .store
-                .current_revision()
-                .await
-                .map_err(|e| storage::store_error(e, ctx.info, ""))?;
+            let current = storage::current_revision(&ctx.state.store, ctx.info).await?;
             if current < min {
                 return Err(ApiError::timeout(format!(
                     "Too large resource version: {min}, current: {current}"

@@ -453,7 +453,7 @@ pub(super) async fn patch_object(
     let bytes = body::read(body).await?;
     let patch_doc = body::parse_json(&bytes)?;
     let mode = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
-    for attempt in 0.. {
+    for attempt in 0u32.. {
         let (old, old_rev) =
             storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
         let patched = apply_patch(ptype, &old, &patch_doc)?;
@@ -464,16 +464,24 @@ pub(super) async fn patch_object(
         let pinned = new.resource_version().to_string();
         let mut prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
         super::apply::record_update(ctx, &old, &mut prepared, part);
-        match commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await {
-            Err(e)
-                if e.code == 409 && e.reason == "Conflict" && pinned.is_empty() && attempt < 5 =>
-            {
-                continue
-            }
-            other => return other.map(|o| (o, warnings)),
+        let result = commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await;
+        if !retry_on_conflict(&result, &pinned, attempt) {
+            return result.map(|o| (o, warnings));
         }
     }
     unreachable!("the loop returns")
+}
+
+/// Whether a read-modify-write lost a race it may simply run again: a write conflict,
+/// not pinned to a resourceVersion by the client, within a few attempts.
+pub(super) fn retry_on_conflict<T>(
+    result: &Result<T, ApiError>,
+    pinned: &str,
+    attempt: u32,
+) -> bool {
+    matches!(result, Err(e) if e.code == 409 && e.reason == "Conflict")
+        && pinned.is_empty()
+        && attempt < 5
 }
 
 fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiError> {

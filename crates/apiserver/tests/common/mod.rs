@@ -79,10 +79,24 @@ impl TestServer {
         )
     }
 
+    /// A blocking HTTPS client with this server's admin certificate.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        admin_client(self.pems())
+    }
+
     /// The real kubectl for this server, or None (the caller skips loudly).
     pub fn kubectl(&self) -> Option<rkube_testkit::Kubectl> {
         rkube_testkit::Kubectl::new(&self.kubeconfig)
     }
+}
+
+/// A blocking HTTPS client trusting `ca` and presenting the admin certificate.
+pub fn admin_client((ca, cert, key): (String, String, String)) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+        .build()
+        .unwrap()
 }
 
 /// Skips a test loudly when kubectl is missing.
