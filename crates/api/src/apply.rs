@@ -437,9 +437,10 @@ pub fn apply(
     }
     let mut body = applied.clone();
     if let Some(m) = body.as_object_mut() {
-        m.remove("status").filter(|_| !status);
         if status {
             m.retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind" | "metadata"));
+        } else {
+            m.remove("status");
         }
     }
     merge(&mut result, &body, &mut Vec::new());
@@ -615,6 +616,29 @@ mod tests {
         // Re-applying the old value now conflicts with the editor.
         let err = apply(Some(&edited), &deploy(2, "nginx"), &req("a", false)).unwrap_err();
         assert_eq!(err[0].manager, "kubectl-edit");
+    }
+
+    #[test]
+    fn status_applies_own_status_only() {
+        let live = apply(None, &deploy(2, "nginx"), &req("a", false)).unwrap();
+        let r = ApplyRequest {
+            subresource: "status",
+            ..req("ctl", false)
+        };
+        let cfg = json!({"spec": {"replicas": 9}, "status": {"readyReplicas": 2}});
+        let out = apply(Some(&live), &cfg, &r).unwrap();
+        assert_eq!(out["status"]["readyReplicas"], 2);
+        assert_eq!(
+            out["spec"]["replicas"], 2,
+            "spec is not the status subresource's"
+        );
+        let ctl = managers(&out)
+            .into_iter()
+            .find(|m| m.manager == "ctl")
+            .unwrap();
+        assert_eq!(ctl.subresource, "status");
+        let paths: Vec<String> = ctl.fields.iter().map(|p| path_string(p)).collect();
+        assert_eq!(paths, [".status.readyReplicas"]);
     }
 
     #[test]
