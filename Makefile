@@ -4,9 +4,12 @@ CARGO    ?= cargo
 DATA_DIR ?= $(CURDIR)/.rkube-data
 # Where cargo puts binaries (honours CARGO_TARGET_DIR).
 TARGET   := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
-# Debian packages the build and the tests need (etcd-client's build uses protoc; the
-# etcd backend's tests run a real etcd).
-APT_PACKAGES := protobuf-compiler etcd-server
+# Debian packages the build and the tests need: protoc and its well-known protos
+# (libprotobuf-dev) for the etcd-client and CRI crates' builds; a real etcd for the etcd
+# backend's tests; runc, CNI plugins and nftables for the container runtime; busybox (test
+# images), a registry and htpasswd (its basic auth) for the runtime's tests.
+APT_PACKAGES := protobuf-compiler libprotobuf-dev etcd-server runc containernetworking-plugins nftables \
+                busybox-static docker-registry apache2-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps pyvenv build run test lint bench clean
