@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod datastore;
+mod images;
 mod server;
 
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ enum Command {
         #[command(subcommand)]
         command: datastore::DatastoreCommand,
     },
+    /// Manage this machine's container images (the built-in runtime's image store).
+    Images(images::ImagesArgs),
+    /// Run the built-in container runtime: serve CRI on a unix socket.
+    Runtime(images::RuntimeArgs),
     /// Measure the components and print the figures.
     Bench {
         #[command(subcommand)]
@@ -72,6 +77,8 @@ fn main() -> anyhow::Result<()> {
             Command::Kubectl { .. } => unreachable!("handled above"),
             Command::Datastore { command } => datastore::run(command).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Images(args) => images::run(args).await,
+            Command::Runtime(args) => images::serve(args).await,
         }
     })
 }
@@ -114,6 +121,19 @@ fn kubectl(args: &[String]) -> anyhow::Result<()> {
     Err(anyhow::anyhow!(
         "running kubectl: {err} (is kubectl installed and on PATH?)"
     ))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Raises the open-files soft limit to the hard limit (watchers and clients need sockets).

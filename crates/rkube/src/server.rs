@@ -129,17 +129,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
     }
     let _ = (&args.cluster_cidr, &args.node_name, &args.token);
-    wait_for_signal().await?;
+    crate::shutdown_signal().await;
     eprintln!("rkube server: stopping");
     drop(server);
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Helpers for tests and benchmarks that need real components on loopback.
 
+pub mod images;
 mod kubectl;
 
 pub use kubectl::{kubectl_version_binary, Kubectl};
@@ -8,6 +9,12 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Whether this process runs as root; tests that need it print why they skip.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
 
 /// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
 pub fn free_port() -> u16 {

@@ -1,0 +1,68 @@
+//! rkube's built-in container runtime, served over CRI v1: an image store (registry pulls,
+//! tarball imports, layers unpacked once into overlay snapshots) and, as they land, pod
+//! sandboxes and containers run by an OCI runtime under a per-container shim.
+
+pub mod cri;
+pub mod digest;
+pub mod images;
+
+use std::path::{Path, PathBuf};
+
+use digest::Digest;
+
+/// What can go wrong in the runtime; each maps to a gRPC status with a message that says
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid image reference {0}")]
+    InvalidReference(String),
+    #[error("{what}: digest mismatch: expected {expected}, got {actual} (corrupted or tampered content was refused)")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{0}")]
+    Format(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// Maps an I/O error to `Error::Io` naming the path.
+pub fn io_err(p: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Io(p.display().to_string(), e)
+}
+
+/// Where the runtime keeps its state, as k3s lays out its agent directory.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// `DATA_DIR/agent/runtime`: images, snapshots, containers.
+    pub root: PathBuf,
+    /// `DATA_DIR/agent/images`: tarballs imported at start (air-gapped installs).
+    pub import_dir: PathBuf,
+}
+
+impl Paths {
+    /// The runtime's directories under an rkube data dir.
+    pub fn under(data_dir: &Path) -> Paths {
+        Paths {
+            root: data_dir.join("agent/runtime"),
+            import_dir: data_dir.join("agent/images"),
+        }
+    }
+
+    /// The image store's root.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+}
