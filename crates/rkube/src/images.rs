@@ -56,6 +56,41 @@ pub struct RuntimeArgs {
     /// non-default data dir).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// The OCI runtime binary (runc, or crun).
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// The Linux bridge pods are attached to.
+    #[arg(long, default_value = "rkube0")]
+    pub bridge: String,
+}
+
+/// `rkube shim` (started by the runtime, one per container; not for people).
+#[derive(Args, Debug)]
+pub struct ShimArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub runc: PathBuf,
+    #[arg(long)]
+    pub runc_root: PathBuf,
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub cgroup: String,
+}
+
+/// Runs the shim (no async runtime: it must stay small and single-threaded).
+pub fn shim(a: ShimArgs) -> i32 {
+    rkube_runtime::shim::run(rkube_runtime::shim::ShimArgs {
+        id: a.id,
+        dir: a.dir,
+        runc: a.runc,
+        runc_root: a.runc_root,
+        log: a.log,
+        cgroup: a.cgroup,
+    })
 }
 
 /// The CRI socket for a data dir.
@@ -73,7 +108,22 @@ pub async fn serve(args: RuntimeArgs) -> anyhow::Result<()> {
         .socket
         .unwrap_or_else(|| default_socket(&args.data_dir));
     let paths = Paths::under(&args.data_dir);
-    let rt = tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths))
+    let runc = if args.runc.components().count() > 1 {
+        args.runc
+    } else {
+        rkube_runtime::cri::which(&args.runc.to_string_lossy()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} not found on PATH: install it (apt-get install runc) or pass --runc PATH",
+                args.runc.display()
+            )
+        })?
+    };
+    let options = rkube_runtime::cri::Options {
+        runc,
+        bridge: args.bridge,
+        ..Default::default()
+    };
+    let rt = tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths, options))
         .await?
         .context("opening the runtime state")?;
     rkube_runtime::cri::serve(rt, &socket, crate::shutdown_signal()).await?;

@@ -44,6 +44,9 @@ enum Command {
     Images(images::ImagesArgs),
     /// Run the built-in container runtime: serve CRI on a unix socket.
     Runtime(images::RuntimeArgs),
+    /// Run one container under the OCI runtime (started by `rkube runtime`).
+    #[command(hide = true)]
+    Shim(images::ShimArgs),
     /// Measure the components and print the figures.
     Bench {
         #[command(subcommand)]
@@ -68,13 +71,16 @@ fn main() -> anyhow::Result<()> {
     if let Command::Kubectl { args } = &cli.command {
         return kubectl(args);
     }
+    if let Command::Shim(args) = cli.command {
+        std::process::exit(images::shim(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
-            Command::Kubectl { .. } => unreachable!("handled above"),
+            Command::Kubectl { .. } | Command::Shim(_) => unreachable!("handled above"),
             Command::Datastore { command } => datastore::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Images(args) => images::run(args).await,

@@ -2,9 +2,15 @@
 //! tarball imports, layers unpacked once into overlay snapshots) and, as they land, pod
 //! sandboxes and containers run by an OCI runtime under a per-container shim.
 
+pub mod cni;
+pub mod container;
 pub mod cri;
 pub mod digest;
 pub mod images;
+pub mod namespaces;
+pub mod sandbox;
+pub mod shim;
+pub mod spec;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +38,8 @@ pub enum Error {
     Network(String),
     #[error("{0}")]
     Format(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     #[error("busy: {0}")]
     Busy(String),
     #[error("{0}: {1}")]
@@ -65,4 +73,37 @@ impl Paths {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+}
+
+/// A new 64-hex-digit ID for a sandbox or container.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Nanoseconds since the epoch, as CRI timestamps are.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The full ID of the entry in `dir` named `id` or uniquely starting with it (as crictl
+/// accepts ID prefixes).
+pub fn resolve_id(dir: &Path, id: &str) -> Option<String> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return None;
+    }
+    if dir.join(id).is_dir() {
+        return Some(id.to_string());
+    }
+    let mut hits = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(id));
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
 }

@@ -30,7 +30,7 @@ struct Cri {
 
 async fn start_cri() -> Cri {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::open(Paths::under(dir.path())).unwrap();
+    let rt = Runtime::open(Paths::under(dir.path()), Default::default()).unwrap();
     let socket = dir.path().join("cri.sock");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (rt2, sock2) = (rt.clone(), socket.clone());

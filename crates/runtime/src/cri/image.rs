@@ -179,7 +179,7 @@ impl ImageService for Images {
         let root = self.0.images.root().to_path_buf();
         let (bytes, inodes) = self.blocking(|rt| Ok(rt.images.usage())).await?;
         let usage = cri::FilesystemUsage {
-            timestamp: now_nanos(),
+            timestamp: crate::now_nanos(),
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: root.display().to_string(),
             }),
@@ -191,12 +191,4 @@ impl ImageService for Images {
             container_filesystems: vec![usage],
         }))
     }
-}
-
-/// Nanoseconds since the epoch, as CRI timestamps are.
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

@@ -15,25 +15,72 @@ use crate::{Error, Paths};
 /// CRI messages can be large (ListContainers on a busy node); as the kubelet allows.
 const MAX_MESSAGE: usize = 16 << 20;
 
+/// How the runtime runs things.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The OCI runtime (runc, or crun).
+    pub runc: std::path::PathBuf,
+    /// The binary whose `shim` subcommand runs each container (rkube itself).
+    pub shim: std::path::PathBuf,
+    /// The pod network's bridge.
+    pub bridge: String,
+    /// Where CNI plugins are looked for.
+    pub cni_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runc: which("runc").unwrap_or_else(|| "/usr/sbin/runc".into()),
+            shim: std::env::current_exe().unwrap_or_else(|_| "rkube".into()),
+            bridge: "rkube0".into(),
+            cni_dirs: crate::cni::PLUGIN_DIRS.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// The first `name` on PATH (or the usual sbin directories).
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
 /// The runtime's shared state.
 pub struct Runtime {
     pub paths: Paths,
+    pub options: Options,
     pub images: ImageStore,
+    pub sandboxes: crate::sandbox::Sandboxes,
+    pub containers: crate::container::Containers,
     /// The node's pod CIDR, from the kubelet's `UpdateRuntimeConfig` (kept on disk).
     pod_cidr: std::sync::Mutex<Option<String>>,
 }
 
 impl Runtime {
     /// Opens the state under `paths` and imports the air-gap image directory.
-    pub fn open(paths: Paths) -> Result<Arc<Runtime>, Error> {
+    pub fn open(paths: Paths, options: Options) -> Result<Arc<Runtime>, Error> {
         let images = ImageStore::open(&paths.images())?;
+        let sandboxes = crate::sandbox::Sandboxes::open(&paths.root)?;
+        let containers = crate::container::Containers::open(
+            &paths.root,
+            options.runc.clone(),
+            options.shim.clone(),
+        )?;
         crate::images::import::import_dir(&images, &paths.import_dir)?;
         let pod_cidr = std::fs::read_to_string(paths.root.join("pod-cidr"))
             .ok()
             .map(|s| s.trim().to_string());
         Ok(Arc::new(Runtime {
             paths,
+            options,
             images,
+            sandboxes,
+            containers,
             pod_cidr: std::sync::Mutex::new(pod_cidr),
         }))
     }
@@ -41,6 +88,18 @@ impl Runtime {
     /// The pod CIDR set by the kubelet, if any.
     pub fn pod_cidr(&self) -> Option<String> {
         self.pod_cidr.lock().expect("pod cidr lock").clone()
+    }
+
+    /// The pod network, once the pod CIDR is known.
+    pub fn network(&self) -> Option<crate::cni::Network> {
+        let cidr = self.pod_cidr()?;
+        let mut n = crate::cni::Network::default_bridge(
+            &self.options.bridge,
+            &cidr,
+            &self.paths.root.join("cni"),
+        );
+        n.plugin_dirs = self.options.cni_dirs.clone();
+        Some(n)
     }
 
     /// Records the pod CIDR (validated: an IPv4 or IPv6 network in CIDR notation).
@@ -101,6 +160,7 @@ pub fn status(e: Error) -> tonic::Status {
         Error::Network(_) | Error::Registry(_) | Error::Busy(_) => {
             Status::unavailable(e.to_string())
         }
+        Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
         Error::Io(..) => Status::internal(e.to_string()),
     }
 }

@@ -1,15 +1,55 @@
-//! CRI `RuntimeService`. Version, Status and the runtime config are served; pod sandboxes
-//! and containers answer `Unimplemented` with a clear message until they land.
+//! CRI `RuntimeService`: pod sandboxes and containers over the sandbox and container
+//! stores. Streaming (exec, attach, port-forward) and stats answer `Unimplemented` with a
+//! clear message until they land.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::Runtime;
+use crate::container::State;
+use crate::sandbox::Sandbox;
 
 pub struct Containers(pub Arc<Runtime>);
+
+impl Containers {
+    /// Runs blocking runtime work (files, mounts, runc) off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Runtime) -> Result<T, crate::Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let rt = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&rt))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(super::status)
+    }
+}
+
+fn sandbox_state(sb: &Sandbox) -> cri::PodSandboxState {
+    if sb.ready {
+        cri::PodSandboxState::SandboxReady
+    } else {
+        cri::PodSandboxState::SandboxNotready
+    }
+}
+
+fn container_state(s: State) -> cri::ContainerState {
+    match s {
+        State::Created => cri::ContainerState::ContainerCreated,
+        State::Running => cri::ContainerState::ContainerRunning,
+        State::Exited => cri::ContainerState::ContainerExited,
+    }
+}
+
+/// Whether every `key=value` of the selector is among the labels.
+fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
 
 /// The runtime's name in `Version` (what `kubectl get nodes -o wide` shows as
 /// CONTAINER-RUNTIME, `rkube://VERSION`).
@@ -17,7 +57,7 @@ pub const RUNTIME_NAME: &str = "rkube";
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!(
-        "{what} is not implemented by rkube's built-in runtime yet (pod sandboxes and containers are in progress); point the kubelet at containerd with --container-runtime-endpoint meanwhile"
+        "{what} is not implemented by rkube's built-in runtime yet; point the kubelet at containerd with --container-runtime-endpoint meanwhile"
     ))
 }
 
@@ -109,6 +149,304 @@ impl RuntimeService for Containers {
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let config = req
+            .into_inner()
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let sb = self
+            .blocking(move |rt| rt.sandboxes.run(config, rt.network().as_ref()))
+            .await?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: sb.id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        self.blocking(move |rt| {
+            let sb = match rt.sandboxes.get(&id) {
+                Ok(sb) => sb,
+                // Stopping what is gone succeeds (CRI: idempotent).
+                Err(crate::Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for c in rt
+                .containers
+                .list()
+                .into_iter()
+                .filter(|c| c.sandbox_id == sb.id)
+            {
+                rt.containers.stop(&c.id, Duration::ZERO)?;
+            }
+            rt.sandboxes.stop(&sb.id, rt.network().as_ref())
+        })
+        .await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        self.blocking(move |rt| {
+            let sb = match rt.sandboxes.get(&id) {
+                Ok(sb) => sb,
+                Err(crate::Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for c in rt
+                .containers
+                .list()
+                .into_iter()
+                .filter(|c| c.sandbox_id == sb.id)
+            {
+                rt.containers.remove(&c.id, &rt.images)?;
+            }
+            rt.sandboxes.remove(&sb.id, rt.network().as_ref())
+        })
+        .await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        let sb = self.blocking(move |rt| rt.sandboxes.get(&id)).await?;
+        let options = sb
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let status = cri::PodSandboxStatus {
+            id: sb.id.clone(),
+            metadata: Some(sb.metadata()),
+            state: sandbox_state(&sb) as i32,
+            created_at: sb.created_at,
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: sb.ip().map(|i| i.to_string()).unwrap_or_default(),
+                additional_ips: sb
+                    .attachment
+                    .iter()
+                    .flat_map(|a| a.ips.iter().skip(1))
+                    .map(|i| cri::PodIp { ip: i.to_string() })
+                    .collect(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace { options }),
+            }),
+            labels: sb.config.labels.clone(),
+            annotations: sb.config.annotations.clone(),
+            runtime_handler: String::new(),
+        };
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info: Default::default(),
+            containers_statuses: vec![],
+            timestamp: crate::now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let all = self.blocking(|rt| Ok(rt.sandboxes.list())).await?;
+        let items = all
+            .into_iter()
+            .filter(|sb| filter.id.is_empty() || sb.id.starts_with(&filter.id))
+            .filter(|sb| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == sandbox_state(sb) as i32)
+            })
+            .filter(|sb| labels_match(&filter.label_selector, &sb.config.labels))
+            .map(|sb| cri::PodSandbox {
+                id: sb.id.clone(),
+                metadata: Some(sb.metadata()),
+                state: sandbox_state(&sb) as i32,
+                created_at: sb.created_at,
+                labels: sb.config.labels.clone(),
+                annotations: sb.config.annotations.clone(),
+                runtime_handler: String::new(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let c = self
+            .blocking(move |rt| {
+                let sb = rt.sandboxes.get(&req.pod_sandbox_id)?;
+                rt.containers
+                    .create(&sb, &rt.sandboxes.dir(&sb.id), config, &rt.images)
+            })
+            .await?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: c.id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        self.blocking(move |rt| rt.containers.start(&id)).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let req = req.into_inner();
+        let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+        self.blocking(
+            move |rt| match rt.containers.stop(&req.container_id, timeout) {
+                Err(crate::Error::NotFound(_)) => Ok(()),
+                r => r,
+            },
+        )
+        .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = req.into_inner().container_id;
+        self.blocking(move |rt| rt.containers.remove(&id, &rt.images))
+            .await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let all = self
+            .blocking(|rt| {
+                Ok(rt
+                    .containers
+                    .list()
+                    .into_iter()
+                    .map(|c| {
+                        let st = rt.containers.state(&c).0;
+                        (c, st)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let containers = all
+            .into_iter()
+            .filter(|(c, _)| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|(c, _)| {
+                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|(_, st)| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == container_state(*st) as i32)
+            })
+            .filter(|(c, _)| labels_match(&filter.label_selector, &c.config.labels))
+            .map(|(c, st)| cri::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.sandbox_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: Some(cri::ImageSpec {
+                    image: c.image_id.clone(),
+                    ..Default::default()
+                }),
+                image_ref: c.image_ref.clone(),
+                state: container_state(st) as i32,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                image_id: c.image_id.clone(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let (c, (st, started, exit)) = self
+            .blocking(move |rt| {
+                let c = rt.containers.get(&id)?;
+                let s = rt.containers.state(&c);
+                Ok((c, s))
+            })
+            .await?;
+        let exit = exit.unwrap_or(crate::shim::Exit {
+            exit_code: 0,
+            finished_at: 0,
+            reason: if st == State::Created {
+                "Created".into()
+            } else {
+                String::new()
+            },
+            message: String::new(),
+        });
+        let status = cri::ContainerStatus {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            state: container_state(st) as i32,
+            created_at: c.created_at,
+            started_at: started,
+            finished_at: exit.finished_at,
+            exit_code: exit.exit_code,
+            image: c.config.image.clone(),
+            image_ref: c.image_ref.clone(),
+            reason: exit.reason,
+            message: exit.message,
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            mounts: c.config.mounts.clone(),
+            log_path: c.log_path.clone(),
+            resources: c
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
+            image_id: c.image_id.clone(),
+            user: None,
+        };
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(status),
+            info: Default::default(),
+        }))
+    }
+
     type GetContainerEventsStream =
         futures::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
 
@@ -120,17 +458,6 @@ impl RuntimeService for Containers {
     }
 
     not_yet! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
-        create_container(CreateContainerRequest) -> CreateContainerResponse;
-        start_container(StartContainerRequest) -> StartContainerResponse;
-        stop_container(StopContainerRequest) -> StopContainerResponse;
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
-        list_containers(ListContainersRequest) -> ListContainersResponse;
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse;
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
         reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
         exec_sync(ExecSyncRequest) -> ExecSyncResponse;

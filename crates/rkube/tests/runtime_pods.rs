@@ -1,0 +1,698 @@
+//! The built-in runtime running real pods through a CRI gRPC client: `rkube runtime`
+//! processes, runc, the CNI bridge plugins, busybox images built by the test. Root only.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use rkube_testkit::images::{busybox_image, write_oci_layout, Compression};
+use tonic::transport::Channel;
+
+const IMAGE: &str = "example.com/test/busybox:1";
+
+struct Node {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    bridge: String,
+    cidr: String,
+    child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Node {
+    /// A data dir with the busybox image imported, and a runtime serving it. `n` keeps
+    /// the bridge and pod CIDR of concurrent tests apart.
+    fn new(n: u8) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let tar = dir.path().join("busybox.tar");
+        write_oci_layout(
+            &busybox_image("pods", Compression::Gzip).unwrap(),
+            IMAGE,
+            &tar,
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_rkube"))
+            .args([
+                "images",
+                "import",
+                tar.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut node = Node {
+            socket: dir.path().join("cri.sock"),
+            dir,
+            bridge: format!("rkt{}-{n}", std::process::id() % 10000),
+            cidr: format!("10.199.{}.0/24", n),
+            child: None,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        };
+        node.start();
+        let cidr = node.cidr.clone();
+        node.rt.block_on(async {
+            let mut c = node.client().await;
+            c.update_runtime_config(cri::UpdateRuntimeConfigRequest {
+                runtime_config: Some(cri::RuntimeConfig {
+                    network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
+                }),
+            })
+            .await
+            .unwrap();
+        });
+        node
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_rkube"))
+            .args([
+                "runtime",
+                "--data-dir",
+                self.data().to_str().unwrap(),
+                "--socket",
+                self.socket.to_str().unwrap(),
+                "--bridge",
+                &self.bridge,
+            ])
+            .env("RKUBE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    async fn client(&self) -> RuntimeServiceClient<Channel> {
+        for _ in 0..200 {
+            if let Ok(ch) = rkube_runtime::cri::connect(&self.socket).await {
+                let mut c = RuntimeServiceClient::new(ch);
+                if c.version(cri::VersionRequest::default()).await.is_ok() {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the runtime does not answer on {}", self.socket.display());
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Remove every pod (so the test leaves the host clean even when it fails), then
+        // the bridge.
+        if self.child.is_some() {
+            self.rt.block_on(async {
+                let mut c = self.client().await;
+                let pods = c
+                    .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .items;
+                for p in pods {
+                    let _ = c
+                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: p.id,
+                        })
+                        .await;
+                }
+            });
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        // The pod-level cgroups this test named as cgroup parents (the kubelet's job).
+        let suffix = format!("-{}", std::process::id());
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for pod in std::fs::read_dir(h.path().join("rkube-test"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if pod.file_name().to_string_lossy().ends_with(&suffix) {
+                    let _ = std::fs::remove_dir(pod.path());
+                }
+            }
+        }
+    }
+}
+
+fn sandbox_config(node: &Node, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: node.logs().join(name).display().to_string(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.43.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/rkube-test/{name}-{}", std::process::id()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = c
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    c.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
+async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    c.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+async fn wait_exit(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(c, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pod_ip(c: &mut RuntimeServiceClient<Channel>, pod: &str) -> String {
+    c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+    .network
+    .unwrap()
+    .ip
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn retry_http(addr: &str) -> String {
+    for _ in 0..100 {
+        if let Some(body) = http_get(addr) {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing answers on {addr}");
+}
+
+fn root_or_skip(test: &str) -> bool {
+    if !rkube_testkit::is_root() {
+        eprintln!("SKIPPED {test}: needs root (namespaces, mounts, runc, CNI)");
+        return false;
+    }
+    true
+}
+
+/// Lines of a CRI log file as (stream, tag, content).
+fn log_lines(p: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap_or("");
+            assert!(
+                ts.ends_with('Z') && ts.contains('T') && ts.contains('.'),
+                "timestamp {ts:?}"
+            );
+            let stream = f.next().unwrap_or("").to_string();
+            let tag = f.next().unwrap_or("").to_string();
+            (stream, tag, f.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn pods_share_a_network_namespace_and_reach_each_other() {
+    if !root_or_skip("pods_share_a_network_namespace_and_reach_each_other") {
+        return;
+    }
+    let node = Node::new(11);
+    node.rt.block_on(async {
+        let mut c = node.client().await;
+        let web_cfg = sandbox_config(&node, "web");
+        let web = c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(web_cfg.clone()), runtime_handler: String::new() })
+            .await.unwrap().into_inner().pod_sandbox_id;
+        let ip = pod_ip(&mut c, &web).await;
+        assert!(ip.starts_with("10.199.11."), "pod IP {ip:?}");
+        let server = run_container(&mut c, &web, &web_cfg, container_config(
+            "server",
+            "echo hello-from-$(hostname) > /var/www/index.html; exec httpd -f -p 8080 -h /var/www",
+        )).await;
+        // A second container in the same pod reaches the first on localhost.
+        let client = run_container(&mut c, &web, &web_cfg, container_config(
+            "client",
+            "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; exit 1",
+        )).await;
+        let st = wait_exit(&mut c, &client).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"), "{st:?}");
+        let lines = log_lines(&node.logs().join("web/client/0.log"));
+        assert!(lines.contains(&("stdout".into(), "F".into(), "hello-from-web".into())), "{lines:?}");
+        // The pod IP is reachable from the host.
+        let body = retry_http(&format!("{ip}:8080"));
+        assert!(body.contains("hello-from-web"), "{body}");
+        // resolv.conf from the DNS config.
+        let dns = run_container(&mut c, &web, &web_cfg, container_config("dns", "cat /etc/resolv.conf")).await;
+        wait_exit(&mut c, &dns).await;
+        let text: Vec<String> = log_lines(&node.logs().join("web/dns/0.log")).into_iter().map(|l| l.2).collect();
+        assert!(text.contains(&"nameserver 10.43.0.10".to_string()), "{text:?}");
+        assert!(text.contains(&"search default.svc.cluster.local".to_string()), "{text:?}");
+
+        // A second pod reaches the first by IP across the bridge.
+        let db_cfg = sandbox_config(&node, "db");
+        let db = c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(db_cfg.clone()), runtime_handler: String::new() })
+            .await.unwrap().into_inner().pod_sandbox_id;
+        let db_ip = pod_ip(&mut c, &db).await;
+        assert_ne!(db_ip, ip);
+        let fetch = run_container(&mut c, &db, &db_cfg, container_config(
+            "fetch",
+            &format!("wget -q -O - http://{ip}:8080/ && hostname"),
+        )).await;
+        let st = wait_exit(&mut c, &fetch).await;
+        assert_eq!(st.exit_code, 0, "{st:?}");
+        let text: Vec<String> = log_lines(&node.logs().join("db/fetch/0.log")).into_iter().map(|l| l.2).collect();
+        assert_eq!(text, vec!["hello-from-web".to_string(), "db".to_string()]);
+
+        // Lists and filters.
+        let all = c.list_containers(cri::ListContainersRequest { filter: None }).await.unwrap().into_inner().containers;
+        assert_eq!(all.len(), 4);
+        let running = c.list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        }) }).await.unwrap().into_inner().containers;
+        assert_eq!(running.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![server.clone()]);
+        let pods = c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter {
+            label_selector: HashMap::from([("app".to_string(), "db".to_string())]),
+            ..Default::default()
+        }) }).await.unwrap().into_inner().items;
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].id, db);
+        // The same pod twice is refused.
+        let err = c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(db_cfg.clone()), runtime_handler: String::new() }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    });
+}
+
+#[test]
+fn exit_codes_logs_limits_oom_and_stop() {
+    if !root_or_skip("exit_codes_logs_limits_oom_and_stop") {
+        return;
+    }
+    let node = Node::new(12);
+    node.rt.block_on(async {
+        let mut c = node.client().await;
+        let cfg = sandbox_config(&node, "jobs");
+        let pod = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        // Exit code and reason; both streams; a line longer than 16 KiB split as P + F.
+        let fail = run_container(
+            &mut c,
+            &pod,
+            &cfg,
+            container_config(
+                "fail",
+                "echo out; echo err >&2; printf '%020000d\\n' 0; exit 3",
+            ),
+        )
+        .await;
+        let st = wait_exit(&mut c, &fail).await;
+        assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+        assert!(
+            st.finished_at >= st.started_at && st.started_at >= st.created_at,
+            "{st:?}"
+        );
+        let lines = log_lines(&node.logs().join("jobs/fail/0.log"));
+        assert!(
+            lines.contains(&("stdout".into(), "F".into(), "out".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&("stderr".into(), "F".into(), "err".into())),
+            "{lines:?}"
+        );
+        let long: Vec<_> = lines.iter().filter(|l| l.2.starts_with("000")).collect();
+        assert_eq!(long.len(), 2, "{long:?}");
+        assert_eq!((long[0].1.as_str(), long[0].2.len()), ("P", 16384));
+        assert_eq!((long[1].1.as_str(), long[1].2.len()), ("F", 20000 - 16384));
+
+        // Limits land in the container's cgroup.
+        let mut limited = container_config("limited", "sleep 30");
+        limited.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let limited = run_container(&mut c, &pod, &cfg, limited).await;
+        let cgroup = format!("rkube-test/jobs-{}/{limited}", std::process::id());
+        let read = |p: &str| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(p))
+                .map(|s| s.trim().to_string())
+        };
+        if Path::new("/sys/fs/cgroup/memory").is_dir() {
+            assert_eq!(
+                read(&format!("memory/{cgroup}/memory.limit_in_bytes")).unwrap(),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(
+                read(&format!("cpu/{cgroup}/cpu.cfs_quota_us")).unwrap(),
+                "50000"
+            );
+            assert_eq!(read(&format!("cpu/{cgroup}/cpu.shares")).unwrap(), "512");
+        } else {
+            assert_eq!(
+                read(&format!("{cgroup}/memory.max")).unwrap(),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(read(&format!("{cgroup}/cpu.max")).unwrap(), "50000 100000");
+        }
+
+        // A memory hog is OOM-killed.
+        let mut hog = container_config("hog", "exec dd if=/dev/zero of=/dev/null bs=256M count=1");
+        hog.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                memory_swap_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let hog = run_container(&mut c, &pod, &cfg, hog).await;
+        let st = wait_exit(&mut c, &hog).await;
+        assert_eq!(
+            (st.reason.as_str(), st.exit_code),
+            ("OOMKilled", 137),
+            "{st:?}"
+        );
+
+        // StopContainer: SIGTERM ignored (a shell as PID 1), then SIGKILL after the timeout.
+        let stubborn = run_container(
+            &mut c,
+            &pod,
+            &cfg,
+            container_config("stubborn", "trap '' TERM; while true; do sleep 1; done"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        c.stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+        let took = t.elapsed();
+        let st = status(&mut c, &stubborn).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(st.exit_code, 137, "{st:?}");
+        assert!(
+            took >= Duration::from_secs(2),
+            "SIGKILL came after {took:?}"
+        );
+        // A container that handles SIGTERM stops at once with its own code.
+        let polite = run_container(
+            &mut c,
+            &pod,
+            &cfg,
+            container_config(
+                "polite",
+                "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.stop_container(cri::StopContainerRequest {
+            container_id: polite.clone(),
+            timeout: 30,
+        })
+        .await
+        .unwrap();
+        assert_eq!(status(&mut c, &polite).await.exit_code, 42);
+        let _ = limited;
+    });
+}
+
+/// Kill -9 the runtime: containers keep running and logging; the restarted runtime
+/// reports the same sandboxes and containers, and the real exit code of one that ended
+/// meanwhile. Then removal leaves nothing on the host.
+#[test]
+fn runtime_restart_and_clean_removal() {
+    if !root_or_skip("runtime_restart_and_clean_removal") {
+        return;
+    }
+    let mut node = Node::new(13);
+    let veths_before = count_veths(&node.bridge);
+    let cfg = sandbox_config(&node, "steady");
+    let (pod, ticker, short, ip) = node.rt.block_on(async {
+        let mut c = node.client().await;
+        let pod = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let ticker = run_container(
+            &mut c,
+            &pod,
+            &cfg,
+            container_config(
+                "ticker",
+                "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+            ),
+        )
+        .await;
+        let short = run_container(
+            &mut c,
+            &pod,
+            &cfg,
+            container_config("short", "sleep 1; exit 7"),
+        )
+        .await;
+        let ip = pod_ip(&mut c, &pod).await;
+        (pod, ticker, short, ip)
+    });
+    assert_eq!(count_veths(&node.bridge), veths_before + 1);
+    let log = node.logs().join("steady/ticker/0.log");
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill9();
+    let before = log_lines(&log).len();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = log_lines(&log).len();
+    assert!(
+        after > before + 5,
+        "the container kept logging without the runtime ({before} → {after})"
+    );
+    node.start();
+    node.rt.block_on(async {
+        let mut c = node.client().await;
+        let pods = c
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert_eq!(
+            pods.iter()
+                .map(|p| (p.id.clone(), p.state))
+                .collect::<Vec<_>>(),
+            vec![(pod.clone(), cri::PodSandboxState::SandboxReady as i32)]
+        );
+        assert_eq!(pod_ip(&mut c, &pod).await, ip);
+        assert_eq!(
+            status(&mut c, &ticker).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        let st = status(&mut c, &short).await;
+        assert_eq!(
+            (st.state, st.exit_code),
+            (cri::ContainerState::ContainerExited as i32, 7),
+            "{st:?}"
+        );
+        // Stop and remove the pod: no mounts, namespaces, veths, cgroups or IPs remain.
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            status(&mut c, &ticker).await.state,
+            cri::ContainerState::ContainerExited as i32
+        );
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        assert!(c
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty());
+        // Idempotent.
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    });
+    let data = node.data().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&data),
+        "mounts left: {}",
+        mounts
+            .lines()
+            .filter(|l| l.contains(&data))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(count_veths(&node.bridge), veths_before);
+    let cg = format!(
+        "/sys/fs/cgroup/memory/rkube-test/steady-{}/{}",
+        std::process::id(),
+        ticker
+    );
+    assert!(!Path::new(&cg).exists(), "{cg} left");
+    let ips = node.data().join("agent/runtime/cni/networks/rkube");
+    let held: Vec<_> = std::fs::read_dir(&ips)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        held.iter().all(|n| !n.to_string_lossy().starts_with("10.")),
+        "IPs still allocated: {held:?}"
+    );
+    assert!(!node
+        .data()
+        .join("agent/runtime/sandboxes")
+        .join(&pod)
+        .exists());
+}
+
+/// Interfaces on the node's pod bridge (one veth per pod).
+fn count_veths(bridge: &str) -> usize {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

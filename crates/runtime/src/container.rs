@@ -1,0 +1,448 @@
+//! Containers: an overlay root over the image's snapshots, an OCI bundle, and a shim
+//! (`rkube shim`) that runs it under runc. State lives in `ROOT/containers/<id>/`
+//! (`container.json` from the runtime, `started`, `exit.json` from the shim), so a
+//! restarted runtime reports exactly what it did before.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+use crate::images::ImageStore;
+use crate::sandbox::Sandbox;
+use crate::shim::Exit;
+use crate::{io_err, Error};
+
+/// A container's record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: cri::ContainerConfig,
+    /// The image ID (config digest).
+    pub image_id: String,
+    /// What the kubelet shows as imageID: a repo digest when known, else the ID.
+    pub image_ref: String,
+    pub created_at: i64,
+    /// The CRI log file ("" for none).
+    pub log_path: String,
+    pub cgroup: String,
+    /// The signal `StopContainer` sends first (the image's StopSignal, else SIGTERM).
+    pub stop_signal: String,
+}
+
+/// A container's state as CRI names it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum State {
+    Created,
+    Running,
+    Exited,
+}
+
+/// What runs containers: runc, the shim binary, and where their state goes.
+#[derive(Clone, Debug)]
+pub struct Containers {
+    dir: PathBuf,
+    pub runc: PathBuf,
+    runc_root: PathBuf,
+    shim: PathBuf,
+}
+
+impl Containers {
+    pub fn open(root: &Path, runc: PathBuf, shim: PathBuf) -> Result<Containers, Error> {
+        let dir = root.join("containers");
+        let runc_root = root.join("runc");
+        for d in [&dir, &runc_root] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(Containers {
+            dir,
+            runc,
+            runc_root,
+            shim,
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// The record of a container (full ID or unique prefix).
+    pub fn get(&self, id: &str) -> Result<Container, Error> {
+        let full = crate::resolve_id(&self.dir, id)
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        let p = self.dir(&full).join("container.json");
+        let b = fs::read(&p).map_err(|_| Error::NotFound(format!("container {id}")))?;
+        serde_json::from_slice(&b).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
+    }
+
+    pub fn list(&self) -> Vec<Container> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<Container> = rd
+            .flatten()
+            .filter_map(|e| fs::read(e.path().join("container.json")).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        v.sort_by_key(|c| c.created_at);
+        v
+    }
+
+    /// State, start time and exit of a container.
+    pub fn state(&self, c: &Container) -> (State, i64, Option<Exit>) {
+        let dir = self.dir(&c.id);
+        let started: i64 = fs::read_to_string(dir.join("started"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let exit: Option<Exit> = fs::read(dir.join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let state = match (&exit, started) {
+            (Some(_), _) => State::Exited,
+            (None, 0) => State::Created,
+            (None, _) => State::Running,
+        };
+        (state, started, exit)
+    }
+
+    /// Creates a container in `sandbox` from `config`: root filesystem, bundle, and a
+    /// shim with the container created (not started) under runc.
+    pub fn create(
+        &self,
+        sandbox: &Sandbox,
+        sandbox_dir: &Path,
+        config: cri::ContainerConfig,
+        images: &ImageStore,
+    ) -> Result<Container, Error> {
+        if !sandbox.ready {
+            return Err(Error::Format(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let name = config.metadata.clone().unwrap_or_default();
+        if name.name.is_empty() {
+            return Err(Error::Format("container metadata.name is required".into()));
+        }
+        let clash = self.list().into_iter().find(|c| {
+            let m = c.config.metadata.clone().unwrap_or_default();
+            c.sandbox_id == sandbox.id && m.name == name.name && m.attempt == name.attempt
+        });
+        if let Some(c) = clash {
+            return Err(Error::AlreadyExists(format!(
+                "container {} (attempt {}) exists in the pod as {}",
+                name.name, name.attempt, c.id
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let record = images
+            .resolve(&image_name)?
+            .ok_or_else(|| Error::NotFound(format!("image {image_name:?} (pull it first)")))?;
+        let image = images.config(&record.id)?;
+        let id = crate::new_id();
+        let dir = self.dir(&id);
+        let res = self.create_in(
+            &id,
+            &dir,
+            sandbox,
+            sandbox_dir,
+            config,
+            images,
+            &record,
+            &image,
+        );
+        if res.is_err() {
+            self.cleanup(&id, images);
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_in(
+        &self,
+        id: &str,
+        dir: &Path,
+        sandbox: &Sandbox,
+        sandbox_dir: &Path,
+        config: cri::ContainerConfig,
+        images: &ImageStore,
+        record: &crate::images::ImageRecord,
+        image: &crate::images::oci::ImageConfig,
+    ) -> Result<Container, Error> {
+        let rootfs = dir.join("bundle/rootfs");
+        for d in [rootfs.clone(), dir.join("upper"), dir.join("work")] {
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        images.lease(id, &record.chain)?;
+        let lowers: Vec<String> = images
+            .lower_dirs(record)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        mount_overlay(&rootfs, &opts)?;
+        let parent = sandbox
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/rkube".into());
+        let cgroup = format!("{}/{id}", parent.trim_end_matches('/'));
+        let spec = crate::spec::build(&crate::spec::Input {
+            id,
+            sandbox,
+            sandbox_dir,
+            config: &config,
+            image,
+            rootfs: &rootfs,
+            cgroup: cgroup.clone(),
+        })?;
+        let spec_path = dir.join("bundle/config.json");
+        fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("json"))
+            .map_err(io_err(&spec_path))?;
+        let log_dir = &sandbox.config.log_directory;
+        let log_path = if log_dir.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(log_dir)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let image_ref = images
+            .status(&record.name)?
+            .and_then(|i| i.repo_digests.first().cloned())
+            .unwrap_or_else(|| record.id.to_string());
+        let c = Container {
+            id: id.to_string(),
+            sandbox_id: sandbox.id.clone(),
+            config,
+            image_id: record.id.to_string(),
+            image_ref,
+            created_at: crate::now_nanos(),
+            log_path,
+            cgroup,
+            stop_signal: image
+                .config
+                .as_ref()
+                .and_then(|c| c.stop_signal.clone())
+                .unwrap_or_else(|| "SIGTERM".into()),
+        };
+        let p = dir.join("container.json");
+        fs::write(&p, serde_json::to_vec_pretty(&c).expect("json")).map_err(io_err(&p))?;
+        self.start_shim(&c)?;
+        Ok(c)
+    }
+
+    /// Starts `rkube shim` in its own session and waits for its report.
+    fn start_shim(&self, c: &Container) -> Result<(), Error> {
+        let dir = self.dir(&c.id);
+        let shim_log = fs::File::create(dir.join("shim.log")).map_err(io_err(&dir))?;
+        let mut cmd = Command::new(&self.shim);
+        cmd.arg("shim")
+            .arg("--id")
+            .arg(&c.id)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--runc")
+            .arg(&self.runc)
+            .arg("--runc-root")
+            .arg(&self.runc_root)
+            .arg("--cgroup")
+            .arg(&c.cgroup);
+        if !c.log_path.is_empty() {
+            cmd.arg("--log").arg(&c.log_path);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            .env("RKUBE_LOG", "warn");
+        // SAFETY: setsid is async-signal-safe; the shim leaves our session so signals to
+        // the runtime's process group never reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Io(format!("starting the shim {}", self.shim.display()), e))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        // Reap the shim whenever it ends (a restarted runtime is no longer its parent).
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        match line.trim().split_once(' ') {
+            Some(("ok", _)) => Ok(()),
+            Some(("error", msg)) => Err(Error::Format(format!("creating the container: {msg}"))),
+            _ => Err(Error::Format(format!(
+                "the shim exited without a report; see {}",
+                dir.join("shim.log").display()
+            ))),
+        }
+    }
+
+    fn runc(&self, args: &[&str]) -> Result<(), Error> {
+        let out = Command::new(&self.runc)
+            .arg("--root")
+            .arg(&self.runc_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::Io(format!("running {}", self.runc.display()), e))?;
+        if !out.status.success() {
+            return Err(Error::Format(format!(
+                "runc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts a created container.
+    pub fn start(&self, id: &str) -> Result<(), Error> {
+        let c = self.get(id)?;
+        match self.state(&c).0 {
+            State::Created => {}
+            State::Running => {
+                return Err(Error::Format(format!(
+                    "container {} is already running",
+                    c.id
+                )))
+            }
+            State::Exited => {
+                return Err(Error::Format(format!(
+                    "container {} has exited; create a new one",
+                    c.id
+                )))
+            }
+        }
+        self.runc(&["start", &c.id])?;
+        let p = self.dir(&c.id).join("started");
+        fs::write(&p, crate::now_nanos().to_string()).map_err(io_err(&p))
+    }
+
+    /// Stops a container: its stop signal, up to `timeout` for it to exit, then SIGKILL.
+    pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), Error> {
+        let c = self.get(id)?;
+        if self.state(&c).0 == State::Exited {
+            return Ok(());
+        }
+        let exited = |limit: Duration| {
+            let deadline = Instant::now() + limit;
+            loop {
+                if self.dir(&c.id).join("exit.json").exists() {
+                    return true;
+                }
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        if !timeout.is_zero() {
+            let _ = self.runc(&["kill", &c.id, &c.stop_signal]);
+            if exited(timeout) {
+                return Ok(());
+            }
+        }
+        let _ = self.runc(&["kill", "--all", &c.id, "KILL"]);
+        if exited(Duration::from_secs(10)) {
+            return Ok(());
+        }
+        // The shim is gone (killed by hand?): record the end ourselves.
+        let exit = Exit {
+            exit_code: 137,
+            finished_at: crate::now_nanos(),
+            reason: "Error".into(),
+            message: "the container's shim disappeared; killed".into(),
+        };
+        let _ = self.runc(&["delete", "--force", &c.id]);
+        let p = self.dir(&c.id).join("exit.json");
+        fs::write(&p, serde_json::to_vec(&exit).expect("json")).map_err(io_err(&p))
+    }
+
+    /// Removes a container, stopping it first; leaves nothing behind.
+    pub fn remove(&self, id: &str, images: &ImageStore) -> Result<(), Error> {
+        let Ok(c) = self.get(id) else {
+            return Ok(());
+        };
+        self.stop(&c.id, Duration::ZERO)?;
+        self.cleanup(&c.id, images);
+        Ok(())
+    }
+
+    fn cleanup(&self, id: &str, images: &ImageStore) {
+        let dir = self.dir(id);
+        let _ = self.runc(&["delete", "--force", id]);
+        unmount(&dir.join("bundle/rootfs"));
+        images.release(id);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+fn cpath(p: &Path) -> Result<CString, Error> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::Format(format!("bad path {}", p.display())))
+}
+
+fn mount_overlay(target: &Path, opts: &str) -> Result<(), Error> {
+    if opts.len() >= 4096 {
+        return Err(Error::Format(
+            "too many image layers for one overlay mount".into(),
+        ));
+    }
+    let t = cpath(target)?;
+    let o = CString::new(opts).map_err(|_| Error::Format("bad overlay options".into()))?;
+    // SAFETY: valid C strings for source, target, type and data.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            t.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            o.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Io(
+            format!(
+                "mounting the container's overlay root at {} (needs root and overlayfs)",
+                target.display()
+            ),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn unmount(target: &Path) {
+    if let Ok(t) = cpath(target) {
+        // SAFETY: valid C string; failure (not mounted) is fine.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
