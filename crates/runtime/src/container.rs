@@ -341,9 +341,12 @@ impl Containers {
                 )))
             }
         }
+        // Taken before the start: a quick container may be finished by the time runc
+        // returns, and startedAt must not come after finishedAt.
+        let started = crate::now_nanos();
         self.runc(&["start", &c.id])?;
         let p = self.dir(&c.id).join("started");
-        fs::write(&p, crate::now_nanos().to_string()).map_err(io_err(&p))
+        fs::write(&p, started.to_string()).map_err(io_err(&p))
     }
 
     /// Stops a container: its stop signal, up to `timeout` for it to exit, then SIGKILL.
