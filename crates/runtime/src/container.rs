@@ -49,7 +49,7 @@ pub enum State {
 /// What runs containers: runc, the shim binary, and where their state goes.
 #[derive(Clone, Debug)]
 pub struct Containers {
-    dir: PathBuf,
+    records: crate::RecordDir,
     pub runc: PathBuf,
     runc_root: PathBuf,
     shim: PathBuf,
@@ -57,13 +57,14 @@ pub struct Containers {
 
 impl Containers {
     pub fn open(root: &Path, runc: PathBuf, shim: PathBuf) -> Result<Containers, Error> {
-        let dir = root.join("containers");
         let runc_root = root.join("runc");
-        for d in [&dir, &runc_root] {
-            fs::create_dir_all(d).map_err(io_err(d))?;
-        }
+        fs::create_dir_all(&runc_root).map_err(io_err(&runc_root))?;
         Ok(Containers {
-            dir,
+            records: crate::RecordDir::open(
+                root.join("containers"),
+                "container.json",
+                "container",
+            )?,
             runc,
             runc_root,
             shim,
@@ -71,27 +72,16 @@ impl Containers {
     }
 
     fn dir(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.records.dir.join(id)
     }
 
     /// The record of a container (full ID or unique prefix).
     pub fn get(&self, id: &str) -> Result<Container, Error> {
-        let full = crate::resolve_id(&self.dir, id)
-            .ok_or_else(|| Error::NotFound(format!("container {id}")))?;
-        let p = self.dir(&full).join("container.json");
-        let b = fs::read(&p).map_err(|_| Error::NotFound(format!("container {id}")))?;
-        serde_json::from_slice(&b).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
+        self.records.get(id)
     }
 
     pub fn list(&self) -> Vec<Container> {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut v: Vec<Container> = rd
-            .flatten()
-            .filter_map(|e| fs::read(e.path().join("container.json")).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
+        let mut v: Vec<Container> = self.records.list();
         v.sort_by_key(|c| c.created_at);
         v
     }
@@ -247,8 +237,7 @@ impl Containers {
                 .and_then(|c| c.stop_signal.clone())
                 .unwrap_or_else(|| "SIGTERM".into()),
         };
-        let p = dir.join("container.json");
-        fs::write(&p, serde_json::to_vec_pretty(&c).expect("json")).map_err(io_err(&p))?;
+        self.records.save(id, &c)?;
         self.start_shim(&c)?;
         Ok(c)
     }

@@ -107,3 +107,49 @@ pub fn resolve_id(dir: &Path, id: &str) -> Option<String> {
     let first = hits.next()?;
     hits.next().is_none().then_some(first)
 }
+
+/// A directory of `<id>/<file>` JSON records (sandboxes, containers), read fresh from disk
+/// so a restarted runtime sees exactly what was there.
+#[derive(Clone, Debug)]
+pub struct RecordDir {
+    pub dir: PathBuf,
+    file: &'static str,
+    /// What a record is, for errors ("pod sandbox", "container").
+    what: &'static str,
+}
+
+impl RecordDir {
+    pub fn open(dir: PathBuf, file: &'static str, what: &'static str) -> Result<RecordDir, Error> {
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(RecordDir { dir, file, what })
+    }
+
+    /// The record with this ID or unique ID prefix.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<T, Error> {
+        let missing = || Error::NotFound(format!("{} {id}", self.what));
+        let full = resolve_id(&self.dir, id).ok_or_else(missing)?;
+        let p = self.dir.join(full).join(self.file);
+        let b = std::fs::read(&p).map_err(|_| missing())?;
+        serde_json::from_slice(&b).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
+    }
+
+    /// Every readable record.
+    pub fn list<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| std::fs::read(e.path().join(self.file)).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    /// Writes a record atomically.
+    pub fn save<T: serde::Serialize>(&self, id: &str, record: &T) -> Result<(), Error> {
+        let p = self.dir.join(id).join(self.file);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(record).expect("json"))
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io_err(&p))
+    }
+}

@@ -62,45 +62,31 @@ impl Sandbox {
 /// The sandboxes under `ROOT/sandboxes`.
 #[derive(Clone, Debug)]
 pub struct Sandboxes {
-    dir: PathBuf,
+    records: crate::RecordDir,
 }
 
 impl Sandboxes {
     pub fn open(root: &Path) -> Result<Sandboxes, Error> {
-        let dir = root.join("sandboxes");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(Sandboxes { dir })
+        Ok(Sandboxes {
+            records: crate::RecordDir::open(root.join("sandboxes"), "sandbox.json", "pod sandbox")?,
+        })
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.records.dir.join(id)
     }
 
     fn save(&self, s: &Sandbox) -> Result<(), Error> {
-        let p = self.dir(&s.id).join("sandbox.json");
-        let tmp = p.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(s).expect("json")).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &p).map_err(io_err(&p))
+        self.records.save(&s.id, s)
     }
 
     /// The sandbox with this ID (or unique ID prefix).
     pub fn get(&self, id: &str) -> Result<Sandbox, Error> {
-        let full = crate::resolve_id(&self.dir, id)
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id}")))?;
-        let p = self.dir(&full).join("sandbox.json");
-        let b = fs::read(&p).map_err(|_| Error::NotFound(format!("pod sandbox {id}")))?;
-        serde_json::from_slice(&b).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
+        self.records.get(id)
     }
 
     pub fn list(&self) -> Vec<Sandbox> {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut v: Vec<Sandbox> = rd
-            .flatten()
-            .filter_map(|e| fs::read(e.path().join("sandbox.json")).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
+        let mut v: Vec<Sandbox> = self.records.list();
         v.sort_by_key(|s| s.created_at);
         v
     }

@@ -40,11 +40,7 @@ impl Images {
         &self,
         f: impl FnOnce(&Runtime) -> Result<T, crate::Error> + Send + 'static,
     ) -> Result<T, Status> {
-        let rt = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&rt))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)
+        super::blocking(&self.0, f).await
     }
 }
 

@@ -149,6 +149,18 @@ pub async fn serve(
         .map_err(|e| Error::Io("serving CRI".into(), std::io::Error::other(e)))
 }
 
+/// Runs blocking runtime work (files, mounts, runc, CNI) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    rt: &Arc<Runtime>,
+    f: impl FnOnce(&Runtime) -> Result<T, Error> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    let rt = rt.clone();
+    tokio::task::spawn_blocking(move || f(&rt))
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .map_err(status)
+}
+
 /// The gRPC status for a runtime error.
 pub fn status(e: Error) -> tonic::Status {
     use tonic::Status;

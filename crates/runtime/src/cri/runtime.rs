@@ -17,17 +17,35 @@ use crate::sandbox::Sandbox;
 pub struct Containers(pub Arc<Runtime>);
 
 impl Containers {
-    /// Runs blocking runtime work (files, mounts, runc) off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Runtime) -> Result<T, crate::Error> + Send + 'static,
     ) -> Result<T, Status> {
-        let rt = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&rt))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(super::status)
+        super::blocking(&self.0, f).await
     }
+}
+
+/// Runs `f` on each container of sandbox `id`; the sandbox, or None when it is gone
+/// (stopping or removing what is gone succeeds: CRI calls are idempotent).
+fn for_sandbox(
+    rt: &Runtime,
+    id: &str,
+    f: impl Fn(&crate::container::Container) -> Result<(), crate::Error>,
+) -> Result<Option<Sandbox>, crate::Error> {
+    let sb = match rt.sandboxes.get(id) {
+        Ok(sb) => sb,
+        Err(crate::Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for c in rt
+        .containers
+        .list()
+        .iter()
+        .filter(|c| c.sandbox_id == sb.id)
+    {
+        f(c)?;
+    }
+    Ok(Some(sb))
 }
 
 fn sandbox_state(sb: &Sandbox) -> cri::PodSandboxState {
@@ -171,21 +189,11 @@ impl RuntimeService for Containers {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         self.blocking(move |rt| {
-            let sb = match rt.sandboxes.get(&id) {
-                Ok(sb) => sb,
-                // Stopping what is gone succeeds (CRI: idempotent).
-                Err(crate::Error::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            for c in rt
-                .containers
-                .list()
-                .into_iter()
-                .filter(|c| c.sandbox_id == sb.id)
-            {
-                rt.containers.stop(&c.id, Duration::ZERO)?;
-            }
-            rt.sandboxes.stop(&sb.id, rt.network().as_ref())
+            for_sandbox(rt, &id, |c| rt.containers.stop(&c.id, Duration::ZERO)).and_then(|sb| {
+                sb.map_or(Ok(()), |sb| {
+                    rt.sandboxes.stop(&sb.id, rt.network().as_ref())
+                })
+            })
         })
         .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
@@ -197,20 +205,11 @@ impl RuntimeService for Containers {
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         self.blocking(move |rt| {
-            let sb = match rt.sandboxes.get(&id) {
-                Ok(sb) => sb,
-                Err(crate::Error::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            for c in rt
-                .containers
-                .list()
-                .into_iter()
-                .filter(|c| c.sandbox_id == sb.id)
-            {
-                rt.containers.remove(&c.id, &rt.images)?;
-            }
-            rt.sandboxes.remove(&sb.id, rt.network().as_ref())
+            for_sandbox(rt, &id, |c| rt.containers.remove(&c.id, &rt.images)).and_then(|sb| {
+                sb.map_or(Ok(()), |sb| {
+                    rt.sandboxes.remove(&sb.id, rt.network().as_ref())
+                })
+            })
         })
         .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
