@@ -233,6 +233,17 @@ async fn run_container(
     id
 }
 
+async fn run_pod(c: &mut RuntimeServiceClient<Channel>, config: &cri::PodSandboxConfig) -> String {
+    c.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
 async fn status(c: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
     c.container_status(cri::ContainerStatusRequest {
         container_id: id.into(),
@@ -330,8 +341,7 @@ fn pods_share_a_network_namespace_and_reach_each_other() {
     node.rt.block_on(async {
         let mut c = node.client().await;
         let web_cfg = sandbox_config(&node, "web");
-        let web = c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(web_cfg.clone()), runtime_handler: String::new() })
-            .await.unwrap().into_inner().pod_sandbox_id;
+        let web = run_pod(&mut c, &web_cfg).await;
         let ip = pod_ip(&mut c, &web).await;
         assert!(ip.starts_with("10.199.11."), "pod IP {ip:?}");
         let server = run_container(&mut c, &web, &web_cfg, container_config(
@@ -359,8 +369,7 @@ fn pods_share_a_network_namespace_and_reach_each_other() {
 
         // A second pod reaches the first by IP across the bridge.
         let db_cfg = sandbox_config(&node, "db");
-        let db = c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(db_cfg.clone()), runtime_handler: String::new() })
-            .await.unwrap().into_inner().pod_sandbox_id;
+        let db = run_pod(&mut c, &db_cfg).await;
         let db_ip = pod_ip(&mut c, &db).await;
         assert_ne!(db_ip, ip);
         let fetch = run_container(&mut c, &db, &db_cfg, container_config(
@@ -401,15 +410,7 @@ fn exit_codes_logs_limits_oom_and_stop() {
     node.rt.block_on(async {
         let mut c = node.client().await;
         let cfg = sandbox_config(&node, "jobs");
-        let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &cfg).await;
         // Exit code and reason; both streams; a line longer than 16 KiB split as P + F.
         let fail = run_container(
             &mut c,
@@ -555,15 +556,7 @@ fn runtime_restart_and_clean_removal() {
     let cfg = sandbox_config(&node, "steady");
     let (pod, ticker, short, ip) = node.rt.block_on(async {
         let mut c = node.client().await;
-        let pod = c
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = run_pod(&mut c, &cfg).await;
         let ticker = run_container(
             &mut c,
             &pod,

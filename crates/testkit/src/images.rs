@@ -3,10 +3,9 @@
 //! on 127.0.0.1 to push them to.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -327,16 +326,8 @@ impl Registry {
             dir,
             credentials,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = reg.child.try_wait() {
-                return Err(format!("registry exited with {status}: {}", reg.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("registry did not start in 20s: {}", reg.log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_port(port, &mut reg.child, "registry", Duration::from_secs(20))
+            .map_err(|e| format!("{e}: {}", reg.log()))?;
         Ok(reg)
     }
 

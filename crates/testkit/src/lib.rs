@@ -77,16 +77,8 @@ impl Etcd {
             endpoint,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", client)).is_err() {
-            if let Ok(Some(status)) = etcd.child.try_wait() {
-                return Err(format!("etcd exited with {status}: {}", etcd.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("etcd did not start in 30s: {}", etcd.log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(client, &mut etcd.child, "etcd", Duration::from_secs(30))
+            .map_err(|e| format!("{e}: {}", etcd.log()))?;
         Ok(etcd)
     }
 
@@ -111,6 +103,27 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, failing early if
+/// `child` (the server, called `what`) exits.
+pub fn wait_for_port(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited with {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not start in {}s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Total size of the regular files under `dir`.
