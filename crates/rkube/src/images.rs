@@ -62,6 +62,10 @@ pub struct RuntimeArgs {
     /// The Linux bridge pods are attached to.
     #[arg(long, default_value = "rkube0")]
     pub bridge: String,
+    /// Where the streaming server for exec, attach and port-forward listens (the kubelet
+    /// connects to it; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub stream_address: String,
 }
 
 /// `rkube shim` (started by the runtime, one per container; not for people).
@@ -121,6 +125,7 @@ pub async fn serve(args: RuntimeArgs) -> anyhow::Result<()> {
     let options = rkube_runtime::cri::Options {
         runc,
         bridge: args.bridge,
+        stream_address: args.stream_address,
         ..Default::default()
     };
     let rt = tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths, options))

@@ -83,6 +83,9 @@ impl Network {
     pub fn ready(&self) -> Result<(), Error> {
         for p in self.plugins() {
             self.plugin(p["type"].as_str().unwrap_or(""))?;
+            if let Some(ipam) = p["ipam"]["type"].as_str() {
+                self.plugin(ipam)?;
+            }
         }
         Ok(())
     }

@@ -71,8 +71,14 @@ impl Containers {
         })
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    /// A container's state directory.
+    pub fn dir(&self, id: &str) -> PathBuf {
         self.records.dir.join(id)
+    }
+
+    /// runc's state root (`--root`).
+    pub fn runc_root(&self) -> &Path {
+        &self.runc_root
     }
 
     /// The record of a container (full ID or unique prefix).
@@ -118,6 +124,9 @@ impl Containers {
                 "pod sandbox {} is not ready",
                 sandbox.id
             )));
+        }
+        if let Some(problem) = crate::host::runtime_problem(&self.runc) {
+            return Err(Error::HostMissing(problem));
         }
         let name = config.metadata.clone().unwrap_or_default();
         if name.name.is_empty() {
@@ -295,12 +304,30 @@ impl Containers {
     }
 
     fn runc(&self, args: &[&str]) -> Result<(), Error> {
-        let out = Command::new(&self.runc)
+        self.runc_with(args, None)
+    }
+
+    /// Runs runc with `input` on its stdin, if any; its stderr becomes the error.
+    fn runc_with(&self, args: &[&str], input: Option<&[u8]>) -> Result<(), Error> {
+        use std::io::Write;
+        let mut child = Command::new(&self.runc)
             .arg("--root")
             .arg(&self.runc_root)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Io(format!("running {}", self.runc.display()), e))?;
+        if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
+            let _ = w.write_all(data);
+        }
+        let out = child
+            .wait_with_output()
             .map_err(|e| Error::Io(format!("running {}", self.runc.display()), e))?;
         if !out.status.success() {
             return Err(Error::Format(format!(
@@ -310,6 +337,24 @@ impl Containers {
             )));
         }
         Ok(())
+    }
+
+    /// Changes a running container's CPU and memory limits (`runc update`) and records
+    /// them, so `ContainerStatus` reports what is in force.
+    pub fn update_resources(&self, id: &str, r: cri::LinuxContainerResources) -> Result<(), Error> {
+        let mut c = self.get(id)?;
+        if self.state(&c).0 == State::Exited {
+            return Err(Error::Format(format!("container {} has exited", c.id)));
+        }
+        let mut res = serde_json::json!({});
+        crate::spec::limits(&r, &mut res);
+        let input = serde_json::to_vec(&res).expect("json");
+        self.runc_with(&["update", "--resources", "-", &c.id], Some(&input))?;
+        c.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(r);
+        self.records.save(&c.id, &c)
     }
 
     /// Starts a created container.

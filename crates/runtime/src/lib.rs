@@ -6,11 +6,16 @@ pub mod cni;
 pub mod container;
 pub mod cri;
 pub mod digest;
+pub mod exec;
+pub mod host;
 pub mod images;
 pub mod namespaces;
+pub mod pty;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
+pub mod stats;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +47,11 @@ pub enum Error {
     AlreadyExists(String),
     #[error("busy: {0}")]
     Busy(String),
+    #[error("{0}")]
+    Timeout(String),
+    /// The host lacks a tool or kernel feature; the message says what to install.
+    #[error("{0}")]
+    HostMissing(String),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
 }

@@ -164,3 +164,25 @@ fn loopback_up() -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Runs `f` on a short-lived thread inside the network namespace at `netns` (None: this
+/// one). Sockets `f` creates stay in that namespace.
+pub fn in_netns<T: Send + 'static>(
+    netns: Option<PathBuf>,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    std::thread::spawn(move || -> Result<T, Error> {
+        if let Some(ns) = &netns {
+            let file = fs::File::open(ns).map_err(io_err(ns))?;
+            // SAFETY: setns on this thread only, which exits right after.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }
+                != 0
+            {
+                return Err(os_err("entering the pod's network namespace"));
+            }
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| Error::Format("network namespace thread panicked".into()))?
+}

@@ -348,35 +348,7 @@ pub fn build(input: &Input) -> Result<Value, Error> {
     spec["linux"]["cgroupsPath"] = json!(input.cgroup);
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if let Some(r) = &linux.resources {
-        let mut cpu = json!({});
-        if r.cpu_shares > 0 {
-            cpu["shares"] = json!(r.cpu_shares);
-        }
-        if r.cpu_quota > 0 {
-            cpu["quota"] = json!(r.cpu_quota);
-            cpu["period"] = json!(if r.cpu_period > 0 {
-                r.cpu_period
-            } else {
-                100_000
-            });
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu["cpus"] = json!(r.cpuset_cpus);
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu["mems"] = json!(r.cpuset_mems);
-        }
-        resources["cpu"] = cpu;
-        if r.memory_limit_in_bytes > 0 {
-            let mut mem = json!({"limit": r.memory_limit_in_bytes});
-            if r.memory_swap_limit_in_bytes > 0 {
-                mem["swap"] = json!(r.memory_swap_limit_in_bytes);
-            }
-            resources["memory"] = mem;
-        }
-        if !r.unified.is_empty() {
-            resources["unified"] = json!(r.unified);
-        }
+        limits(r, &mut resources);
     }
     if sec.privileged {
         resources["devices"] = json!([{"allow": true, "access": "rwm"}]);
@@ -432,4 +404,39 @@ fn device(host: &str, container: &str, _perms: &str) -> Option<Value> {
         "fileMode": m.mode() & 0o777,
         "uid": 0, "gid": 0,
     }))
+}
+
+/// The OCI `linux.resources` CPU and memory limits (and unified cgroup v2 settings) for
+/// CRI resources, written into `out`; used for new containers and by
+/// `UpdateContainerResources` (`runc update`).
+pub fn limits(r: &cri::LinuxContainerResources, out: &mut Value) {
+    let mut cpu = json!({});
+    if r.cpu_shares > 0 {
+        cpu["shares"] = json!(r.cpu_shares);
+    }
+    if r.cpu_quota > 0 {
+        cpu["quota"] = json!(r.cpu_quota);
+        cpu["period"] = json!(if r.cpu_period > 0 {
+            r.cpu_period
+        } else {
+            100_000
+        });
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu["cpus"] = json!(r.cpuset_cpus);
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu["mems"] = json!(r.cpuset_mems);
+    }
+    out["cpu"] = cpu;
+    if r.memory_limit_in_bytes > 0 {
+        let mut mem = json!({"limit": r.memory_limit_in_bytes});
+        if r.memory_swap_limit_in_bytes > 0 {
+            mem["swap"] = json!(r.memory_swap_limit_in_bytes);
+        }
+        out["memory"] = mem;
+    }
+    if !r.unified.is_empty() {
+        out["unified"] = json!(r.unified);
+    }
 }

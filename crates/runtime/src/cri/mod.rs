@@ -2,6 +2,7 @@
 
 mod image;
 mod runtime;
+mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct Options {
     pub bridge: String,
     /// Where CNI plugins are looked for.
     pub cni_dirs: Vec<std::path::PathBuf>,
+    /// Where the streaming server (exec, attach, port-forward) listens.
+    pub stream_address: String,
 }
 
 impl Default for Options {
@@ -35,6 +38,7 @@ impl Default for Options {
             shim: std::env::current_exe().unwrap_or_else(|_| "rkube".into()),
             bridge: "rkube0".into(),
             cni_dirs: crate::cni::PLUGIN_DIRS.iter().map(Into::into).collect(),
+            stream_address: "127.0.0.1:0".into(),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Runtime {
     pub containers: crate::container::Containers,
     /// The node's pod CIDR, from the kubelet's `UpdateRuntimeConfig` (kept on disk).
     pod_cidr: std::sync::Mutex<Option<String>>,
+    /// CPU rates between stats calls.
+    pub cpu_rates: crate::stats::CpuRates,
 }
 
 impl Runtime {
@@ -82,6 +88,7 @@ impl Runtime {
             sandboxes,
             containers,
             pod_cidr: std::sync::Mutex::new(pod_cidr),
+            cpu_rates: Default::default(),
         }))
     }
 
@@ -132,6 +139,8 @@ pub async fn serve(
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket).map_err(crate::io_err(socket))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let streams =
+        crate::stream::StreamServer::start(rt.clone(), &rt.options.stream_address).await?;
     tracing::info!(socket = %socket.display(), "CRI runtime serving");
     tonic::transport::Server::builder()
         .add_service(
@@ -140,7 +149,7 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RuntimeServiceServer::new(runtime::Containers(rt))
+            RuntimeServiceServer::new(runtime::Containers(rt, streams))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -173,6 +182,8 @@ pub fn status(e: Error) -> tonic::Status {
             Status::unavailable(e.to_string())
         }
         Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        Error::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        Error::HostMissing(_) => Status::failed_precondition(e.to_string()),
         Error::Io(..) => Status::internal(e.to_string()),
     }
 }

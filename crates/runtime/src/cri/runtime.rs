@@ -1,6 +1,6 @@
 //! CRI `RuntimeService`: pod sandboxes and containers over the sandbox and container
-//! stores. Streaming (exec, attach, port-forward) and stats answer `Unimplemented` with a
-//! clear message until they land.
+//! stores, exec (sync, and streaming URLs), stats, resource updates and log reopening.
+//! Checkpoints, container events and metric descriptors answer `Unimplemented`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use super::Runtime;
 use crate::container::State;
 use crate::sandbox::Sandbox;
 
-pub struct Containers(pub Arc<Runtime>);
+pub struct Containers(pub Arc<Runtime>, pub Arc<crate::stream::StreamServer>);
 
 impl Containers {
     async fn blocking<T: Send + 'static>(
@@ -116,22 +116,33 @@ impl RuntimeService for Containers {
         &self,
         _req: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
-        let cond = |kind: &str, ok: bool, reason: &str, message: &str| cri::RuntimeCondition {
+        let cond = |kind: &str, problem: Option<String>, reason: &str| cri::RuntimeCondition {
             r#type: kind.into(),
-            status: ok,
-            reason: reason.into(),
-            message: message.into(),
+            status: problem.is_none(),
+            reason: if problem.is_some() {
+                reason.into()
+            } else {
+                String::new()
+            },
+            message: problem.unwrap_or_default(),
         };
+        let (runtime, network) = self
+            .blocking(|rt| {
+                let runtime = crate::host::runtime_problem(&rt.options.runc);
+                let network = match rt.network() {
+                    None => Some(
+                        "no pod CIDR yet: the kubelet sets it with UpdateRuntimeConfig".to_string(),
+                    ),
+                    Some(n) => n.ready().err().map(|e| e.to_string()),
+                };
+                Ok((runtime, network))
+            })
+            .await?;
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
                 conditions: vec![
-                    cond("RuntimeReady", true, "", ""),
-                    cond(
-                        "NetworkReady",
-                        false,
-                        "NetworkPluginNotReady",
-                        "pod networking is not implemented yet",
-                    ),
+                    cond("RuntimeReady", runtime, "OCIRuntimeNotReady"),
+                    cond("NetworkReady", network, "NetworkPluginNotReady"),
                 ],
             }),
             info: Default::default(),
@@ -457,18 +468,198 @@ impl RuntimeService for Containers {
     }
 
     not_yet! {
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse;
-        exec(ExecRequest) -> ExecResponse;
-        attach(AttachRequest) -> AttachResponse;
-        port_forward(PortForwardRequest) -> PortForwardResponse;
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let req = req.into_inner();
+        let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+        let cmd = self
+            .blocking(move |rt| rt.containers.exec_command(&req.container_id, &req.cmd))
+            .await?;
+        let out = cmd.run_sync(timeout).await.map_err(super::status)?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let req = req.into_inner();
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true (a terminal has one output stream)",
+            ));
+        }
+        let (id, cmd) = (req.container_id.clone(), req.cmd.clone());
+        self.blocking(move |rt| rt.containers.exec_command(&id, &cmd))
+            .await?;
+        Ok(Response::new(cri::ExecResponse {
+            url: self.1.url(crate::stream::Request::Exec(req)),
+        }))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let req = req.into_inner();
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        let id = req.container_id.clone();
+        self.blocking(move |rt| {
+            let c = rt.containers.get(&id)?;
+            match rt.containers.state(&c).0 {
+                State::Running => Ok(()),
+                _ => Err(crate::Error::Format(format!(
+                    "container {} is not running",
+                    c.id
+                ))),
+            }
+        })
+        .await?;
+        Ok(Response::new(cri::AttachResponse {
+            url: self.1.url(crate::stream::Request::Attach(req)),
+        }))
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let req = req.into_inner();
+        if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!("invalid port {p}")));
+        }
+        let id = req.pod_sandbox_id.clone();
+        let sb = self.blocking(move |rt| rt.sandboxes.get(&id)).await?;
+        if !sb.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        Ok(Response::new(cri::PortForwardResponse {
+            url: self.1.url(crate::stream::Request::PortForward(req)),
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let req = req.into_inner();
+        let linux = req
+            .linux
+            .ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
+        self.blocking(move |rt| rt.containers.update_resources(&req.container_id, linux))
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = req.into_inner().container_id;
+        crate::stream::reopen_log(&self.0, &id)
+            .await
+            .map_err(super::status)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let id = req.into_inner().container_id;
+        let stats = self
+            .blocking(move |rt| {
+                let c = rt.containers.get(&id)?;
+                Ok(super::stats::container(rt, &c))
+            })
+            .await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = self
+            .blocking(move |rt| {
+                Ok(rt
+                    .containers
+                    .list()
+                    .iter()
+                    .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+                    .filter(|c| {
+                        filter.pod_sandbox_id.is_empty()
+                            || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+                    })
+                    .filter(|c| labels_match(&filter.label_selector, &c.config.labels))
+                    .filter(|c| rt.containers.state(c).0 == State::Running)
+                    .map(|c| super::stats::container(rt, c))
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        let stats = self
+            .blocking(move |rt| {
+                let sb = rt.sandboxes.get(&id)?;
+                Ok(super::stats::sandbox(rt, &sb))
+            })
+            .await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = self
+            .blocking(move |rt| {
+                Ok(rt
+                    .sandboxes
+                    .list()
+                    .iter()
+                    .filter(|s| s.ready)
+                    .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+                    .filter(|s| labels_match(&filter.label_selector, &s.config.labels))
+                    .map(|s| super::stats::sandbox(rt, s))
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 }

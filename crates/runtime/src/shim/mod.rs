@@ -1,30 +1,34 @@
 //! `rkube shim`: one small process per container, as containerd's shim. It asks the OCI
 //! runtime to create the container (so the container's init becomes its child, through
-//! the subreaper bit), owns the container's stdout/stderr pipes and writes them to the
-//! CRI log, waits for the exit and records it in `exit.json`, then deletes the container.
-//! It is started in its own session, so the runtime can restart without touching it.
+//! the subreaper bit), owns the container's stdio (pipes, or the terminal's master for a
+//! TTY container) and writes the output to the CRI log and to attached clients, waits for
+//! the exit and records it in `exit.json`, then deletes the container. It is started in
+//! its own session, so the runtime can restart without touching it.
 //!
-//! It is single-threaded apart from two log copier threads, and uses only blocking calls.
+//! It uses only blocking calls and a few threads: output copiers and attach sessions.
+
+pub mod frame;
+mod hub;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The longest log line written whole; longer lines are split into `P` parts (as
-/// containerd's default).
-pub const MAX_LOG_LINE: usize = 16 * 1024;
+pub use hub::{timestamp, MAX_LOG_LINE};
+use hub::{Hub, REOPEN};
 
 /// What the shim needs to run one container.
 #[derive(Clone, Debug)]
 pub struct ShimArgs {
     pub id: String,
-    /// The container's state directory (with `bundle/`).
+    /// The container's state directory (with `bundle/` and `container.json`).
     pub dir: PathBuf,
     pub runc: PathBuf,
     pub runc_root: PathBuf,
@@ -46,8 +50,6 @@ pub struct Exit {
     pub message: String,
 }
 
-static REOPEN: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_usr1(_: libc::c_int) {
     REOPEN.store(true, Ordering::SeqCst);
 }
@@ -62,8 +64,14 @@ pub fn run(a: ShimArgs) -> i32 {
         libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    // Sockets are bound by relative names here: full paths can pass the 108-byte limit.
+    if let Err(e) = std::env::set_current_dir(&a.dir) {
+        report(&format!("error entering {}: {e}", a.dir.display()));
+        return 1;
+    }
+    let _ = fs::write("shim.pid", std::process::id().to_string());
     match create(&a) {
-        Ok((pid, copiers)) => {
+        Ok((pid, hub, copiers)) => {
             report(&format!("ok {pid}"));
             let code = wait_for(pid);
             // The pid namespace is gone with its init: the pipes reach EOF soon.
@@ -75,6 +83,7 @@ pub fn run(a: ShimArgs) -> i32 {
                 let _ = tx.send(());
             });
             let _ = rx.recv_timeout(Duration::from_secs(5));
+            hub.close_all();
             let oom = oom_kills(&a.cgroup) > 0;
             let exit = Exit {
                 exit_code: code,
@@ -126,14 +135,26 @@ fn report(line: &str) {
 
 type Copiers = Vec<std::thread::JoinHandle<()>>;
 
-/// `runc create` with the container's stdio on our pipes; starts the log copiers.
-fn create(a: &ShimArgs) -> Result<(i32, Copiers), String> {
-    let (out_r, out_w) = io::pipe().map_err(|e| e.to_string())?;
-    let (err_r, err_w) = io::pipe().map_err(|e| e.to_string())?;
+/// Where runc sends a TTY container's terminal (relative to the container's directory).
+const CONSOLE_SOCKET: &str = "bundle/console.sock";
+
+/// The stdio a container asked for, from its record.
+fn wants(dir: &Path) -> (bool, bool, bool) {
+    let rec: Option<crate::container::Container> = fs::read(dir.join("container.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    rec.map(|c| (c.config.tty, c.config.stdin, c.config.stdin_once))
+        .unwrap_or_default()
+}
+
+/// `runc create` with the container's stdio on our pipes (or a terminal received over the
+/// console socket); starts the output copiers and the attach socket.
+fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
+    let (tty, stdin, stdin_once) = wants(&a.dir);
     let pid_file = a.dir.join("init.pid");
     let runc_log = a.dir.join("runc.log");
-    let status = Command::new(&a.runc)
-        .arg("--root")
+    let mut cmd = Command::new(&a.runc);
+    cmd.arg("--root")
         .arg(&a.runc_root)
         .arg("--log")
         .arg(&runc_log)
@@ -141,18 +162,42 @@ fn create(a: &ShimArgs) -> Result<(i32, Copiers), String> {
         .arg("--bundle")
         .arg(a.dir.join("bundle"))
         .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&a.id)
-        .stdin(Stdio::null())
-        .stdout(out_w)
-        .stderr(err_w)
-        .status()
-        .map_err(|e| {
-            format!(
-                "running {}: {e} (is runc installed? apt-get install runc)",
-                a.runc.display()
-            )
-        })?;
+        .arg(&pid_file);
+    let mut outputs: Vec<(u8, File)> = Vec::new();
+    let mut stdin_w: Option<File> = None;
+    let console = if tty {
+        // runc resolves the socket's name in the bundle, where it changes directory.
+        let _ = fs::remove_file(CONSOLE_SOCKET);
+        let l = UnixListener::bind(CONSOLE_SOCKET).map_err(|e| format!("console socket: {e}"))?;
+        cmd.args(["--console-socket", "console.sock"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Some(l)
+    } else {
+        let (out_r, out_w) = io::pipe().map_err(|e| e.to_string())?;
+        let (err_r, err_w) = io::pipe().map_err(|e| e.to_string())?;
+        outputs.push((frame::STDOUT, File::from(std::os::fd::OwnedFd::from(out_r))));
+        outputs.push((frame::STDERR, File::from(std::os::fd::OwnedFd::from(err_r))));
+        if stdin {
+            let (in_r, in_w) = io::pipe().map_err(|e| e.to_string())?;
+            stdin_w = Some(File::from(std::os::fd::OwnedFd::from(in_w)));
+            cmd.stdin(in_r);
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        cmd.stdout(out_w).stderr(err_w);
+        None
+    };
+    cmd.arg(&a.id);
+    let status = cmd.status().map_err(|e| {
+        format!(
+            "running {}: {e} (is runc installed? apt-get install runc)",
+            a.runc.display()
+        )
+    })?;
+    // Our copies of the container's ends must go, or the pipes never reach EOF.
+    drop(cmd);
     if !status.success() {
         let log = fs::read_to_string(&runc_log).unwrap_or_default();
         let last = log
@@ -166,12 +211,33 @@ fn create(a: &ShimArgs) -> Result<(i32, Copiers), String> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or("runc wrote no pid file")?;
-    let sink = Arc::new(Mutex::new(LogSink::open(a.log.clone())));
-    let copiers = vec![
-        copier(out_r, "stdout", sink.clone()),
-        copier(err_r, "stderr", sink),
-    ];
-    Ok((pid, copiers))
+    let mut pty = None;
+    if let Some(l) = console {
+        // runc has connected and sent the master before `create` returned.
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let (conn, _) = l
+            .accept()
+            .map_err(|e| format!("runc sent no terminal: {e}"))?;
+        conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let master = File::from(crate::pty::recv_fd(&conn).map_err(|e| e.to_string())?);
+        let _ = fs::remove_file(CONSOLE_SOCKET);
+        outputs.push((
+            frame::STDOUT,
+            master.try_clone().map_err(|e| e.to_string())?,
+        ));
+        if stdin {
+            stdin_w = Some(master.try_clone().map_err(|e| e.to_string())?);
+        }
+        pty = Some(master);
+    }
+    let hub = Hub::new(a.log.clone(), stdin_w, stdin_once, pty);
+    hub.listen()
+        .map_err(|e| format!("attach socket in {}: {e}", a.dir.display()))?;
+    let copiers = outputs
+        .into_iter()
+        .map(|(kind, r)| hub.copier(r, kind))
+        .collect();
+    Ok((pid, hub, copiers))
 }
 
 /// Reaps children (we are their subreaper) until `pid` exits; its exit code, or 128 plus
@@ -221,85 +287,4 @@ fn oom_kills(cgroup: &str) -> u64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// The CRI log file, reopened on SIGUSR1 (after the kubelet rotates it).
-struct LogSink {
-    path: Option<PathBuf>,
-    file: Option<File>,
-}
-
-impl LogSink {
-    fn open(path: Option<PathBuf>) -> LogSink {
-        let file = path.as_ref().and_then(|p| {
-            if let Some(d) = p.parent() {
-                let _ = fs::create_dir_all(d);
-            }
-            OpenOptions::new().create(true).append(true).open(p).ok()
-        });
-        LogSink { path, file }
-    }
-
-    fn write(&mut self, stream: &str, tag: char, content: &[u8]) {
-        if REOPEN.swap(false, Ordering::SeqCst) {
-            *self = LogSink::open(self.path.clone());
-        }
-        let Some(f) = self.file.as_mut() else {
-            return;
-        };
-        let mut line = Vec::with_capacity(content.len() + 48);
-        line.extend_from_slice(format!("{} {stream} {tag} ", timestamp()).as_bytes());
-        line.extend_from_slice(content);
-        line.push(b'\n');
-        let _ = f.write_all(&line);
-    }
-}
-
-/// Now in RFC 3339 with nanoseconds, UTC (the CRI log format's timestamp).
-pub fn timestamp() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        .to_string()
-}
-
-/// Copies one stream into the log: full lines tagged `F`, pieces of over-long lines `P`.
-fn copier(
-    r: io::PipeReader,
-    stream: &'static str,
-    sink: Arc<Mutex<LogSink>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut r = BufReader::with_capacity(MAX_LOG_LINE, r);
-        let mut line: Vec<u8> = Vec::new();
-        loop {
-            let buf = match r.fill_buf() {
-                Ok([]) => break,
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let room = MAX_LOG_LINE - line.len();
-            let take = buf.len().min(room);
-            match buf[..take].iter().position(|b| *b == b'\n') {
-                Some(i) => {
-                    line.extend_from_slice(&buf[..i]);
-                    r.consume(i + 1);
-                    sink.lock().expect("log lock").write(stream, 'F', &line);
-                    line.clear();
-                }
-                None => {
-                    line.extend_from_slice(&buf[..take]);
-                    r.consume(take);
-                    if line.len() == MAX_LOG_LINE {
-                        sink.lock().expect("log lock").write(stream, 'P', &line);
-                        line.clear();
-                    }
-                }
-            }
-        }
-        if !line.is_empty() {
-            // The stream ended inside a line: written as a full line (as containerd).
-            sink.lock().expect("log lock").write(stream, 'F', &line);
-        }
-    })
 }

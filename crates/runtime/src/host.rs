@@ -1,0 +1,50 @@
+//! What the runtime needs from the host, checked up front so a missing piece is one clear
+//! message naming what to install, not a cryptic failure deep in a mount or an exec.
+
+use std::path::Path;
+
+/// Why containers cannot run here, if they cannot: the OCI runtime binary and overlayfs.
+pub fn runtime_problem(runc: &Path) -> Option<String> {
+    runc_problem(runc).or_else(overlay_problem)
+}
+
+/// Whether the OCI runtime binary is there and executable.
+pub fn runc_problem(runc: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(runc) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => None,
+        _ => Some(format!(
+            "the OCI runtime {} is not installed: install Debian's runc package (apt-get install runc) or point --runc at crun",
+            runc.display()
+        )),
+    }
+}
+
+/// Whether the kernel offers overlayfs (container root filesystems).
+pub fn overlay_problem() -> Option<String> {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        return None;
+    }
+    // Not loaded yet: the module may still be there.
+    let loaded = std::process::Command::new("modprobe")
+        .arg("overlay")
+        .status()
+        .is_ok_and(|s| s.success());
+    (!loaded).then(|| {
+        "the kernel has no overlayfs (container root filesystems need it): load it with `modprobe overlay`, or use a kernel built with CONFIG_OVERLAY_FS".to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_runc_names_the_package() {
+        let msg = super::runc_problem(std::path::Path::new("/nonexistent/runc")).unwrap();
+        assert!(msg.contains("apt-get install runc"), "{msg}");
+        assert!(super::runc_problem(std::path::Path::new("/bin/sh")).is_none());
+    }
+}
