@@ -130,7 +130,19 @@ fn exec_attach_port_forward_stats_and_updates() {
             vec![("RuntimeReady".into(), true), ("NetworkReady".into(), true)]
         );
 
-        let cfg = sandbox_config(&node, "streams");
+        let mut cfg = sandbox_config(&node, "streams");
+        // A hostPort: any free port here.
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cfg.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: host_port as i32,
+            host_ip: String::new(),
+        }];
         let pod = run_pod(&mut c, &cfg).await;
         let web = run_container(
             &mut c,
@@ -418,10 +430,7 @@ fn exec_attach_port_forward_stats_and_updates() {
             .stats
             .unwrap();
         let v = |x: Option<cri::UInt64Value>| x.map(|v| v.value).unwrap_or(0);
-        assert!(
-            v(s.cpu.unwrap().usage_core_nano_seconds) > 0,
-            "{s:?}"
-        );
+        assert!(v(s.cpu.unwrap().usage_core_nano_seconds) > 0, "{s:?}");
         assert!(v(s.memory.unwrap().working_set_bytes) > 0, "{s:?}");
         assert!(v(s.writable_layer.clone().unwrap().used_bytes) > 0, "{s:?}");
         // A second sample gives a CPU rate.
@@ -501,6 +510,19 @@ fn exec_attach_port_forward_stats_and_updates() {
             st.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
             96 << 20
         );
+        // The hostPort reaches the pod, from 127.0.0.1 too; a second pod cannot take it.
+        let body = retry_http(&format!("127.0.0.1:{host_port}"));
+        assert!(body.contains("hello-stream"), "{body}");
+        let mut other = sandbox_config(&node, "other");
+        other.port_mappings = cfg.port_mappings.clone();
+        let err = c
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(other),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
         // Streams to a container that is not running are refused up front.
         let err = c
             .exec(cri::ExecRequest {
@@ -514,5 +536,22 @@ fn exec_attach_port_forward_stats_and_updates() {
             .await
             .unwrap_err();
         assert!(err.message().contains("not running"), "{err:?}");
+        // Removing the pod removes its host port rules.
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        let table = rkube_runtime::hostport::table(&node.bridge);
+        let listed = std::process::Command::new("nft")
+            .args(["list", "table", "ip", &table])
+            .output()
+            .unwrap();
+        assert!(
+            !listed.status.success(),
+            "{table} left: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        );
+        assert!(http_get(&format!("127.0.0.1:{host_port}")).is_none());
     });
 }

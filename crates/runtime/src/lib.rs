@@ -8,6 +8,7 @@ pub mod cri;
 pub mod digest;
 pub mod exec;
 pub mod host;
+pub mod hostport;
 pub mod images;
 pub mod namespaces;
 pub mod pty;

@@ -65,6 +65,7 @@ pub struct Runtime {
     pod_cidr: std::sync::Mutex<Option<String>>,
     /// CPU rates between stats calls.
     pub cpu_rates: crate::stats::CpuRates,
+    host_ports: std::sync::Mutex<()>,
 }
 
 impl Runtime {
@@ -89,6 +90,7 @@ impl Runtime {
             containers,
             pod_cidr: std::sync::Mutex::new(pod_cidr),
             cpu_rates: Default::default(),
+            host_ports: Default::default(),
         }))
     }
 
@@ -107,6 +109,13 @@ impl Runtime {
         );
         n.plugin_dirs = self.options.cni_dirs.clone();
         Some(n)
+    }
+
+    /// Rewrites the host-port rules from every ready sandbox.
+    pub fn sync_host_ports(&self) -> Result<(), Error> {
+        // One sync at a time: the last one sees every saved sandbox.
+        let _one = self.host_ports.lock().expect("host ports lock");
+        crate::hostport::sync(&self.sandboxes.list(), &self.options.bridge)
     }
 
     /// Records the pod CIDR (validated: an IPv4 or IPv6 network in CIDR notation).

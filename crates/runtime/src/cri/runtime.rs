@@ -187,7 +187,17 @@ impl RuntimeService for Containers {
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let sb = self
-            .blocking(move |rt| rt.sandboxes.run(config, rt.network().as_ref()))
+            .blocking(move |rt| {
+                crate::hostport::check_free(&config, &rt.sandboxes.list())?;
+                let net = rt.network();
+                let sb = rt.sandboxes.run(config, net.as_ref())?;
+                if let Err(e) = rt.sync_host_ports() {
+                    let _ = rt.sandboxes.remove(&sb.id, net.as_ref());
+                    let _ = rt.sync_host_ports();
+                    return Err(e);
+                }
+                Ok(sb)
+            })
             .await?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: sb.id,
@@ -202,7 +212,8 @@ impl RuntimeService for Containers {
         self.blocking(move |rt| {
             for_sandbox(rt, &id, |c| rt.containers.stop(&c.id, Duration::ZERO)).and_then(|sb| {
                 sb.map_or(Ok(()), |sb| {
-                    rt.sandboxes.stop(&sb.id, rt.network().as_ref())
+                    rt.sandboxes.stop(&sb.id, rt.network().as_ref())?;
+                    rt.sync_host_ports()
                 })
             })
         })
@@ -218,7 +229,8 @@ impl RuntimeService for Containers {
         self.blocking(move |rt| {
             for_sandbox(rt, &id, |c| rt.containers.remove(&c.id, &rt.images)).and_then(|sb| {
                 sb.map_or(Ok(()), |sb| {
-                    rt.sandboxes.remove(&sb.id, rt.network().as_ref())
+                    rt.sandboxes.remove(&sb.id, rt.network().as_ref())?;
+                    rt.sync_host_ports()
                 })
             })
         })
