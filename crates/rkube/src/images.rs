@@ -66,6 +66,10 @@ pub struct RuntimeArgs {
     /// connects to it; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub stream_address: String,
+    /// Where CNI plugin binaries are looked for (repeatable; default /usr/lib/cni and
+    /// /opt/cni/bin). Without them, built-in bridge and host-local plugins are used.
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// `rkube shim` (started by the runtime, one per container; not for people).
@@ -127,6 +131,14 @@ pub async fn serve(args: RuntimeArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         stream_address: args.stream_address,
         ..Default::default()
+    };
+    let options = rkube_runtime::cri::Options {
+        cni_dirs: if args.cni_bin_dirs.is_empty() {
+            options.cni_dirs.clone()
+        } else {
+            args.cni_bin_dirs
+        },
+        ..options
     };
     let rt = tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths, options))
         .await?

@@ -358,3 +358,53 @@ fn runtime_restart_and_clean_removal() {
         .join(&pod)
         .exists());
 }
+
+/// Without the CNI plugin binaries the built-in bridge and host-local take over: pods get
+/// addresses, reach each other and the host, and removal releases everything.
+#[test]
+fn built_in_network_without_plugin_binaries() {
+    if !root_or_skip("built_in_network_without_plugin_binaries") {
+        return;
+    }
+    let node = Node::with_args(15, &["--cni-bin-dir", "/nonexistent-cni-bin"]);
+    node.rt.block_on(async {
+        let mut c = node.client().await;
+        let st = c.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+        let net = st.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+        assert!(net.status, "{net:?}");
+        let a_cfg = sandbox_config(&node, "builtin-a");
+        let a = run_pod(&mut c, &a_cfg).await;
+        let a_ip = pod_ip(&mut c, &a).await;
+        assert_eq!(a_ip, "10.199.15.2");
+        run_container(&mut c, &a, &a_cfg, container_config(
+            "web",
+            "echo built-in > /var/www/index.html; exec httpd -f -p 8080 -h /var/www",
+        )).await;
+        let b_cfg = sandbox_config(&node, "builtin-b");
+        let b = run_pod(&mut c, &b_cfg).await;
+        assert_eq!(pod_ip(&mut c, &b).await, "10.199.15.3");
+        let fetch = run_container(&mut c, &b, &b_cfg, container_config(
+            "fetch",
+            &format!("for i in $(seq 1 50); do wget -q -O - http://{a_ip}:8080/ && ip route && exit 0; sleep 0.1; done; exit 1"),
+        )).await;
+        let st = wait_exit(&mut c, &fetch).await;
+        assert_eq!(st.exit_code, 0, "{st:?}");
+        let text: Vec<String> = log_lines(&node.logs().join("builtin-b/fetch/0.log")).into_iter().map(|l| l.2).collect();
+        assert_eq!(text.first().map(String::as_str), Some("built-in"), "{text:?}");
+        assert!(text.iter().any(|l| l.starts_with("default via 10.199.15.1")), "{text:?}");
+        assert!(retry_http(&format!("{a_ip}:8080")).contains("built-in"));
+        assert_eq!(count_veths(&node.bridge), 2);
+        for pod in [a, b] {
+            c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+            c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+        }
+    });
+    assert_eq!(count_veths(&node.bridge), 0);
+    let held: Vec<String> = std::fs::read_dir(node.data().join("agent/runtime/cni/networks/rkube"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(held.is_empty(), "IPs still allocated: {held:?}");
+}

@@ -11,6 +11,7 @@ pub mod host;
 pub mod hostport;
 pub mod images;
 pub mod namespaces;
+pub mod netlink;
 pub mod pty;
 pub mod sandbox;
 pub mod shim;

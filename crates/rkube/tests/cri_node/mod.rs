@@ -24,12 +24,18 @@ pub struct Node {
     pub cidr: String,
     pub child: Option<Child>,
     pub rt: tokio::runtime::Runtime,
+    pub extra: Vec<String>,
 }
 
 impl Node {
     /// A data dir with the busybox image imported, and a runtime serving it. `n` keeps
     /// the bridge and pod CIDR of concurrent tests apart.
     pub fn new(n: u8) -> Node {
+        Node::with_args(n, &[])
+    }
+
+    /// As `new`, with more `rkube runtime` flags.
+    pub fn with_args(n: u8, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let tar = dir.path().join("busybox.tar");
@@ -60,6 +66,7 @@ impl Node {
             cidr: format!("10.199.{}.0/24", n),
             child: None,
             rt: tokio::runtime::Runtime::new().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         node.start();
         let cidr = node.cidr.clone();
@@ -91,6 +98,7 @@ impl Node {
                 "--bridge",
                 &self.bridge,
             ])
+            .args(&self.extra)
             .env("RKUBE_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

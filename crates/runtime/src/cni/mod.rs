@@ -3,7 +3,10 @@
 //! reverse order, with the cached result) when it stops.
 //!
 //! The default network is a bridge with host-local IPAM on the node's pod CIDR, the
-//! bridge being the pods' gateway.
+//! bridge being the pods' gateway. Without the plugin binaries, a built-in implementation
+//! of those two plugins takes their place.
+
+mod builtin;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -57,18 +60,23 @@ impl Network {
         }
     }
 
-    /// The plugin binary for `kind`, or an error naming the package to install.
-    fn plugin(&self, kind: &str) -> Result<PathBuf, Error> {
+    /// The plugin binary for `kind`, if installed.
+    fn binary(&self, kind: &str) -> Option<PathBuf> {
         self.plugin_dirs
             .iter()
             .map(|d| d.join(kind))
             .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::Format(format!(
-                    "CNI plugin {kind:?} not found in {}: install the containernetworking-plugins package",
-                    self.dirs()
-                ))
-            })
+    }
+
+    /// Whether `kind` can run: its binary, or a built-in one.
+    fn available(&self, kind: &str) -> Result<(), Error> {
+        if self.binary(kind).is_some() || builtin::supports(kind) {
+            return Ok(());
+        }
+        Err(Error::HostMissing(format!(
+            "CNI plugin {kind:?} is neither built in nor found in {}: install Debian's containernetworking-plugins package",
+            self.dirs()
+        )))
     }
 
     fn dirs(&self) -> String {
@@ -82,9 +90,16 @@ impl Network {
     /// Whether every plugin of the list is installed.
     pub fn ready(&self) -> Result<(), Error> {
         for p in self.plugins() {
-            self.plugin(p["type"].as_str().unwrap_or(""))?;
-            if let Some(ipam) = p["ipam"]["type"].as_str() {
-                self.plugin(ipam)?;
+            let kind = p["type"].as_str().unwrap_or("");
+            self.available(kind)?;
+            // A plugin binary runs its IPAM plugin's binary; a built-in one its own.
+            if let (Some(ipam), Some(_)) = (p["ipam"]["type"].as_str(), self.binary(kind)) {
+                if self.binary(ipam).is_none() {
+                    return Err(Error::HostMissing(format!(
+                        "CNI IPAM plugin {ipam:?} not found in {}: install Debian's containernetworking-plugins package",
+                        self.dirs()
+                    )));
+                }
             }
         }
         Ok(())
@@ -161,7 +176,13 @@ impl Network {
         args: &str,
     ) -> Result<Value, Error> {
         let kind = plugin["type"].as_str().unwrap_or("");
-        let bin = self.plugin(kind)?;
+        let Some(bin) = self.binary(kind) else {
+            self.available(kind)?;
+            return match command {
+                "ADD" => builtin::add(conf, id, netns, ifname),
+                _ => builtin::del(conf, id, netns, ifname).map(|_| Value::Null),
+            };
+        };
         let mut child = Command::new(&bin)
             .env_clear()
             .env("CNI_COMMAND", command)
