@@ -39,6 +39,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// Container runtime (root): pod sandbox setup, sandbox + first container running,
+    /// container create+start+stop+remove beside bare `runc run` of the same bundle
+    /// (p50/p99), and 20 pods started at once; through CRI against the built-in runtime.
+    Runtime {
+        /// Where the runtime's data directory goes.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        /// Runs per figure.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -49,6 +60,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             scale,
         } => datastore(dir, etcd_endpoint, scale).await,
         BenchCommand::Apiserver { dir, scale } => crate::bench_api::apiserver(dir, scale).await,
+        BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
     }
 }
 

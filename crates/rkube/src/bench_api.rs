@@ -106,7 +106,7 @@ async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

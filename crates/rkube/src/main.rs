@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_runtime;
 mod datastore;
 mod images;
 mod server;

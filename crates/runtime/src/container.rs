@@ -76,6 +76,46 @@ impl Containers {
         self.records.dir.join(id)
     }
 
+    /// The address of a container's shim socket (`attach.sock`), valid while the returned
+    /// guard lives: a short /proc/self/fd path, since the full path can pass the 108-byte
+    /// limit of unix socket addresses.
+    pub fn shim_socket(&self, id: &str) -> Result<ShimSocket, Error> {
+        use std::os::fd::AsRawFd;
+        let dir = self.dir(id);
+        let d = fs::File::open(&dir).map_err(io_err(&dir))?;
+        let path = format!(
+            "/proc/self/fd/{}/{}",
+            d.as_raw_fd(),
+            crate::shim::frame::SOCKET
+        );
+        Ok(ShimSocket { _dir: d, path })
+    }
+
+    /// Sends `signal` to a running container's init through its shim; false if it had
+    /// already exited.
+    fn signal(&self, id: &str, signal: i32) -> Result<bool, Error> {
+        use crate::shim::frame;
+        use std::io::{Read, Write};
+        let sock = self.shim_socket(id)?;
+        let io = |e| Error::Io(format!("signalling container {id} through its shim"), e);
+        let mut conn = std::os::unix::net::UnixStream::connect(&sock.path).map_err(io)?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io)?;
+        conn.write_all(&frame::encode(frame::SIGNAL, &signal.to_be_bytes()))
+            .map_err(io)?;
+        let mut reply = [0u8; 6];
+        conn.read_exact(&mut reply).map_err(io)?;
+        Ok(reply[5] == 1)
+    }
+
+    /// Sends a signal: through the shim, or runc when the shim cannot be reached.
+    fn kill(&self, id: &str, signal: &str) {
+        let sent = signal_number(signal).map(|n| self.signal(id, n));
+        if !matches!(sent, Some(Ok(_))) {
+            let _ = self.runc(&["kill", id, signal]);
+        }
+    }
+
     /// runc's state root (`--root`).
     pub fn runc_root(&self) -> &Path {
         &self.runc_root
@@ -390,25 +430,38 @@ impl Containers {
             return Ok(());
         }
         let exited = |limit: Duration| {
-            let deadline = Instant::now() + limit;
+            let start = Instant::now();
             loop {
                 if self.dir(&c.id).join("exit.json").exists() {
                     return true;
                 }
-                if Instant::now() >= deadline {
+                let waited = start.elapsed();
+                if waited >= limit {
                     return false;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Fine-grained at first: most containers die within milliseconds of KILL.
+                let step = if waited < Duration::from_millis(200) {
+                    2
+                } else {
+                    20
+                };
+                std::thread::sleep(Duration::from_millis(step));
             }
         };
         if !timeout.is_zero() {
-            let _ = self.runc(&["kill", &c.id, &c.stop_signal]);
+            self.kill(&c.id, &c.stop_signal);
             if exited(timeout) {
                 return Ok(());
             }
         }
+        // The container has its own pid namespace: killing its init ends every process in
+        // it; `--all` (freeze, signal each, thaw) is the fallback.
+        self.kill(&c.id, "SIGKILL");
+        if exited(Duration::from_secs(2)) {
+            return Ok(());
+        }
         let _ = self.runc(&["kill", "--all", &c.id, "KILL"]);
-        if exited(Duration::from_secs(10)) {
+        if exited(Duration::from_secs(8)) {
             return Ok(());
         }
         // The shim is gone (killed by hand?): record the end ourselves.
@@ -435,11 +488,42 @@ impl Containers {
 
     fn cleanup(&self, id: &str, images: &ImageStore) {
         let dir = self.dir(id);
-        let _ = self.runc(&["delete", "--force", id]);
+        // The shim deletes the runc container before it records the exit.
+        if !dir.join("exit.json").exists() {
+            let _ = self.runc(&["delete", "--force", id]);
+        }
         unmount(&dir.join("bundle/rootfs"));
         images.release(id);
         let _ = fs::remove_dir_all(&dir);
     }
+}
+
+/// A shim socket address and the directory handle that keeps it valid.
+pub struct ShimSocket {
+    _dir: fs::File,
+    pub path: String,
+}
+
+/// A signal's number from its name (`SIGTERM`, `TERM`) or number (`15`).
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let n = match name.trim_start_matches("SIG") {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => return None,
+    };
+    Some(n)
 }
 
 fn cpath(p: &Path) -> Result<CString, Error> {
@@ -481,5 +565,18 @@ fn unmount(target: &Path) {
     if let Ok(t) = cpath(target) {
         // SAFETY: valid C string; failure (not mounted) is fine.
         unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signal_numbers() {
+        use super::signal_number;
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("QUIT"), Some(libc::SIGQUIT));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
     }
 }

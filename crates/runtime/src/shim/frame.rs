@@ -12,6 +12,9 @@ pub const RESIZE: u8 = 4;
 /// Client → shim: reopen the CRI log file; the shim answers with an empty `REOPEN` once
 /// the new file exists.
 pub const REOPEN: u8 = 5;
+/// Client → shim: send a signal (big-endian i32) to the container's init; the shim
+/// answers with one byte, 1 if it was sent, 0 if the container has already exited.
+pub const SIGNAL: u8 = 7;
 /// Client → shim: attach; one payload byte of `WANT_*` bits.
 pub const ATTACH: u8 = 6;
 /// Client → shim: the client's input has ended (closes a `stdinOnce` container's stdin).

@@ -28,6 +28,8 @@ pub struct Hub {
     stdin_once: bool,
     /// The terminal's master, for resizes.
     pty: Option<File>,
+    /// The container's init, until it has exited.
+    init: Mutex<Option<i32>>,
 }
 
 struct Client {
@@ -42,6 +44,7 @@ impl Hub {
         stdin: Option<File>,
         stdin_once: bool,
         pty: Option<File>,
+        init: i32,
     ) -> Arc<Hub> {
         Arc::new(Hub {
             log: Mutex::new(LogSink::open(log)),
@@ -49,7 +52,23 @@ impl Hub {
             stdin: Mutex::new(stdin),
             stdin_once,
             pty,
+            init: Mutex::new(Some(init)),
         })
+    }
+
+    /// The init process has exited (not yet reaped): no more signals to it.
+    pub fn init_exited(&self) {
+        *self.init.lock().expect("init lock") = None;
+    }
+
+    /// Sends `signal` to the container's init; false if it has already exited.
+    fn signal(&self, signal: i32) -> bool {
+        let init = self.init.lock().expect("init lock");
+        match *init {
+            // SAFETY: kill with a live child's pid (it is unreaped while the lock is held).
+            Some(pid) => unsafe { libc::kill(pid, signal) == 0 },
+            None => false,
+        }
     }
 
     /// Sends output to every client that wants this stream; drops clients that fail.
@@ -139,6 +158,11 @@ impl Hub {
                     if let Some(p) = &self.pty {
                         crate::pty::resize(p, w, h);
                     }
+                }
+                frame::SIGNAL if payload.len() == 4 => {
+                    let sig = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    let sent = self.signal(sig);
+                    let _ = conn.write_all(&frame::encode(frame::SIGNAL, &[sent as u8]));
                 }
                 frame::REOPEN => {
                     {

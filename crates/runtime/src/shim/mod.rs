@@ -73,7 +73,7 @@ pub fn run(a: ShimArgs) -> i32 {
     match create(&a) {
         Ok((pid, hub, copiers)) => {
             report(&format!("ok {pid}"));
-            let code = wait_for(pid);
+            let code = wait_for(pid, &hub);
             // The pid namespace is gone with its init: the pipes reach EOF soon.
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
@@ -97,11 +97,7 @@ pub fn run(a: ShimArgs) -> i32 {
                 },
                 message: String::new(),
             };
-            let p = a.dir.join("exit.json");
-            let tmp = a.dir.join("exit.json.tmp");
-            if fs::write(&tmp, serde_json::to_vec(&exit).expect("json")).is_ok() {
-                let _ = fs::rename(&tmp, &p);
-            }
+            // runc's record goes first: once exit.json exists, the container is gone.
             let _ = Command::new(&a.runc)
                 .arg("--root")
                 .arg(&a.runc_root)
@@ -109,6 +105,11 @@ pub fn run(a: ShimArgs) -> i32 {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+            let p = a.dir.join("exit.json");
+            let tmp = a.dir.join("exit.json.tmp");
+            if fs::write(&tmp, serde_json::to_vec(&exit).expect("json")).is_ok() {
+                let _ = fs::rename(&tmp, &p);
+            }
             0
         }
         Err(e) => {
@@ -230,7 +231,7 @@ fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
         }
         pty = Some(master);
     }
-    let hub = Hub::new(a.log.clone(), stdin_w, stdin_once, pty);
+    let hub = Hub::new(a.log.clone(), stdin_w, stdin_once, pty, pid);
     hub.listen()
         .map_err(|e| format!("attach socket in {}: {e}", a.dir.display()))?;
     let copiers = outputs
@@ -241,25 +242,34 @@ fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
 }
 
 /// Reaps children (we are their subreaper) until `pid` exits; its exit code, or 128 plus
-/// the signal that killed it.
-fn wait_for(pid: i32) -> i32 {
+/// the signal that killed it. The hub learns of the exit before `pid` is reaped, so a
+/// signal it sends can never reach a recycled pid.
+fn wait_for(pid: i32, hub: &Hub) -> i32 {
     loop {
+        // SAFETY: waitid writes the siginfo we own; WNOWAIT leaves the child unreaped.
+        let exited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            if libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) != 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return 255;
+            }
+            info.si_pid()
+        };
+        if exited == pid {
+            hub.init_exited();
+        }
         let mut status = 0;
         // SAFETY: waitpid writes the status we own.
-        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if r < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return 255;
+        if unsafe { libc::waitpid(exited, &mut status, 0) } != exited || exited != pid {
+            continue;
         }
-        if r == pid {
-            if libc::WIFEXITED(status) {
-                return libc::WEXITSTATUS(status);
-            }
-            if libc::WIFSIGNALED(status) {
-                return 128 + libc::WTERMSIG(status);
-            }
+        if libc::WIFEXITED(status) {
+            return libc::WEXITSTATUS(status);
+        }
+        if libc::WIFSIGNALED(status) {
+            return 128 + libc::WTERMSIG(status);
         }
     }
 }

@@ -258,8 +258,7 @@ pub async fn attach(rt: Arc<Runtime>, ws: Ws, protocol: &'static str, req: cri::
     .await;
 }
 
-/// Connects to a running container's shim socket (through a short /proc/self/fd path:
-/// the full path can pass the 108-byte limit of unix socket addresses).
+/// Connects to a running container's shim socket.
 pub async fn connect_shim(
     rt: &Runtime,
     container_id: &str,
@@ -271,11 +270,9 @@ pub async fn connect_shim(
             c.id
         )));
     }
-    let dir = rt.containers.dir(&c.id);
-    let d = std::fs::File::open(&dir).map_err(crate::io_err(&dir))?;
-    let path = format!("/proc/self/fd/{}/{}", d.as_raw_fd(), frame::SOCKET);
-    let conn = tokio::net::UnixStream::connect(&path).await;
-    drop(d);
+    let sock = rt.containers.shim_socket(&c.id)?;
+    let conn = tokio::net::UnixStream::connect(&sock.path).await;
+    drop(sock);
     conn.map_err(|e| crate::Error::Io(format!("connecting to the shim of container {}", c.id), e))
 }
 
