@@ -48,11 +48,13 @@ lint: deps
 test: lint pyvenv
 	$(CARGO) test --workspace
 
-## bench: datastore figures (embedded store vs a real etcd on the same disk) and API server figures
+## bench: datastore figures (embedded store vs a real etcd on the same disk), API server
+## figures, and container runtime figures (root: namespaces, mounts, runc)
 bench: deps
 	$(CARGO) build --release -p rkube
 	$(TARGET)/release/rkube bench datastore
 	$(TARGET)/release/rkube bench apiserver
+	$(SUDO) $(TARGET)/release/rkube bench runtime
 
 clean:
 	$(CARGO) clean

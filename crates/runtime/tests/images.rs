@@ -294,6 +294,47 @@ async fn pull_with_basic_auth() {
     check_snapshots(&c.rt, &name, "private");
 }
 
+/// A registry that wants bearer tokens: the pull follows its challenge to the token
+/// service with the credentials, then pulls with the token.
+#[tokio::test]
+async fn pull_with_token_auth() {
+    if !root_or_skip("pull_with_token_auth") {
+        return;
+    }
+    let open = Registry::start(false).unwrap();
+    let img = busybox_image("tokened", Compression::Gzip).unwrap();
+    open.push("team/tokened", "v1", &img).unwrap();
+    let (reg, tokens) = Registry::start_token(&open).unwrap();
+    let mut c = start_cri().await;
+    let name = format!("{}/team/tokened:v1", reg.host());
+    let err = pull(&mut c.images, &name, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = cri::AuthConfig {
+        username: "tester".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut c.images, &name, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let asked = tokens.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked >= 1, "the token service was asked");
+    let (u, p) = reg.credentials.clone().unwrap();
+    let ok = cri::AuthConfig {
+        username: u,
+        password: p,
+        ..Default::default()
+    };
+    let got = pull(&mut c.images, &name, Some(ok)).await;
+    assert_eq!(
+        got.unwrap(),
+        img.config_digest,
+        "registry log: {}",
+        reg.log()
+    );
+    assert!(tokens.requests.load(std::sync::atomic::Ordering::SeqCst) > asked);
+    check_snapshots(&c.rt, &name, "tokened");
+}
+
 #[test]
 fn import_layouts_and_reject_corruption() {
     if !root_or_skip("import_layouts_and_reject_corruption") {

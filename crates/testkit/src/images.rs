@@ -279,18 +279,10 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `auth`, user `tester` / password `s3cret-pw`.
     pub fn start(auth: bool) -> Result<Registry, String> {
-        let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or(
-                "the registry is not installed (apt-get install docker-registry, or `make deps`)",
-            )?;
         let dir = tempfile::Builder::new()
             .prefix("registry-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let port = crate::free_port();
         let credentials = auth.then(|| ("tester".to_string(), "s3cret-pw".to_string()));
         let mut auth_cfg = String::new();
         if let Some((u, p)) = &credentials {
@@ -305,9 +297,48 @@ impl Registry {
                 htpasswd.display()
             );
         }
+        let storage = dir.path().join("data");
+        Registry::spawn(dir, &storage, &auth_cfg, credentials)
+    }
+
+    /// A second registry over `other`'s storage that wants bearer tokens from a token
+    /// service (user `tester` / password `s3cret-pw`); push through `other`.
+    pub fn start_token(other: &Registry) -> Result<(Registry, crate::token::TokenServer), String> {
+        let dir = tempfile::Builder::new()
+            .prefix("registry-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let (u, p) = ("tester", "s3cret-pw");
+        let tokens = crate::token::TokenServer::start(dir.path(), u, p)?;
+        let auth_cfg = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            crate::token::SERVICE,
+            crate::token::ISSUER,
+            tokens.root_pem.display()
+        );
+        let storage = other.dir.path().join("data");
+        let reg = Registry::spawn(dir, &storage, &auth_cfg, Some((u.into(), p.into())))?;
+        Ok((reg, tokens))
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        storage: &Path,
+        auth_cfg: &str,
+        credentials: Option<(String, String)>,
+    ) -> Result<Registry, String> {
+        let bin = ["/usr/bin/docker-registry", "/usr/bin/registry"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or(
+                "the registry is not installed (apt-get install docker-registry, or `make deps`)",
+            )?;
+        let port = crate::free_port();
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_cfg}",
-            dir.path().join("data").display()
+            storage.display()
         );
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, config).map_err(|e| e.to_string())?;

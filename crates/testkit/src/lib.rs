@@ -2,6 +2,7 @@
 
 pub mod images;
 mod kubectl;
+pub mod token;
 
 pub use kubectl::{kubectl_version_binary, Kubectl};
 
