@@ -39,6 +39,9 @@ pub struct ServerArgs {
     /// Do not run the node agent in this process.
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not run the scheduler in this server (another one schedules).
+    #[arg(long)]
+    pub disable_scheduler: bool,
     /// Name of this node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -125,12 +128,32 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "rkube server: try: kubectl --kubeconfig {} get namespaces",
         kubeconfig.display()
     );
+    let _scheduler = if args.disable_scheduler {
+        None
+    } else {
+        let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let scheduler =
+            rkube_scheduler::Scheduler::new(client, rkube_scheduler::plugins::default_profile());
+        Some(AbortOnDrop(tokio::spawn(scheduler.run())))
+    };
     if !args.disable_agent {
         eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
     }
     let _ = (&args.cluster_cidr, &args.node_name, &args.token);
     crate::shutdown_signal().await;
     eprintln!("rkube server: stopping");
+    drop(_scheduler);
     drop(server);
     Ok(())
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -1,0 +1,293 @@
+//! The scheduler inside `rkube server`, through the real API with fake nodes (Node objects
+//! with capacity, no kubelet): where pods land, why they stay Pending, and that they bind
+//! as soon as a node fits.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    client: Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(data: &Path) -> Server {
+    let kubeconfig = data.join("kubeconfig.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rkube"))
+        .args(["server", "--data-dir", data.to_str().unwrap()])
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port", "0"])
+        .args([
+            "--write-kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--disable-agent",
+        ])
+        .env("RKUBE_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("API at ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the server started");
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Server {
+        child,
+        client: Client::try_from(config).unwrap(),
+    }
+}
+
+/// A fake node: capacity, labels and taints, Ready.
+async fn node(c: &Client, name: &str, cpu: &str, labels: Value, taints: Value) {
+    let api: Api<Node> = Api::all(c.clone());
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &n).await.unwrap();
+    let status = json!({"status": {
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
+async fn pod(c: &Client, name: &str, spec: Value) {
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut spec = spec;
+    if spec["containers"].is_null() {
+        spec["containers"] = json!([{"name": "c", "image": "busybox"}]);
+    }
+    let p: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    api.create(&PostParams::default(), &p).await.unwrap();
+}
+
+fn requests(cpu: &str) -> Value {
+    json!([{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu}}}])
+}
+
+/// Waits for the pod to be bound; its node.
+async fn bound(c: &Client, name: &str) -> String {
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = api.get(name).await.unwrap();
+        if let Some(n) = p.spec.and_then(|s| s.node_name) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "{name} was not scheduled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for the pod's PodScheduled=False condition; its message.
+async fn unschedulable(c: &Client, name: &str) -> String {
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = api.get(name).await.unwrap();
+        assert!(
+            p.spec.as_ref().unwrap().node_name.is_none(),
+            "{name} was bound"
+        );
+        let cond = p
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "PodScheduled")
+            .cloned();
+        if let Some(cond) = cond {
+            assert_eq!(
+                (cond.status.as_str(), cond.reason.as_deref()),
+                ("False", Some("Unschedulable"))
+            );
+            return cond.message.unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} got no PodScheduled condition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn events(c: &Client, pod: &str, reason: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
+        })
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_land_where_they_fit_and_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let c = &s.client;
+    // No nodes yet.
+    pod(c, "early", json!({})).await;
+    assert_eq!(
+        unschedulable(c, "early").await,
+        "no nodes available to schedule pods"
+    );
+
+    node(c, "n1", "2", json!({"disk": "ssd", "zone": "a"}), json!([])).await;
+    node(
+        c,
+        "n2",
+        "4",
+        json!({"zone": "b"}),
+        json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+    )
+    .await;
+    node(c, "n3", "1", json!({"zone": "c"}), json!([])).await;
+    // The early pod is retried once nodes come.
+    assert!(["n1", "n3"].contains(&bound(c, "early").await.as_str()));
+
+    pod(c, "ssd", json!({"nodeSelector": {"disk": "ssd"}})).await;
+    assert_eq!(bound(c, "ssd").await, "n1");
+    pod(c, "gpu", json!({
+        "nodeSelector": {"zone": "b"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+    })).await;
+    assert_eq!(bound(c, "gpu").await, "n2");
+    pod(c, "affine", json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["c"]}]}]}}}})).await;
+    assert_eq!(bound(c, "affine").await, "n3");
+    let ok = events(c, "affine", "Scheduled").await;
+    assert_eq!(
+        ok,
+        vec!["Successfully assigned default/affine to n3".to_string()]
+    );
+
+    // Taints and selectors: the reasons per node, as upstream words them.
+    pod(c, "intolerant", json!({"nodeSelector": {"zone": "b"}})).await;
+    assert_eq!(
+        unschedulable(c, "intolerant").await,
+        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector."
+    );
+    let failed = events(c, "intolerant", "FailedScheduling").await;
+    assert!(
+        failed.iter().any(|m| m.contains("untolerated taint")),
+        "{failed:?}"
+    );
+
+    // Host ports: the second pod wanting 8080 on n1 does not fit there.
+    let web = json!([{"name": "c", "image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080}]}]);
+    pod(
+        c,
+        "web1",
+        json!({"nodeSelector": {"zone": "a"}, "containers": web}),
+    )
+    .await;
+    assert_eq!(bound(c, "web1").await, "n1");
+    pod(
+        c,
+        "web2",
+        json!({"nodeSelector": {"zone": "a"}, "containers": web}),
+    )
+    .await;
+    let msg = unschedulable(c, "web2").await;
+    assert!(
+        msg.contains("1 node(s) didn't have free ports for the requested pod ports"),
+        "{msg}"
+    );
+
+    // Too big for every node: Pending, then bound as soon as a big enough node joins.
+    pod(c, "big", json!({"containers": requests("16")})).await;
+    let msg = unschedulable(c, "big").await;
+    assert!(msg.starts_with("0/3 nodes are available: "), "{msg}");
+    assert!(msg.contains("2 Insufficient cpu"), "{msg}");
+    node(c, "n4", "32", json!({"zone": "d"}), json!([])).await;
+    assert_eq!(bound(c, "big").await, "n4");
+
+    // Resources are counted from the moment a pod is assumed: two 700m pods do not both go
+    // to the 1-CPU node.
+    pod(
+        c,
+        "half-a",
+        json!({"nodeSelector": {"zone": "c"}, "containers": requests("700m")}),
+    )
+    .await;
+    pod(
+        c,
+        "half-b",
+        json!({"nodeSelector": {"zone": "c"}, "containers": requests("700m")}),
+    )
+    .await;
+    let a = bound(c, "half-a").await;
+    assert_eq!(a, "n3");
+    let msg = unschedulable(c, "half-b").await;
+    assert!(msg.contains("Insufficient cpu"), "{msg}");
+    // Deleting the first frees the room (at once: there is no kubelet to finish a
+    // graceful deletion).
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.delete(
+        "half-a",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bound(c, "half-b").await, "n3");
+
+    // Another scheduler's pods and gated pods are left alone; lifting the gate schedules.
+    pod(c, "other", json!({"schedulerName": "someone-else"})).await;
+    pod(
+        c,
+        "gated",
+        json!({"schedulingGates": [{"name": "example.com/wait"}]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for name in ["other", "gated"] {
+        let p = pods.get(name).await.unwrap();
+        assert!(p.spec.unwrap().node_name.is_none(), "{name}");
+        assert!(
+            p.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}"
+        );
+    }
+    pods.patch(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"schedulingGates": null}})),
+    )
+    .await
+    .unwrap();
+    bound(c, "gated").await;
+}

@@ -1,0 +1,219 @@
+//! The scheduler's cache: nodes with the pods on them, counting a pod from the moment it is
+//! assumed (before its binding is confirmed), so the next pod sees its resources taken.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::resources::{allocatable, non_zero_requests, pod_requests, Resource};
+
+/// A host port a pod uses: protocol, host IP ("" or 0.0.0.0 for all), port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub protocol: String,
+    pub ip: String,
+    pub port: i32,
+}
+
+impl HostPort {
+    /// Whether two uses of a port clash (the same port and protocol on a shared address).
+    pub fn conflicts(&self, o: &HostPort) -> bool {
+        let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+        self.port == o.port
+            && self.protocol == o.protocol
+            && (any(&self.ip) || any(&o.ip) || self.ip == o.ip)
+    }
+}
+
+/// A pod with what the plugins need computed once.
+#[derive(Debug)]
+pub struct PodInfo {
+    pub pod: Arc<Pod>,
+    pub key: String,
+    pub requests: Resource,
+    pub non_zero: (i64, i64),
+    pub ports: Vec<HostPort>,
+}
+
+impl PodInfo {
+    pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.host_port.unwrap_or(0) > 0)
+            .map(|p| HostPort {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ip: p.host_ip.clone().unwrap_or_default(),
+                port: p.host_port.unwrap_or(0),
+            })
+            .collect();
+        PodInfo {
+            key: key(&pod),
+            requests: pod_requests(&pod),
+            non_zero: non_zero_requests(&pod),
+            ports,
+            pod,
+        }
+    }
+}
+
+/// `namespace/name`.
+pub fn key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// A node and what is placed on it.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub node: Arc<Node>,
+    pub name: String,
+    pub allocatable: Resource,
+    pub requested: Resource,
+    /// CPU and memory with the scoring defaults for pods that ask for nothing.
+    pub non_zero: (i64, i64),
+    pub pods: HashMap<String, Arc<PodInfo>>,
+}
+
+impl NodeInfo {
+    fn new(node: Arc<Node>) -> NodeInfo {
+        NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            allocatable: allocatable(&node),
+            node,
+            requested: Resource::default(),
+            non_zero: (0, 0),
+            pods: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, p: Arc<PodInfo>) {
+        if let Some(old) = self.pods.insert(p.key.clone(), p.clone()) {
+            self.take_away(&old);
+        }
+        self.requested.add(&p.requests);
+        self.non_zero.0 += p.non_zero.0;
+        self.non_zero.1 += p.non_zero.1;
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.pods.remove(key) {
+            self.take_away(&old);
+        }
+    }
+
+    fn take_away(&mut self, p: &PodInfo) {
+        self.requested.sub(&p.requests);
+        self.non_zero.0 -= p.non_zero.0;
+        self.non_zero.1 -= p.non_zero.1;
+    }
+
+    /// Host ports in use on the node.
+    pub fn ports(&self) -> impl Iterator<Item = &HostPort> {
+        self.pods.values().flat_map(|p| p.ports.iter())
+    }
+}
+
+/// Nodes by name, and where each placed pod is.
+#[derive(Default, Debug)]
+pub struct Cache {
+    pub nodes: HashMap<String, NodeInfo>,
+    /// Pod key → (node, assumed and not yet confirmed).
+    placed: HashMap<String, (String, bool)>,
+    /// Pods on nodes the cache does not know yet.
+    orphans: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Node names in the order they came (a stable order for filter passes).
+    order: Vec<String>,
+}
+
+impl Cache {
+    pub fn set_node(&mut self, node: Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let node = Arc::new(node);
+        match self.nodes.get_mut(&name) {
+            Some(n) => {
+                n.allocatable = allocatable(&node);
+                n.node = node;
+            }
+            None => {
+                let mut n = NodeInfo::new(node);
+                for p in self.orphans.remove(&name).unwrap_or_default() {
+                    n.add(p);
+                }
+                self.order.push(name.clone());
+                self.nodes.insert(name, n);
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(n) = self.nodes.remove(name) {
+            self.order.retain(|o| o != name);
+            self.orphans
+                .insert(name.to_string(), n.pods.into_values().collect());
+        }
+    }
+
+    /// Counts a pod on `node` (assumed: by this scheduler, before the binding is seen).
+    pub fn add_pod(&mut self, p: Arc<PodInfo>, node: &str, assumed: bool) {
+        self.remove_pod(&p.key);
+        self.placed
+            .insert(p.key.clone(), (node.to_string(), assumed));
+        match self.nodes.get_mut(node) {
+            Some(n) => n.add(p),
+            None => self.orphans.entry(node.to_string()).or_default().push(p),
+        }
+    }
+
+    pub fn remove_pod(&mut self, key: &str) {
+        if let Some((node, _)) = self.placed.remove(key) {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.remove(key);
+            }
+            if let Some(o) = self.orphans.get_mut(&node) {
+                o.retain(|p| p.key != key);
+            }
+        }
+    }
+
+    /// Every node, in a stable order.
+    pub fn ordered(&self) -> Vec<&NodeInfo> {
+        self.order
+            .iter()
+            .filter_map(|n| self.nodes.get(n))
+            .collect()
+    }
+
+    /// Whether this pod is assumed or bound here.
+    pub fn is_placed(&self, key: &str) -> bool {
+        self.placed.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn assumed_pods_count_and_leave_cleanly() {
+        let mut c = Cache::default();
+        c.set_node(serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}})).unwrap());
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}})).unwrap();
+        let p = Arc::new(PodInfo::new(Arc::new(pod)));
+        c.add_pod(p.clone(), "n1", true);
+        assert_eq!(c.nodes["n1"].requested.milli_cpu, 500);
+        // Confirmed by the watch: counted once.
+        c.add_pod(p, "n1", false);
+        assert_eq!(c.nodes["n1"].requested.milli_cpu, 500);
+        c.remove_pod("d/p");
+        assert_eq!(c.nodes["n1"].requested.milli_cpu, 0);
+        assert!(!c.is_placed("d/p"));
+    }
+}

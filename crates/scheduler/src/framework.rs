@@ -1,0 +1,197 @@
+//! The scheduling framework's filter and score extension points: plugins, their weights,
+//! and one scheduling cycle over the cached nodes (`percentageOfNodesToScore` included).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::cache::{NodeInfo, PodInfo};
+
+/// The highest score a plugin gives a node (upstream's MaxNodeScore).
+pub const MAX_SCORE: i64 = 100;
+
+/// A scheduling plugin: Filter and/or Score.
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Whether the pod may run on the node; the reasons why not.
+    fn filter(&self, _pod: &PodInfo, _node: &NodeInfo) -> Result<(), Vec<String>> {
+        Ok(())
+    }
+
+    /// Whether this plugin scores.
+    fn scores(&self) -> bool {
+        false
+    }
+
+    /// A node's raw score.
+    fn score(&self, _pod: &PodInfo, _node: &NodeInfo) -> i64 {
+        0
+    }
+
+    /// Maps raw scores onto 0..=MAX_SCORE (in place); the default keeps them.
+    fn normalize(&self, _scores: &mut [i64]) {}
+}
+
+/// Scales scores so the best is MAX_SCORE; `reverse` makes the lowest best.
+pub fn default_normalize(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        if reverse {
+            scores.iter_mut().for_each(|s| *s = MAX_SCORE);
+        }
+        return;
+    }
+    for s in scores.iter_mut() {
+        let v = MAX_SCORE * *s / max;
+        *s = if reverse { MAX_SCORE - v } else { v };
+    }
+}
+
+/// A profile: the plugins that run and the weight of each scorer.
+#[derive(Clone)]
+pub struct Profile {
+    pub scheduler_name: String,
+    pub plugins: Vec<(Arc<dyn Plugin>, i64)>,
+    /// Percentage of feasible nodes to find before scoring (0: upstream's adaptive default).
+    pub percentage_of_nodes_to_score: u32,
+}
+
+/// Why a pod fits nowhere: node counts per reason.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diagnosis {
+    pub nodes: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl Diagnosis {
+    /// Upstream's FailedScheduling message: "0/3 nodes are available: 1 Insufficient cpu,
+    /// 2 node(s) had untolerated taint {k: v}."
+    pub fn message(&self) -> String {
+        if self.nodes == 0 {
+            return "no nodes available to schedule pods".into();
+        }
+        let mut parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        parts.sort();
+        format!(
+            "0/{} nodes are available: {}.",
+            self.nodes,
+            parts.join(", ")
+        )
+    }
+}
+
+/// How many feasible nodes to look for among `all` (upstream's adaptive percentage:
+/// 50% minus 1% per 125 nodes, at least 5%, and never fewer than 100 nodes).
+pub fn nodes_to_find(all: usize, percentage: u32) -> usize {
+    const MIN: usize = 100;
+    if all < MIN {
+        return all;
+    }
+    let pct = if percentage == 0 {
+        (50 - (all / 125) as i64).max(5) as usize
+    } else {
+        (percentage as usize).min(100)
+    };
+    (all * pct / 100).max(MIN)
+}
+
+impl Profile {
+    /// Runs the filters on `nodes` (starting at `start`, wrapping, as upstream rotates);
+    /// the feasible ones, or the diagnosis.
+    pub fn find_feasible<'a>(
+        &self,
+        pod: &PodInfo,
+        nodes: &[&'a NodeInfo],
+        start: usize,
+    ) -> Result<Vec<&'a NodeInfo>, Diagnosis> {
+        let want = nodes_to_find(nodes.len(), self.percentage_of_nodes_to_score);
+        let mut feasible = Vec::new();
+        let mut diagnosis = Diagnosis {
+            nodes: nodes.len(),
+            ..Default::default()
+        };
+        for i in 0..nodes.len() {
+            let n = nodes[(start + i) % nodes.len()];
+            match self.filter(pod, n) {
+                Ok(()) => {
+                    feasible.push(n);
+                    if feasible.len() >= want {
+                        break;
+                    }
+                }
+                Err(reasons) => {
+                    for r in reasons {
+                        *diagnosis.reasons.entry(r).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if feasible.is_empty() {
+            Err(diagnosis)
+        } else {
+            Ok(feasible)
+        }
+    }
+
+    /// The filters in order; the first that fails decides.
+    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Vec<String>> {
+        for (p, _) in &self.plugins {
+            p.filter(pod, node)?;
+        }
+        Ok(())
+    }
+
+    /// Weighted, normalized scores of the feasible nodes.
+    pub fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let mut total = vec![0i64; nodes.len()];
+        for (p, weight) in self.plugins.iter().filter(|(p, _)| p.scores()) {
+            let mut s: Vec<i64> = nodes.iter().map(|n| p.score(pod, n)).collect();
+            p.normalize(&mut s);
+            for (t, v) in total.iter_mut().zip(s) {
+                *t += v * weight;
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_percentages() {
+        let d = Diagnosis {
+            nodes: 3,
+            reasons: [
+                (
+                    "node(s) had untolerated taint {dedicated: gpu}".to_string(),
+                    2,
+                ),
+                ("Insufficient cpu".to_string(), 1),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            d.message(),
+            "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}."
+        );
+        assert_eq!(
+            Diagnosis::default().message(),
+            "no nodes available to schedule pods"
+        );
+        assert_eq!(nodes_to_find(50, 0), 50);
+        assert_eq!(nodes_to_find(5000, 0), 500, "10% of 5,000");
+        assert_eq!(nodes_to_find(1000, 0), 420);
+        assert_eq!(nodes_to_find(5000, 100), 5000);
+        let mut s = vec![0, 5, 10];
+        default_normalize(&mut s, false);
+        assert_eq!(s, vec![0, 50, 100]);
+        default_normalize(&mut s, true);
+        assert_eq!(s, vec![100, 50, 0]);
+    }
+}

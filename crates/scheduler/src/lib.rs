@@ -1,0 +1,327 @@
+//! kube-scheduler as an API client: it watches nodes and pods, queues the pods that name
+//! this scheduler and have no node, filters and scores the cached nodes through the
+//! framework's plugins, assumes the pod on the best node and binds it through
+//! `pods/binding`; when no node fits, it says why in the pod's `PodScheduled` condition and
+//! a `FailedScheduling` event, and retries when the cluster changes.
+
+pub mod cache;
+pub mod framework;
+pub mod plugins;
+pub mod quantity;
+pub mod queue;
+pub mod resources;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use cache::{key, Cache, PodInfo};
+use framework::Profile;
+use queue::Queue;
+
+/// How many bindings may be in flight at once.
+const MAX_BINDS: usize = 64;
+
+/// Tasks that end with their owner.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The scheduler's shared state.
+pub struct Scheduler {
+    client: Client,
+    cache: Mutex<Cache>,
+    queue: Queue,
+    profile: Profile,
+    /// Where the next filter pass starts (upstream rotates through the nodes).
+    next_start: AtomicUsize,
+    binds: Arc<tokio::sync::Semaphore>,
+}
+
+impl Scheduler {
+    pub fn new(client: Client, profile: Profile) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            client,
+            cache: Mutex::new(Cache::default()),
+            queue: Queue::default(),
+            profile,
+            next_start: AtomicUsize::new(0),
+            binds: Arc::new(tokio::sync::Semaphore::new(MAX_BINDS)),
+        })
+    }
+
+    /// Watches and schedules until this future is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let _watches = AbortOnDrop(vec![
+            tokio::spawn(self.clone().watch_nodes()),
+            tokio::spawn(self.clone().watch_pods()),
+        ]);
+        loop {
+            let pod = self.queue.pop().await;
+            self.schedule_one(pod).await;
+        }
+    }
+
+    async fn watch_nodes(self: Arc<Self>) {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut w = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = w.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
+                    self.cache.lock().expect("cache lock").set_node(n);
+                    self.queue.move_all();
+                }
+                Ok(watcher::Event::Delete(n)) => {
+                    let name = n.metadata.name.unwrap_or_default();
+                    self.cache.lock().expect("cache lock").remove_node(&name);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "node watch");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_pods(self: Arc<Self>) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let mut w = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = w.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => self.pod_seen(p),
+                Ok(watcher::Event::Delete(p)) => {
+                    let k = key(&p);
+                    self.cache.lock().expect("cache lock").remove_pod(&k);
+                    self.queue.remove(&k);
+                    self.queue.move_all();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "pod watch");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// A pod as the watch shows it: counted on its node, queued, or forgotten.
+    fn pod_seen(&self, pod: Pod) {
+        let k = key(&pod);
+        let spec = pod.spec.as_ref();
+        let node = spec
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Succeeded") | Some("Failed"));
+        if finished {
+            self.cache.lock().expect("cache lock").remove_pod(&k);
+            self.queue.remove(&k);
+            self.queue.move_all();
+            return;
+        }
+        if let Some(node) = node {
+            let info = Arc::new(PodInfo::new(Arc::new(pod)));
+            self.cache
+                .lock()
+                .expect("cache lock")
+                .add_pod(info, &node, false);
+            self.queue.remove(&k);
+            return;
+        }
+        let ours = spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler")
+            == self.profile.scheduler_name;
+        let gated = spec
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| !g.is_empty());
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        if !ours || deleting {
+            return;
+        }
+        if gated {
+            self.queue.remove(&k);
+            return;
+        }
+        if self.cache.lock().expect("cache lock").is_placed(&k) {
+            // Assumed; the binding is on its way.
+            return;
+        }
+        self.queue.add(Arc::new(pod), &k);
+    }
+
+    /// One scheduling cycle for one pod.
+    async fn schedule_one(self: &Arc<Self>, pod: Arc<Pod>) {
+        let info = Arc::new(PodInfo::new(pod.clone()));
+        let decision = {
+            let mut cache = self.cache.lock().expect("cache lock");
+            let nodes = cache.ordered();
+            let start = self.next_start.load(Ordering::Relaxed);
+            match self.profile.find_feasible(&info, &nodes, start) {
+                Err(d) => Err(d),
+                Ok(feasible) => {
+                    let n = nodes.len().max(1);
+                    self.next_start
+                        .store((start + feasible.len()) % n, Ordering::Relaxed);
+                    let scores = self.profile.score(&info, &feasible);
+                    let best = scores.iter().copied().max().unwrap_or(0);
+                    let ties: Vec<usize> =
+                        (0..scores.len()).filter(|i| scores[*i] == best).collect();
+                    let pick = ties[start % ties.len()];
+                    let node = feasible[pick].name.clone();
+                    cache.add_pod(info.clone(), &node, true);
+                    Ok(node)
+                }
+            }
+        };
+        match decision {
+            Ok(node) => {
+                self.queue.remove(&info.key);
+                let permit = self.binds.clone().acquire_owned().await;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    me.bind(info, node).await;
+                });
+            }
+            Err(diagnosis) => {
+                self.queue.unschedulable(&info.key);
+                let msg = diagnosis.message();
+                let me = self.clone();
+                tokio::spawn(async move { me.report_unschedulable(&pod, &msg).await });
+            }
+        }
+    }
+
+    async fn bind(&self, info: Arc<PodInfo>, node: String) {
+        let pod = &info.pod;
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.clone()),
+                ..Default::default()
+            },
+        };
+        let res: Result<serde_json::Value, kube::Error> = api
+            .create_subresource("binding", &name, &PostParams::default(), &binding)
+            .await;
+        match res {
+            Ok(_) => {
+                let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                self.event(pod, "Normal", "Scheduled", &msg).await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                // Gone, or bound by someone else: the watch brings the truth.
+                self.cache.lock().expect("cache lock").remove_pod(&info.key);
+            }
+            Err(e) => {
+                tracing::warn!(pod = %info.key, %node, error = %e, "binding failed");
+                self.cache.lock().expect("cache lock").remove_pod(&info.key);
+                self.queue.backoff(pod.clone(), &info.key);
+            }
+        }
+    }
+
+    /// The `PodScheduled=False` condition and a `FailedScheduling` event.
+    async fn report_unschedulable(&self, pod: &Pod, msg: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let now = Time(jiff::Timestamp::now());
+        let already = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.message.as_deref() == Some(msg)
+            });
+        if !already {
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": msg, "lastTransitionTime": now, "lastProbeTime": null,
+            }]}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "setting PodScheduled");
+            }
+        }
+        self.event(pod, "Warning", "FailedScheduling", msg).await;
+    }
+
+    async fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let now = jiff::Timestamp::now();
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                resource_version: pod.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(msg.into()),
+            type_: Some(kind.into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some(self.profile.scheduler_name.clone()),
+                host: None,
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            action: Some(
+                if reason == "Scheduled" {
+                    "Binding"
+                } else {
+                    "Scheduling"
+                }
+                .into(),
+            ),
+            reporting_component: Some(self.profile.scheduler_name.clone()),
+            reporting_instance: Some(format!("{}-rkube", self.profile.scheduler_name)),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::debug!(error = %e, "recording an event");
+        }
+    }
+}
