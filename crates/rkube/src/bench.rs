@@ -39,6 +39,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// Scheduler: upstream's SchedulingBasic shape (fake nodes, then pods), from the first
+    /// pod created to the last bound, with the scheduler's and the API server's CPU and RSS.
+    Scheduler {
+        /// Where the server's data directory goes.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+    },
     /// Container runtime (root): pod sandbox setup, sandbox + first container running,
     /// container create+start+stop+remove beside bare `runc run` of the same bundle
     /// (p50/p99), and 20 pods started at once; through CRI against the built-in runtime.
@@ -60,6 +71,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             scale,
         } => datastore(dir, etcd_endpoint, scale).await,
         BenchCommand::Apiserver { dir, scale } => crate::bench_api::apiserver(dir, scale).await,
+        BenchCommand::Scheduler { dir, nodes, pods } => {
+            crate::bench_scheduler::scheduler(dir, nodes, pods).await
+        }
         BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
     }
 }

@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-/// A server process, killed on drop.
-struct ServerProcess {
-    child: Child,
-    client: kube::Client,
+/// A server process (the scheduler disabled: benchmarks start their own), killed on drop.
+pub(crate) struct ServerProcess {
+    pub child: Child,
+    pub client: kube::Client,
     /// A plain HTTPS client with the admin certificate, and the server's URL.
     http: reqwest::Client,
     url: String,
@@ -48,7 +48,7 @@ pub fn rss_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
+pub(crate) async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
     let kubeconfig = dir.join("kubeconfig.yaml");
     let mut child = Command::new(std::env::current_exe()?)
         .args([
@@ -62,6 +62,7 @@ async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
             "--https-listen-port",
             "0",
             "--disable-agent",
+            "--disable-scheduler",
             "--write-kubeconfig",
             kubeconfig.to_str().unwrap_or_default(),
         ])

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod bench_runtime;
+mod bench_scheduler;
 mod datastore;
 mod images;
 mod server;
@@ -48,6 +49,8 @@ enum Command {
     /// Run one container under the OCI runtime (started by `rkube runtime`).
     #[command(hide = true)]
     Shim(images::ShimArgs),
+    /// Run the scheduler against a cluster (it also runs inside `rkube server`).
+    Scheduler(server::SchedulerArgs),
     /// Measure the components and print the figures.
     Bench {
         #[command(subcommand)]
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { command } => bench::run(command).await,
             Command::Images(args) => images::run(args).await,
             Command::Runtime(args) => images::serve(args).await,
+            Command::Scheduler(args) => server::scheduler(args).await,
         }
     })
 }

@@ -132,10 +132,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None
     } else {
         let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = kube::Client::try_from(config)?;
-        let scheduler =
-            rkube_scheduler::Scheduler::new(client, rkube_scheduler::plugins::default_profile());
+        let scheduler = new_scheduler(kc).await?;
         Some(AbortOnDrop(tokio::spawn(scheduler.run())))
     };
     if !args.disable_agent {
@@ -156,4 +153,34 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+async fn new_scheduler(
+    kc: kube::config::Kubeconfig,
+) -> anyhow::Result<std::sync::Arc<rkube_scheduler::Scheduler>> {
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    Ok(rkube_scheduler::Scheduler::new(
+        client,
+        rkube_scheduler::plugins::default_profile(),
+    ))
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    /// The cluster's kubeconfig.
+    #[arg(long, default_value = "/etc/rkube/rkube.yaml")]
+    pub kubeconfig: PathBuf,
+}
+
+/// `rkube scheduler`: schedules until SIGINT or SIGTERM.
+pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let scheduler = new_scheduler(kc).await?;
+    tokio::select! {
+        _ = scheduler.run() => {}
+        _ = crate::shutdown_signal() => {}
+    }
+    Ok(())
 }

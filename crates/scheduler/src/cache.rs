@@ -120,23 +120,37 @@ impl NodeInfo {
     }
 }
 
-/// Nodes by name, and where each placed pod is.
+/// Nodes (in a vector, so a filter pass walks them without lookups), and where each
+/// placed pod is.
 #[derive(Default, Debug)]
 pub struct Cache {
-    pub nodes: HashMap<String, NodeInfo>,
+    nodes: Vec<NodeInfo>,
+    /// Node name → position in `nodes`.
+    index: HashMap<String, usize>,
     /// Pod key → (node, assumed and not yet confirmed).
     placed: HashMap<String, (String, bool)>,
     /// Pods on nodes the cache does not know yet.
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
-    /// Node names in the order they came (a stable order for filter passes).
-    order: Vec<String>,
 }
 
 impl Cache {
+    /// Every node, in a stable order (until a node is removed).
+    pub fn all(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.index.get(name).map(|i| &mut self.nodes[*i])
+    }
+
     pub fn set_node(&mut self, node: Node) {
         let name = node.metadata.name.clone().unwrap_or_default();
         let node = Arc::new(node);
-        match self.nodes.get_mut(&name) {
+        match self.node_mut(&name) {
             Some(n) => {
                 n.allocatable = allocatable(&node);
                 n.node = node;
@@ -146,18 +160,22 @@ impl Cache {
                 for p in self.orphans.remove(&name).unwrap_or_default() {
                     n.add(p);
                 }
-                self.order.push(name.clone());
-                self.nodes.insert(name, n);
+                self.index.insert(name, self.nodes.len());
+                self.nodes.push(n);
             }
         }
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(n) = self.nodes.remove(name) {
-            self.order.retain(|o| o != name);
-            self.orphans
-                .insert(name.to_string(), n.pods.into_values().collect());
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        let n = self.nodes.swap_remove(i);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
         }
+        self.orphans
+            .insert(name.to_string(), n.pods.into_values().collect());
     }
 
     /// Counts a pod on `node` (assumed: by this scheduler, before the binding is seen).
@@ -165,7 +183,7 @@ impl Cache {
         self.remove_pod(&p.key);
         self.placed
             .insert(p.key.clone(), (node.to_string(), assumed));
-        match self.nodes.get_mut(node) {
+        match self.node_mut(node) {
             Some(n) => n.add(p),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
         }
@@ -173,21 +191,13 @@ impl Cache {
 
     pub fn remove_pod(&mut self, key: &str) {
         if let Some((node, _)) = self.placed.remove(key) {
-            if let Some(n) = self.nodes.get_mut(&node) {
+            if let Some(n) = self.node_mut(&node) {
                 n.remove(key);
             }
             if let Some(o) = self.orphans.get_mut(&node) {
                 o.retain(|p| p.key != key);
             }
         }
-    }
-
-    /// Every node, in a stable order.
-    pub fn ordered(&self) -> Vec<&NodeInfo> {
-        self.order
-            .iter()
-            .filter_map(|n| self.nodes.get(n))
-            .collect()
     }
 
     /// Whether this pod is assumed or bound here.
@@ -208,12 +218,19 @@ mod tests {
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}})).unwrap();
         let p = Arc::new(PodInfo::new(Arc::new(pod)));
         c.add_pod(p.clone(), "n1", true);
-        assert_eq!(c.nodes["n1"].requested.milli_cpu, 500);
+        assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 500);
         // Confirmed by the watch: counted once.
         c.add_pod(p, "n1", false);
-        assert_eq!(c.nodes["n1"].requested.milli_cpu, 500);
+        assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 500);
         c.remove_pod("d/p");
-        assert_eq!(c.nodes["n1"].requested.milli_cpu, 0);
+        assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 0);
         assert!(!c.is_placed("d/p"));
+        // Removing a node keeps the others findable.
+        for n in ["n2", "n3"] {
+            c.set_node(serde_json::from_value(json!({"metadata": {"name": n}})).unwrap());
+        }
+        c.remove_node("n1");
+        assert_eq!(c.node("n3").unwrap().name, "n3");
+        assert_eq!(c.all().len(), 2);
     }
 }

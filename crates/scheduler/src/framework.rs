@@ -105,7 +105,7 @@ impl Profile {
     pub fn find_feasible<'a>(
         &self,
         pod: &PodInfo,
-        nodes: &[&'a NodeInfo],
+        nodes: &'a [NodeInfo],
         start: usize,
     ) -> Result<Vec<&'a NodeInfo>, Diagnosis> {
         let want = nodes_to_find(nodes.len(), self.percentage_of_nodes_to_score);
@@ -115,7 +115,7 @@ impl Profile {
             ..Default::default()
         };
         for i in 0..nodes.len() {
-            let n = nodes[(start + i) % nodes.len()];
+            let n = &nodes[(start + i) % nodes.len()];
             match self.filter(pod, n) {
                 Ok(()) => {
                     feasible.push(n);

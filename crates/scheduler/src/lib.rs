@@ -168,12 +168,11 @@ impl Scheduler {
         let info = Arc::new(PodInfo::new(pod.clone()));
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
-            let nodes = cache.ordered();
             let start = self.next_start.load(Ordering::Relaxed);
-            match self.profile.find_feasible(&info, &nodes, start) {
+            match self.profile.find_feasible(&info, cache.all(), start) {
                 Err(d) => Err(d),
                 Ok(feasible) => {
-                    let n = nodes.len().max(1);
+                    let n = cache.all().len().max(1);
                     self.next_start
                         .store((start + feasible.len()) % n, Ordering::Relaxed);
                     let scores = self.profile.score(&info, &feasible);

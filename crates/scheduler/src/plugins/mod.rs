@@ -70,6 +70,6 @@ pub(crate) mod test_util {
     }
 
     pub fn only(c: &Cache) -> &NodeInfo {
-        c.nodes.values().next().unwrap()
+        c.all().first().unwrap()
     }
 }
