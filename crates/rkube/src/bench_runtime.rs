@@ -48,6 +48,23 @@ fn container(name: &str) -> cri::ContainerConfig {
     }
 }
 
+/// Creates container `name` (a long sleep) in a pod; its ID.
+async fn create(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    name: &str,
+) -> anyhow::Result<String> {
+    Ok(c.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(container(name)),
+        sandbox_config: Some(config.clone()),
+    })
+    .await?
+    .into_inner()
+    .container_id)
+}
+
 /// Sandbox + first container running: (sandbox time, total time, pod ID).
 async fn pod_with_container(
     c: &mut RuntimeServiceClient<Channel>,
@@ -64,15 +81,7 @@ async fn pod_with_container(
         .into_inner()
         .pod_sandbox_id;
     let sandbox_time = t.elapsed();
-    let id = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container("main")),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
+    let id = create(c, &pod, &config, "main").await?;
     c.start_container(cri::StartContainerRequest { container_id: id })
         .await?;
     Ok((sandbox_time, t.elapsed(), pod))
@@ -234,15 +243,7 @@ async fn measure(
     let mut lifecycle = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
-        let id = c
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container(&format!("c{i}"))),
-                sandbox_config: Some(config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
+        let id = create(c, &pod, &config, &format!("c{i}")).await?;
         c.start_container(cri::StartContainerRequest {
             container_id: id.clone(),
         })
@@ -257,15 +258,7 @@ async fn measure(
         lifecycle.push(t.elapsed());
     }
     // The donor: a created container whose bundle (spec + mounted root) bare runc reuses.
-    let donor = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container("donor")),
-            sandbox_config: Some(config.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
+    let donor = create(c, &pod, &config, "donor").await?;
     let donor_dir = root.join("containers").join(&donor).join("bundle");
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(donor_dir.join("config.json"))?)?;

@@ -100,6 +100,34 @@ fn resize(w: u16, h: u16) -> Message {
     frame(4, format!("{{\"Width\":{w},\"Height\":{h}}}").as_bytes())
 }
 
+/// The streams a request asks for (stdout always).
+struct Io {
+    tty: bool,
+    stdin: bool,
+    stderr: bool,
+}
+
+fn exec_req(id: String, cmd: Vec<String>, io: Io) -> cri::ExecRequest {
+    cri::ExecRequest {
+        container_id: id,
+        cmd,
+        tty: io.tty,
+        stdin: io.stdin,
+        stdout: true,
+        stderr: io.stderr,
+    }
+}
+
+fn attach_req(id: String, io: Io) -> cri::AttachRequest {
+    cri::AttachRequest {
+        container_id: id,
+        stdin: io.stdin,
+        tty: io.tty,
+        stdout: true,
+        stderr: io.stderr,
+    }
+}
+
 async fn exec_url(c: &mut RuntimeServiceClient<Channel>, req: cri::ExecRequest) -> String {
     c.exec(req).await.unwrap().into_inner().url
 }
@@ -217,14 +245,15 @@ fn exec_attach_port_forward_stats_and_updates() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         let err = c
-            .exec(cri::ExecRequest {
-                container_id: web.clone(),
-                cmd: vec!["sh".into()],
-                tty: true,
-                stdin: true,
-                stdout: true,
-                stderr: true,
-            })
+            .exec(exec_req(
+                web.clone(),
+                vec!["sh".into()],
+                Io {
+                    tty: true,
+                    stdin: true,
+                    stderr: true,
+                },
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -232,14 +261,15 @@ fn exec_attach_port_forward_stats_and_updates() {
         // Streaming exec on pipes: stdin in, its end (v5 close), both outputs, exit code.
         let url = exec_url(
             &mut c,
-            cri::ExecRequest {
-                container_id: web.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "cat; echo bye >&2; exit 5".into()],
-                tty: false,
-                stdin: true,
-                stdout: true,
-                stderr: true,
-            },
+            exec_req(
+                web.clone(),
+                vec!["sh".into(), "-c".into(), "cat; echo bye >&2; exit 5".into()],
+                Io {
+                    tty: false,
+                    stdin: true,
+                    stderr: true,
+                },
+            ),
         )
         .await;
         let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
@@ -260,14 +290,15 @@ fn exec_attach_port_forward_stats_and_updates() {
         // v4, success.
         let url = exec_url(
             &mut c,
-            cri::ExecRequest {
-                container_id: web.clone(),
-                cmd: vec!["hostname".into()],
-                tty: false,
-                stdin: false,
-                stdout: true,
-                stderr: true,
-            },
+            exec_req(
+                web.clone(),
+                vec!["hostname".into()],
+                Io {
+                    tty: false,
+                    stdin: false,
+                    stderr: true,
+                },
+            ),
         )
         .await;
         let got = collect(&mut ws_connect(&url, "v4.channel.k8s.io").await).await;
@@ -276,14 +307,15 @@ fn exec_attach_port_forward_stats_and_updates() {
         // Not a WebSocket: a clear 400.
         let url = exec_url(
             &mut c,
-            cri::ExecRequest {
-                container_id: web.clone(),
-                cmd: vec!["true".into()],
-                tty: false,
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            },
+            exec_req(
+                web.clone(),
+                vec!["true".into()],
+                Io {
+                    tty: false,
+                    stdin: false,
+                    stderr: false,
+                },
+            ),
         )
         .await;
         let plain = reqwest::get(&url).await.unwrap();
@@ -293,14 +325,15 @@ fn exec_attach_port_forward_stats_and_updates() {
         // Streaming exec on a terminal, with resize.
         let url = exec_url(
             &mut c,
-            cri::ExecRequest {
-                container_id: web.clone(),
-                cmd: vec!["sh".into()],
-                tty: true,
-                stdin: true,
-                stdout: true,
-                stderr: false,
-            },
+            exec_req(
+                web.clone(),
+                vec!["sh".into()],
+                Io {
+                    tty: true,
+                    stdin: true,
+                    stderr: false,
+                },
+            ),
         )
         .await;
         let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
@@ -319,13 +352,14 @@ fn exec_attach_port_forward_stats_and_updates() {
         talk.stdin = true;
         let talk = run_container(&mut c, &pod, &cfg, talk).await;
         let url = c
-            .attach(cri::AttachRequest {
-                container_id: talk.clone(),
-                stdin: true,
-                tty: false,
-                stdout: true,
-                stderr: true,
-            })
+            .attach(attach_req(
+                talk.clone(),
+                Io {
+                    tty: false,
+                    stdin: true,
+                    stderr: true,
+                },
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -349,13 +383,14 @@ fn exec_attach_port_forward_stats_and_updates() {
         .unwrap();
         assert!(log.exists(), "reopen created the new log");
         let url = c
-            .attach(cri::AttachRequest {
-                container_id: talk.clone(),
-                stdin: true,
-                tty: false,
-                stdout: true,
-                stderr: false,
-            })
+            .attach(attach_req(
+                talk.clone(),
+                Io {
+                    tty: false,
+                    stdin: true,
+                    stderr: false,
+                },
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -374,13 +409,14 @@ fn exec_attach_port_forward_stats_and_updates() {
         term.stdin = true;
         let term = run_container(&mut c, &pod, &cfg, term).await;
         let url = c
-            .attach(cri::AttachRequest {
-                container_id: term.clone(),
-                stdin: true,
-                tty: true,
-                stdout: true,
-                stderr: false,
-            })
+            .attach(attach_req(
+                term.clone(),
+                Io {
+                    tty: true,
+                    stdin: true,
+                    stderr: false,
+                },
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -525,14 +561,15 @@ fn exec_attach_port_forward_stats_and_updates() {
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
         // Streams to a container that is not running are refused up front.
         let err = c
-            .exec(cri::ExecRequest {
-                container_id: term.clone(),
-                cmd: vec!["true".into()],
-                tty: false,
-                stdin: false,
-                stdout: true,
-                stderr: false,
-            })
+            .exec(exec_req(
+                term.clone(),
+                vec!["true".into()],
+                Io {
+                    tty: false,
+                    stdin: false,
+                    stderr: false,
+                },
+            ))
             .await
             .unwrap_err();
         assert!(err.message().contains("not running"), "{err:?}");

@@ -291,3 +291,66 @@ async fn pods_land_where_they_fit_and_wait_for_room() {
     .unwrap();
     bound(c, "gated").await;
 }
+
+#[tokio::test]
+async fn anti_affinity_spreads_replicas_and_topology_spread_keeps_skew() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let c = &s.client;
+    for (n, zone) in [("z1a", "z1"), ("z1b", "z1"), ("z2a", "z2")] {
+        node(
+            c,
+            n,
+            "8",
+            json!({"zone": zone, "kubernetes.io/hostname": n}),
+            json!([]),
+        )
+        .await;
+    }
+    let replica = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}]}}});
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let labelled = |name: &str, app: &str, spec: &Value| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "affinity": spec["affinity"],
+                     "topologySpreadConstraints": spec["topologySpreadConstraints"]}}))
+        .unwrap()
+    };
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        let name = format!("db-{i}");
+        api.create(&PostParams::default(), &labelled(&name, "db", &replica))
+            .await
+            .unwrap();
+        hosts.push(bound(c, &name).await);
+    }
+    hosts.sort();
+    assert_eq!(hosts, ["z1a", "z1b", "z2a"], "one replica per node");
+    api.create(&PostParams::default(), &labelled("db-3", "db", &replica))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable(c, "db-3").await,
+        "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
+
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]});
+    let mut zones: std::collections::BTreeMap<&str, i32> = Default::default();
+    for i in 0..6 {
+        let name = format!("spread-{i}");
+        api.create(&PostParams::default(), &labelled(&name, "spread", &spread))
+            .await
+            .unwrap();
+        let n = bound(c, &name).await;
+        *zones
+            .entry(if n.starts_with("z1") { "z1" } else { "z2" })
+            .or_insert(0) += 1;
+        let (a, b) = (
+            zones.get("z1").copied().unwrap_or(0),
+            zones.get("z2").copied().unwrap_or(0),
+        );
+        assert!((a - b).abs() <= 1, "skew after {name}: {zones:?}");
+    }
+    assert_eq!(zones, [("z1", 3), ("z2", 3)].into());
+}

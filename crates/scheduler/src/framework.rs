@@ -1,7 +1,8 @@
 //! The scheduling framework's filter and score extension points: plugins, their weights,
 //! and one scheduling cycle over the cached nodes (`percentageOfNodesToScore` included).
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::cache::{NodeInfo, PodInfo};
@@ -9,9 +10,30 @@ use crate::cache::{NodeInfo, PodInfo};
 /// The highest score a plugin gives a node (upstream's MaxNodeScore).
 pub const MAX_SCORE: i64 = 100;
 
-/// A scheduling plugin: Filter and/or Score.
+/// What plugins compute once per scheduling cycle (PreFilter) for their Filter and Score.
+pub type CycleState = HashMap<&'static str, Box<dyn Any + Send + Sync>>;
+
+/// A scheduling plugin: PreFilter, Filter and/or Score.
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Computes what the plugin's Filter and Score need across all nodes.
+    fn pre_filter(&self, _pod: &PodInfo, _nodes: &[NodeInfo], _state: &mut CycleState) {}
+
+    /// Filter with the cycle's state (stateless plugins implement `filter`).
+    fn filter_in(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        _state: &CycleState,
+    ) -> Result<(), Vec<String>> {
+        self.filter(pod, node)
+    }
+
+    /// Score with the cycle's state (stateless plugins implement `score`).
+    fn score_in(&self, pod: &PodInfo, node: &NodeInfo, _state: &CycleState) -> i64 {
+        self.score(pod, node)
+    }
 
     /// Whether the pod may run on the node; the reasons why not.
     fn filter(&self, _pod: &PodInfo, _node: &NodeInfo) -> Result<(), Vec<String>> {
@@ -107,6 +129,7 @@ impl Profile {
         pod: &PodInfo,
         nodes: &'a [NodeInfo],
         start: usize,
+        state: &CycleState,
     ) -> Result<Vec<&'a NodeInfo>, Diagnosis> {
         let want = nodes_to_find(nodes.len(), self.percentage_of_nodes_to_score);
         let mut feasible = Vec::new();
@@ -116,7 +139,7 @@ impl Profile {
         };
         for i in 0..nodes.len() {
             let n = &nodes[(start + i) % nodes.len()];
-            match self.filter(pod, n) {
+            match self.filter(pod, n, state) {
                 Ok(()) => {
                     feasible.push(n);
                     if feasible.len() >= want {
@@ -137,19 +160,33 @@ impl Profile {
         }
     }
 
-    /// The filters in order; the first that fails decides.
-    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Vec<String>> {
+    /// Every plugin's PreFilter: the cycle's state.
+    pub fn pre_filter(&self, pod: &PodInfo, nodes: &[NodeInfo]) -> CycleState {
+        let mut state = CycleState::new();
         for (p, _) in &self.plugins {
-            p.filter(pod, node)?;
+            p.pre_filter(pod, nodes, &mut state);
+        }
+        state
+    }
+
+    /// The filters in order; the first that fails decides.
+    pub fn filter(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        state: &CycleState,
+    ) -> Result<(), Vec<String>> {
+        for (p, _) in &self.plugins {
+            p.filter_in(pod, node, state)?;
         }
         Ok(())
     }
 
     /// Weighted, normalized scores of the feasible nodes.
-    pub fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+    pub fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo], state: &CycleState) -> Vec<i64> {
         let mut total = vec![0i64; nodes.len()];
         for (p, weight) in self.plugins.iter().filter(|(p, _)| p.scores()) {
-            let mut s: Vec<i64> = nodes.iter().map(|n| p.score(pod, n)).collect();
+            let mut s: Vec<i64> = nodes.iter().map(|n| p.score_in(pod, n, state)).collect();
             p.normalize(&mut s);
             for (t, v) in total.iter_mut().zip(s) {
                 *t += v * weight;

@@ -10,6 +10,7 @@ pub mod plugins;
 pub mod quantity;
 pub mod queue;
 pub mod resources;
+pub mod selector;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,13 +170,17 @@ impl Scheduler {
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
             let start = self.next_start.load(Ordering::Relaxed);
-            match self.profile.find_feasible(&info, cache.all(), start) {
+            let state = self.profile.pre_filter(&info, cache.all());
+            match self
+                .profile
+                .find_feasible(&info, cache.all(), start, &state)
+            {
                 Err(d) => Err(d),
                 Ok(feasible) => {
                     let n = cache.all().len().max(1);
                     self.next_start
                         .store((start + feasible.len()) % n, Ordering::Relaxed);
-                    let scores = self.profile.score(&info, &feasible);
+                    let scores = self.profile.score(&info, &feasible, &state);
                     let best = scores.iter().copied().max().unwrap_or(0);
                     let ties: Vec<usize> =
                         (0..scores.len()).filter(|i| scores[*i] == best).collect();

@@ -178,36 +178,20 @@ pub async fn pump(ws: Ws, protocol: &str, mut s: Session) {
     });
     let mut done = s.done;
     let mut status: Option<Option<String>> = None;
+    // Once the process has ended, output still buffered gets a little while to arrive.
+    let drain = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drain);
     loop {
         tokio::select! {
             out = s.output.recv() => match out {
-                Some((ch, b)) => {
-                    if tx.send(message(ch, &b)).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
+                Some((ch, b)) if tx.send(message(ch, &b)).await.is_ok() => {}
+                _ => break,
             },
             st = &mut done, if status.is_none() => {
                 status = Some(st.unwrap_or(None));
-                // Whatever output is still buffered, for a little while.
-                let deadline = tokio::time::sleep(DRAIN);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        out = s.output.recv() => match out {
-                            Some((ch, b)) => {
-                                if tx.send(message(ch, &b)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            None => break,
-                        },
-                        _ = &mut deadline => break,
-                    }
-                }
-                break;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
             }
+            _ = &mut drain, if status.is_some() => break,
         }
     }
     let status = match status {

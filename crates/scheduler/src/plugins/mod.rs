@@ -3,6 +3,8 @@
 mod fit;
 mod node;
 mod node_affinity;
+mod pod_affinity;
+mod spread;
 mod taints;
 
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 pub use fit::{BalancedAllocation, NodeResourcesFit};
 pub use node::{NodeName, NodePorts, NodeUnschedulable};
 pub use node_affinity::NodeAffinity;
+pub use pod_affinity::InterPodAffinity;
+pub use spread::PodTopologySpread;
 pub use taints::{tolerates, TaintToleration};
 
 use crate::framework::{Plugin, Profile};
@@ -24,6 +28,8 @@ pub fn default_profile() -> Profile {
         (Arc::new(NodeAffinity), 2),
         (Arc::new(NodePorts), 0),
         (Arc::new(NodeResourcesFit), 1),
+        (Arc::new(PodTopologySpread), 2),
+        (Arc::new(InterPodAffinity), 2),
         (Arc::new(BalancedAllocation), 1),
     ];
     Profile {

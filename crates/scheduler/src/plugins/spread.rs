@@ -1,0 +1,237 @@
+//! PodTopologySpread: `DoNotSchedule` constraints filter nodes whose domain would exceed
+//! `maxSkew`; `ScheduleAnyway` ones score the emptier domains higher.
+
+use std::collections::HashMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::cache::{NodeInfo, PodInfo};
+use crate::framework::{default_normalize, CycleState, Plugin};
+use crate::selector;
+
+const NAME: &str = "PodTopologySpread";
+
+struct Constraint {
+    max_skew: i64,
+    key: String,
+    hard: bool,
+    selector: Option<LabelSelector>,
+    min_domains: usize,
+    honor_affinity: bool,
+    honor_taints: bool,
+}
+
+/// Matching pods per domain, per constraint.
+struct State {
+    constraints: Vec<Constraint>,
+    counts: Vec<HashMap<String, i64>>,
+    self_match: Vec<i64>,
+}
+
+fn constraints(pod: &PodInfo) -> Vec<Constraint> {
+    let labels = pod.pod.metadata.labels.clone().unwrap_or_default();
+    pod.pod
+        .spec
+        .iter()
+        .flat_map(|s| s.topology_spread_constraints.iter().flatten())
+        .map(|c| {
+            let mut sel = c.label_selector.clone();
+            // matchLabelKeys: the pod's own values join the selector.
+            if let Some(s) = sel.as_mut() {
+                for k in c.match_label_keys.iter().flatten() {
+                    if let Some(v) = labels.get(k) {
+                        s.match_labels
+                            .get_or_insert_with(Default::default)
+                            .insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Constraint {
+                max_skew: c.max_skew as i64,
+                key: c.topology_key.clone(),
+                hard: c.when_unsatisfiable == "DoNotSchedule",
+                selector: sel,
+                min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
+                honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
+                honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+            }
+        })
+        .collect()
+}
+
+fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a String> {
+    node.node.metadata.labels.as_ref().and_then(|l| l.get(key))
+}
+
+/// How many pods on the node in the pod's namespace the selector picks.
+fn matching(pod: &PodInfo, node: &NodeInfo, sel: &Option<LabelSelector>) -> i64 {
+    let Some(sel) = sel else { return 0 };
+    let ns = pod.pod.metadata.namespace.as_deref();
+    node.pods
+        .values()
+        .filter(|p| p.pod.metadata.namespace.as_deref() == ns)
+        .filter(|p| p.pod.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            selector::matches(
+                sel,
+                p.pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .unwrap_or(&Default::default()),
+            )
+        })
+        .count() as i64
+}
+
+pub struct PodTopologySpread;
+
+impl Plugin for PodTopologySpread {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn pre_filter(&self, pod: &PodInfo, nodes: &[NodeInfo], state: &mut CycleState) {
+        let cs = constraints(pod);
+        if cs.is_empty() {
+            return;
+        }
+        let mut counts = vec![HashMap::new(); cs.len()];
+        for n in nodes {
+            if !cs.iter().all(|c| label(n, &c.key).is_some()) {
+                continue;
+            }
+            for (i, c) in cs.iter().enumerate() {
+                if c.honor_affinity && !super::node_affinity::matches(pod, n) {
+                    continue;
+                }
+                if c.honor_taints && super::TaintToleration.filter(pod, n).is_err() {
+                    continue;
+                }
+                let domain = label(n, &c.key).cloned().unwrap_or_default();
+                *counts[i].entry(domain).or_insert(0) += matching(pod, n, &c.selector);
+            }
+        }
+        let own = pod.pod.metadata.labels.clone().unwrap_or_default();
+        let self_match = cs
+            .iter()
+            .map(|c| {
+                c.selector
+                    .as_ref()
+                    .is_some_and(|s| selector::matches(s, &own)) as i64
+            })
+            .collect();
+        state.insert(
+            NAME,
+            Box::new(State {
+                constraints: cs,
+                counts,
+                self_match,
+            }),
+        );
+    }
+
+    fn filter_in(
+        &self,
+        _pod: &PodInfo,
+        node: &NodeInfo,
+        state: &CycleState,
+    ) -> Result<(), Vec<String>> {
+        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+            return Ok(());
+        };
+        for (i, c) in st.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
+            let Some(domain) = label(node, &c.key) else {
+                return Err(vec![
+                    "node(s) didn't match pod topology spread constraints (missing required label)"
+                        .into(),
+                ]);
+            };
+            let counts = &st.counts[i];
+            let min = if counts.len() < c.min_domains {
+                0
+            } else {
+                counts.values().copied().min().unwrap_or(0)
+            };
+            let here = counts.get(domain).copied().unwrap_or(0);
+            if here + st.self_match[i] - min > c.max_skew {
+                return Err(vec![
+                    "node(s) didn't match pod topology spread constraints".into()
+                ]);
+            }
+        }
+        Ok(())
+    }
+
+    fn scores(&self) -> bool {
+        true
+    }
+
+    /// Matching pods already in the node's domains, for the soft constraints (fewer wins).
+    fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
+        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+            return 0;
+        };
+        st.constraints
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.hard)
+            .map(|(i, c)| match label(node, &c.key) {
+                Some(d) => st.counts[i].get(d).copied().unwrap_or(0),
+                None => 1000,
+            })
+            .sum()
+    }
+
+    fn normalize(&self, scores: &mut [i64]) {
+        default_normalize(scores, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::cache::Cache;
+    use crate::plugins::test_util::pod;
+
+    #[test]
+    fn skew_is_kept() {
+        let mut c = Cache::default();
+        for (n, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("x", "")] {
+            let labels = if zone.is_empty() {
+                json!({})
+            } else {
+                json!({"zone": zone})
+            };
+            c.set_node(
+                serde_json::from_value(json!({"metadata": {"name": n, "labels": labels}})).unwrap(),
+            );
+        }
+        let web = |name: &str| {
+            pod(
+                json!({"metadata": {"name": name, "labels": {"app": "web"}}, "spec": {
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+            )
+        };
+        c.add_pod(Arc::new(web("w1")), "a1", false);
+        let p = web("w2");
+        let state = {
+            let mut s = CycleState::new();
+            PodTopologySpread.pre_filter(&p, c.all(), &mut s);
+            s
+        };
+        let verdict = |n: &str| PodTopologySpread.filter_in(&p, c.node(n).unwrap(), &state);
+        // Zone a has 1, zone b 0: another in a would make the skew 2.
+        assert_eq!(
+            verdict("a2").unwrap_err(),
+            vec!["node(s) didn't match pod topology spread constraints".to_string()]
+        );
+        assert!(verdict("b1").is_ok());
+        assert!(verdict("x").unwrap_err()[0].contains("missing required label"));
+    }
+}
