@@ -137,18 +137,29 @@ async fn unschedulable(c: &Client, name: &str) -> String {
     }
 }
 
+/// The messages of the pod's events with this reason, once there is one (events are
+/// written after the binding or the condition, so they may trail them).
 async fn events(c: &Client, pod: &str, reason: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(c.clone(), "default");
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
-        })
-        .map(|e| e.message.unwrap_or_default())
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .map(|e| e.message.unwrap_or_default())
+            .collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

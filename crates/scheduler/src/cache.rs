@@ -34,6 +34,8 @@ pub struct PodInfo {
     pub requests: Resource,
     pub non_zero: (i64, i64),
     pub ports: Vec<HostPort>,
+    /// The pod's required anti-affinity terms (other pods must respect them).
+    pub required_anti: Vec<k8s_openapi::api::core::v1::PodAffinityTerm>,
 }
 
 impl PodInfo {
@@ -50,7 +52,18 @@ impl PodInfo {
                 port: p.host_port.unwrap_or(0),
             })
             .collect();
+        let required_anti = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .clone()
+            })
+            .unwrap_or_default();
         PodInfo {
+            required_anti,
             key: key(&pod),
             requests: pod_requests(&pod),
             non_zero: non_zero_requests(&pod),
@@ -79,6 +92,8 @@ pub struct NodeInfo {
     /// CPU and memory with the scoring defaults for pods that ask for nothing.
     pub non_zero: (i64, i64),
     pub pods: HashMap<String, Arc<PodInfo>>,
+    /// How many of those pods carry required anti-affinity terms.
+    pub anti_affinity_pods: usize,
 }
 
 impl NodeInfo {
@@ -90,6 +105,7 @@ impl NodeInfo {
             requested: Resource::default(),
             non_zero: (0, 0),
             pods: HashMap::new(),
+            anti_affinity_pods: 0,
         }
     }
 
@@ -100,6 +116,7 @@ impl NodeInfo {
         self.requested.add(&p.requests);
         self.non_zero.0 += p.non_zero.0;
         self.non_zero.1 += p.non_zero.1;
+        self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
     }
 
     fn remove(&mut self, key: &str) {
@@ -112,6 +129,7 @@ impl NodeInfo {
         self.requested.sub(&p.requests);
         self.non_zero.0 -= p.non_zero.0;
         self.non_zero.1 -= p.non_zero.1;
+        self.anti_affinity_pods -= !p.required_anti.is_empty() as usize;
     }
 
     /// Host ports in use on the node.

@@ -82,14 +82,20 @@ impl Plugin for InterPodAffinity {
                 .collect(),
             self_affine: aff_terms.iter().all(|t| term_selects(t, &own_ns, pod)),
         };
-        let mut any_rules = !anti_terms.is_empty() || !aff_terms.is_empty();
+        let own_rules = !anti_terms.is_empty() || !aff_terms.is_empty();
+        let others_rules = nodes.iter().any(|n| n.anti_affinity_pods > 0);
+        if !own_rules && !others_rules {
+            return;
+        }
         for n in nodes {
+            if !own_rules && n.anti_affinity_pods == 0 {
+                continue;
+            }
             for other in n.pods.values() {
-                let other_ns = other.pod.metadata.namespace.clone().unwrap_or_default();
-                for t in required(other, true) {
-                    any_rules = true;
+                let other_ns = other.pod.metadata.namespace.as_deref().unwrap_or("");
+                for t in &other.required_anti {
                     if let Some(v) = label(n, &t.topology_key) {
-                        if term_selects(&t, &other_ns, pod) {
+                        if term_selects(t, other_ns, pod) {
                             st.existing.insert((t.topology_key.clone(), v.clone()));
                         }
                     }
@@ -110,9 +116,7 @@ impl Plugin for InterPodAffinity {
                 }
             }
         }
-        if any_rules {
-            state.insert(NAME, Box::new(st));
-        }
+        state.insert(NAME, Box::new(st));
     }
 
     fn filter_in(
