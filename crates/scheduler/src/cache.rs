@@ -165,13 +165,21 @@ impl Cache {
         self.index.get(name).map(|i| &mut self.nodes[*i])
     }
 
-    pub fn set_node(&mut self, node: Node) {
+    /// Adds or updates a node; whether anything that decides placement changed (a new
+    /// node, its labels, taints, cordon or allocatable), so heartbeats need not wake the
+    /// unschedulable pods.
+    pub fn set_node(&mut self, node: Node) -> bool {
         let name = node.metadata.name.clone().unwrap_or_default();
         let node = Arc::new(node);
         match self.node_mut(&name) {
             Some(n) => {
-                n.allocatable = allocatable(&node);
+                let alloc = allocatable(&node);
+                let changed = alloc != n.allocatable
+                    || node.metadata.labels != n.node.metadata.labels
+                    || node.spec != n.node.spec;
+                n.allocatable = alloc;
                 n.node = node;
+                changed
             }
             None => {
                 let mut n = NodeInfo::new(node);
@@ -180,6 +188,7 @@ impl Cache {
                 }
                 self.index.insert(name, self.nodes.len());
                 self.nodes.push(n);
+                true
             }
         }
     }
@@ -243,6 +252,11 @@ mod tests {
         c.remove_pod("d/p");
         assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 0);
         assert!(!c.is_placed("d/p"));
+        // A heartbeat (status conditions only) changes nothing that matters; a label does.
+        let mut beat: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}})).unwrap();
+        assert!(!c.set_node(beat.clone()));
+        beat.metadata.labels = Some([("zone".to_string(), "a".to_string())].into());
+        assert!(c.set_node(beat));
         // Removing a node keeps the others findable.
         for n in ["n2", "n3"] {
             c.set_node(serde_json::from_value(json!({"metadata": {"name": n}})).unwrap());

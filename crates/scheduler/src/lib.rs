@@ -81,8 +81,9 @@ impl Scheduler {
         while let Some(ev) = w.next().await {
             match ev {
                 Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                    self.cache.lock().expect("cache lock").set_node(n);
-                    self.queue.move_all();
+                    if self.cache.lock().expect("cache lock").set_node(n) {
+                        self.queue.move_all();
+                    }
                 }
                 Ok(watcher::Event::Delete(n)) => {
                     let name = n.metadata.name.unwrap_or_default();

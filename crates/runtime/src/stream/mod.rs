@@ -67,8 +67,14 @@ impl StreamServer {
         let s = server.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
+                let conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        // Out of descriptors, say: wait instead of spinning.
+                        tracing::warn!(error = %e, "streaming server accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let s = s.clone();
                 tokio::spawn(async move {
