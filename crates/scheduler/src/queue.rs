@@ -108,11 +108,16 @@ impl Queue {
         let mut q = self.inner.lock().expect("queue lock");
         let retry = match q.items.get_mut(key) {
             Some(it) => {
+                // Only a change to what scheduling reads retries an unschedulable pod (not
+                // our own status condition, say).
+                let relevant = it.pod.spec != pod.spec
+                    || it.pod.metadata.labels != pod.metadata.labels
+                    || it.pod.metadata.annotations != pod.metadata.annotations;
                 it.pod = pod;
                 match it.state {
-                    State::Unschedulable(_) => true,
+                    State::Unschedulable(_) => relevant,
                     State::InFlight => {
-                        it.moved = true;
+                        it.moved |= relevant;
                         false
                     }
                     _ => false,
@@ -308,5 +313,16 @@ mod tests {
         );
         q.remove("d/old-low");
         assert_eq!(q.counts(), (0, 0, 0));
+        // A status-only update leaves an unschedulable pod waiting; a spec change retries it.
+        q.add(pod("p", 0, "2026-01-01T00:00:00Z"), "d/p");
+        let p = q.pop().await;
+        q.unschedulable("d/p");
+        let mut with_status = (*p).clone();
+        with_status.status = Some(Default::default());
+        q.add(Arc::new(with_status.clone()), "d/p");
+        assert_eq!(q.counts(), (0, 0, 1));
+        with_status.spec.as_mut().unwrap().priority = Some(5);
+        q.add(Arc::new(with_status), "d/p");
+        assert_eq!(q.counts(), (1, 0, 0));
     }
 }
