@@ -149,9 +149,26 @@ pub struct Cache {
     placed: HashMap<String, (String, bool)>,
     /// Pods on nodes the cache does not know yet.
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Placed pods with required anti-affinity terms, cluster-wide.
+    anti_affinity_pods: usize,
+}
+
+/// What a scheduling cycle's PreFilter sees of the cluster.
+pub struct Snapshot<'a> {
+    pub nodes: &'a [NodeInfo],
+    /// Placed pods with required anti-affinity terms (none: nothing to check for them).
+    pub anti_affinity_pods: usize,
 }
 
 impl Cache {
+    /// The nodes and cluster-wide counts, for a scheduling cycle.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            nodes: &self.nodes,
+            anti_affinity_pods: self.anti_affinity_pods,
+        }
+    }
+
     /// Every node, in a stable order (until a node is removed).
     pub fn all(&self) -> &[NodeInfo] {
         &self.nodes
@@ -210,6 +227,7 @@ impl Cache {
         self.remove_pod(&p.key);
         self.placed
             .insert(p.key.clone(), (node.to_string(), assumed));
+        self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
         match self.node_mut(node) {
             Some(n) => n.add(p),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
@@ -218,11 +236,18 @@ impl Cache {
 
     pub fn remove_pod(&mut self, key: &str) {
         if let Some((node, _)) = self.placed.remove(key) {
+            let mut gone = None;
             if let Some(n) = self.node_mut(&node) {
+                gone = n.pods.get(key).cloned();
                 n.remove(key);
             }
             if let Some(o) = self.orphans.get_mut(&node) {
-                o.retain(|p| p.key != key);
+                if let Some(i) = o.iter().position(|p| p.key == key) {
+                    gone = Some(o.remove(i));
+                }
+            }
+            if gone.is_some_and(|p| !p.required_anti.is_empty()) {
+                self.anti_affinity_pods -= 1;
             }
         }
     }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::cache::{NodeInfo, PodInfo};
+use crate::cache::{NodeInfo, PodInfo, Snapshot};
 
 /// The highest score a plugin gives a node (upstream's MaxNodeScore).
 pub const MAX_SCORE: i64 = 100;
@@ -18,7 +18,7 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Computes what the plugin's Filter and Score need across all nodes.
-    fn pre_filter(&self, _pod: &PodInfo, _nodes: &[NodeInfo], _state: &mut CycleState) {}
+    fn pre_filter(&self, _pod: &PodInfo, _cluster: &Snapshot, _state: &mut CycleState) {}
 
     /// Filter with the cycle's state (stateless plugins implement `filter`).
     fn filter_in(
@@ -161,10 +161,10 @@ impl Profile {
     }
 
     /// Every plugin's PreFilter: the cycle's state.
-    pub fn pre_filter(&self, pod: &PodInfo, nodes: &[NodeInfo]) -> CycleState {
+    pub fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot) -> CycleState {
         let mut state = CycleState::new();
         for (p, _) in &self.plugins {
-            p.pre_filter(pod, nodes, &mut state);
+            p.pre_filter(pod, cluster, &mut state);
         }
         state
     }

@@ -171,7 +171,7 @@ impl Scheduler {
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
             let start = self.next_start.load(Ordering::Relaxed);
-            let state = self.profile.pre_filter(&info, cache.all());
+            let state = self.profile.pre_filter(&info, &cache.snapshot());
             match self
                 .profile
                 .find_feasible(&info, cache.all(), start, &state)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodAffinityTerm;
 
-use crate::cache::{NodeInfo, PodInfo};
+use crate::cache::{NodeInfo, PodInfo, Snapshot};
 use crate::framework::{CycleState, Plugin};
 use crate::selector;
 
@@ -69,7 +69,8 @@ impl Plugin for InterPodAffinity {
         NAME
     }
 
-    fn pre_filter(&self, pod: &PodInfo, nodes: &[NodeInfo], state: &mut CycleState) {
+    fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
+        let nodes = cluster.nodes;
         let own_ns = pod.pod.metadata.namespace.clone().unwrap_or_default();
         let anti_terms = required(pod, true);
         let aff_terms = required(pod, false);
@@ -83,7 +84,7 @@ impl Plugin for InterPodAffinity {
             self_affine: aff_terms.iter().all(|t| term_selects(t, &own_ns, pod)),
         };
         let own_rules = !anti_terms.is_empty() || !aff_terms.is_empty();
-        let others_rules = nodes.iter().any(|n| n.anti_affinity_pods > 0);
+        let others_rules = cluster.anti_affinity_pods > 0;
         if !own_rules && !others_rules {
             return;
         }
@@ -177,7 +178,7 @@ mod tests {
 
     fn check(c: &Cache, p: &PodInfo, node: &str) -> Result<(), Vec<String>> {
         let mut s = CycleState::new();
-        InterPodAffinity.pre_filter(p, c.all(), &mut s);
+        InterPodAffinity.pre_filter(p, &c.snapshot(), &mut s);
         InterPodAffinity.filter_in(p, c.node(node).unwrap(), &s)
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::cache::{NodeInfo, PodInfo};
+use crate::cache::{NodeInfo, PodInfo, Snapshot};
 use crate::framework::{default_normalize, CycleState, Plugin};
 use crate::selector;
 
@@ -91,7 +91,8 @@ impl Plugin for PodTopologySpread {
         NAME
     }
 
-    fn pre_filter(&self, pod: &PodInfo, nodes: &[NodeInfo], state: &mut CycleState) {
+    fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
+        let nodes = cluster.nodes;
         let cs = constraints(pod);
         if cs.is_empty() {
             return;
@@ -222,7 +223,7 @@ mod tests {
         let p = web("w2");
         let state = {
             let mut s = CycleState::new();
-            PodTopologySpread.pre_filter(&p, c.all(), &mut s);
+            PodTopologySpread.pre_filter(&p, &c.snapshot(), &mut s);
             s
         };
         let verdict = |n: &str| PodTopologySpread.filter_in(&p, c.node(n).unwrap(), &state);
