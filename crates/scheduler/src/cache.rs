@@ -132,6 +132,11 @@ impl NodeInfo {
         self.anti_affinity_pods -= !p.required_anti.is_empty() as usize;
     }
 
+    /// The node's label `key`.
+    pub fn label(&self, key: &str) -> Option<&String> {
+        self.node.metadata.labels.as_ref().and_then(|l| l.get(key))
+    }
+
     /// Host ports in use on the node.
     pub fn ports(&self) -> impl Iterator<Item = &HostPort> {
         self.pods.values().flat_map(|p| p.ports.iter())

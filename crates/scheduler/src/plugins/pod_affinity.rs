@@ -31,24 +31,18 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo) -> boo
         })
 }
 
-fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a String> {
-    node.node.metadata.labels.as_ref().and_then(|l| l.get(key))
-}
-
-fn required(pod: &PodInfo, anti: bool) -> Vec<PodAffinityTerm> {
-    let a = pod.pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-    let terms = if anti {
-        a.and_then(|a| a.pod_anti_affinity.as_ref()).and_then(|p| {
+/// The pod's required affinity terms (its anti-affinity terms are in `PodInfo`).
+fn required_affinity(pod: &PodInfo) -> Vec<PodAffinityTerm> {
+    pod.pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_affinity.as_ref())
+        .and_then(|p| {
             p.required_during_scheduling_ignored_during_execution
                 .clone()
         })
-    } else {
-        a.and_then(|a| a.pod_affinity.as_ref()).and_then(|p| {
-            p.required_during_scheduling_ignored_during_execution
-                .clone()
-        })
-    };
-    terms.unwrap_or_default()
+        .unwrap_or_default()
 }
 
 struct State {
@@ -72,8 +66,8 @@ impl Plugin for InterPodAffinity {
     fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
         let nodes = cluster.nodes;
         let own_ns = pod.pod.metadata.namespace.clone().unwrap_or_default();
-        let anti_terms = required(pod, true);
-        let aff_terms = required(pod, false);
+        let anti_terms = &pod.required_anti;
+        let aff_terms = required_affinity(pod);
         let mut st = State {
             anti: HashSet::new(),
             existing: HashSet::new(),
@@ -95,21 +89,21 @@ impl Plugin for InterPodAffinity {
             for other in n.pods.values() {
                 let other_ns = other.pod.metadata.namespace.as_deref().unwrap_or("");
                 for t in &other.required_anti {
-                    if let Some(v) = label(n, &t.topology_key) {
+                    if let Some(v) = n.label(&t.topology_key) {
                         if term_selects(t, other_ns, pod) {
                             st.existing.insert((t.topology_key.clone(), v.clone()));
                         }
                     }
                 }
-                for t in &anti_terms {
-                    if let Some(v) = label(n, &t.topology_key) {
+                for t in anti_terms {
+                    if let Some(v) = n.label(&t.topology_key) {
                         if term_selects(t, &own_ns, other) {
                             st.anti.insert((t.topology_key.clone(), v.clone()));
                         }
                     }
                 }
                 for (t, values) in st.affinity.iter_mut() {
-                    if let Some(v) = label(n, &t.topology_key) {
+                    if let Some(v) = n.label(&t.topology_key) {
                         if term_selects(t, &own_ns, other) {
                             values.insert(v.clone());
                         }
@@ -130,7 +124,7 @@ impl Plugin for InterPodAffinity {
             return Ok(());
         };
         let holds =
-            |set: &HashSet<(String, String)>| set.iter().any(|(k, v)| label(node, k) == Some(v));
+            |set: &HashSet<(String, String)>| set.iter().any(|(k, v)| node.label(k) == Some(v));
         if holds(&st.existing) {
             return Err(vec![
                 "node(s) didn't satisfy existing pods anti-affinity rules".into(),
@@ -141,7 +135,7 @@ impl Plugin for InterPodAffinity {
         }
         let nobody_matches = st.affinity.iter().all(|(_, v)| v.is_empty());
         for (t, values) in &st.affinity {
-            let ok = match label(node, &t.topology_key) {
+            let ok = match node.label(&t.topology_key) {
                 Some(v) => values.contains(v) || (nobody_matches && st.self_affine),
                 None => false,
             };

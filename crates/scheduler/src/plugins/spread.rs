@@ -59,10 +59,6 @@ fn constraints(pod: &PodInfo) -> Vec<Constraint> {
         .collect()
 }
 
-fn label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a String> {
-    node.node.metadata.labels.as_ref().and_then(|l| l.get(key))
-}
-
 /// How many pods on the node in the pod's namespace the selector picks.
 fn matching(pod: &PodInfo, node: &NodeInfo, sel: &Option<LabelSelector>) -> i64 {
     let Some(sel) = sel else { return 0 };
@@ -99,7 +95,7 @@ impl Plugin for PodTopologySpread {
         }
         let mut counts = vec![HashMap::new(); cs.len()];
         for n in nodes {
-            if !cs.iter().all(|c| label(n, &c.key).is_some()) {
+            if !cs.iter().all(|c| n.label(&c.key).is_some()) {
                 continue;
             }
             for (i, c) in cs.iter().enumerate() {
@@ -109,7 +105,7 @@ impl Plugin for PodTopologySpread {
                 if c.honor_taints && super::TaintToleration.filter(pod, n).is_err() {
                     continue;
                 }
-                let domain = label(n, &c.key).cloned().unwrap_or_default();
+                let domain = n.label(&c.key).cloned().unwrap_or_default();
                 *counts[i].entry(domain).or_insert(0) += matching(pod, n, &c.selector);
             }
         }
@@ -142,7 +138,7 @@ impl Plugin for PodTopologySpread {
             return Ok(());
         };
         for (i, c) in st.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
-            let Some(domain) = label(node, &c.key) else {
+            let Some(domain) = node.label(&c.key) else {
                 return Err(vec![
                     "node(s) didn't match pod topology spread constraints (missing required label)"
                         .into(),
@@ -177,7 +173,7 @@ impl Plugin for PodTopologySpread {
             .iter()
             .enumerate()
             .filter(|(_, c)| !c.hard)
-            .map(|(i, c)| match label(node, &c.key) {
+            .map(|(i, c)| match node.label(&c.key) {
                 Some(d) => st.counts[i].get(d).copied().unwrap_or(0),
                 None => 1000,
             })
