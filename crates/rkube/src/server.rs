@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// Do not run the scheduler in this server (another one schedules).
     #[arg(long)]
     pub disable_scheduler: bool,
+    /// The scheduler's KubeSchedulerConfiguration (profiles, plugins, weights, args).
+    #[arg(long)]
+    pub scheduler_config: Option<PathBuf>,
     /// Name of this node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -132,7 +135,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None
     } else {
         let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
-        let scheduler = new_scheduler(kc).await?;
+        let scheduler = new_scheduler(kc, args.scheduler_config.as_deref()).await?;
         Some(AbortOnDrop(tokio::spawn(scheduler.run())))
     };
     if !args.disable_agent {
@@ -155,15 +158,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A scheduler with the profiles of `scheduler_config` (default: the default profile).
 async fn new_scheduler(
     kc: kube::config::Kubeconfig,
+    scheduler_config: Option<&Path>,
 ) -> anyhow::Result<std::sync::Arc<rkube_scheduler::Scheduler>> {
+    let profiles = match scheduler_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the scheduler config {}", path.display()))?;
+            let value: serde_json::Value = serde_saphyr::from_str(&text)
+                .with_context(|| format!("parsing the scheduler config {}", path.display()))?;
+            rkube_scheduler::config::profiles(&value)?
+        }
+        None => vec![rkube_scheduler::plugins::default_profile()],
+    };
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
-    Ok(rkube_scheduler::Scheduler::new(
-        client,
-        rkube_scheduler::plugins::default_profile(),
-    ))
+    Ok(rkube_scheduler::Scheduler::new(client, profiles))
 }
 
 #[derive(Args, Debug)]
@@ -171,13 +183,16 @@ pub struct SchedulerArgs {
     /// The cluster's kubeconfig.
     #[arg(long, default_value = "/etc/rkube/rkube.yaml")]
     pub kubeconfig: PathBuf,
+    /// A KubeSchedulerConfiguration file (profiles, plugins, weights, args).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// `rkube scheduler`: schedules until SIGINT or SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    let scheduler = new_scheduler(kc).await?;
+    let scheduler = new_scheduler(kc, args.config.as_deref()).await?;
     tokio::select! {
         _ = scheduler.run() => {}
         _ = crate::shutdown_signal() => {}

@@ -25,6 +25,10 @@ impl Drop for Server {
 }
 
 async fn start(data: &Path) -> Server {
+    start_with(data, &[]).await
+}
+
+async fn start_with(data: &Path, extra: &[&str]) -> Server {
     let kubeconfig = data.join("kubeconfig.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rkube"))
         .args(["server", "--data-dir", data.to_str().unwrap()])
@@ -34,6 +38,7 @@ async fn start(data: &Path) -> Server {
             kubeconfig.to_str().unwrap(),
             "--disable-agent",
         ])
+        .args(extra)
         .env("RKUBE_LOG", "warn")
         .stderr(Stdio::piped())
         .spawn()
@@ -45,6 +50,8 @@ async fn start(data: &Path) -> Server {
             if line.contains("API at ") {
                 let _ = tx.send(());
             }
+            // The server's log shows with a failing test's output.
+            eprintln!("server: {line}");
         }
     });
     rx.recv_timeout(Duration::from_secs(60))
@@ -101,7 +108,11 @@ async fn bound(c: &Client, name: &str) -> String {
         if let Some(n) = p.spec.and_then(|s| s.node_name) {
             return n;
         }
-        assert!(Instant::now() < deadline, "{name} was not scheduled");
+        assert!(
+            Instant::now() < deadline,
+            "{name} was not scheduled: {:?}",
+            p.status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -364,4 +375,56 @@ async fn anti_affinity_spreads_replicas_and_topology_spread_keeps_skew() {
         assert!((a - b).abs() <= 1, "skew after {name}: {zones:?}");
     }
     assert_eq!(zones, [("z1", 3), ("z2", 3)].into());
+}
+
+#[tokio::test]
+async fn profiles_from_a_scheduler_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+- schedulerName: default-scheduler
+- schedulerName: packer
+  plugins:
+    score:
+      disabled: [{name: \"*\"}]
+      enabled: [{name: NodeResourcesFit, weight: 1}]
+  pluginConfig:
+  - name: NodeResourcesFit
+    args:
+      scoringStrategy: {type: MostAllocated}
+",
+    )
+    .unwrap();
+    let s = start_with(dir.path(), &["--scheduler-config", cfg.to_str().unwrap()]).await;
+    let c = &s.client;
+    for n in ["p1", "p2", "p3"] {
+        node(c, n, "4", json!({}), json!([])).await;
+    }
+    // Bin packing: every packer pod on one node.
+    let mut packed = Vec::new();
+    for i in 0..3 {
+        let name = format!("packed-{i}");
+        pod(
+            c,
+            &name,
+            json!({"schedulerName": "packer", "containers": requests("500m")}),
+        )
+        .await;
+        packed.push(bound(c, &name).await);
+    }
+    packed.dedup();
+    assert_eq!(packed.len(), 1, "{packed:?}");
+    // The default profile spreads: the next pods avoid the fuller node.
+    for i in 0..2 {
+        let name = format!("spread-{i}");
+        pod(c, &name, json!({"containers": requests("500m")})).await;
+        let n = bound(c, &name).await;
+        assert_ne!(n, packed[0], "{name} went to the fullest node");
+    }
+    let ev = events(c, "packed-0", "Scheduled").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
 }

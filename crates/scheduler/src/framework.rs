@@ -69,11 +69,32 @@ pub fn default_normalize(scores: &mut [i64], reverse: bool) {
     }
 }
 
+/// A plugin in a profile: whether its Filter and Score run, and the score's weight.
+#[derive(Clone)]
+pub struct Entry {
+    pub plugin: Arc<dyn Plugin>,
+    pub filter: bool,
+    pub score: bool,
+    pub weight: i64,
+}
+
+impl Entry {
+    /// A plugin at every extension point it implements.
+    pub fn new(plugin: Arc<dyn Plugin>, weight: i64) -> Entry {
+        Entry {
+            score: plugin.scores(),
+            plugin,
+            filter: true,
+            weight,
+        }
+    }
+}
+
 /// A profile: the plugins that run and the weight of each scorer.
 #[derive(Clone)]
 pub struct Profile {
     pub scheduler_name: String,
-    pub plugins: Vec<(Arc<dyn Plugin>, i64)>,
+    pub plugins: Vec<Entry>,
     /// Percentage of feasible nodes to find before scoring (0: upstream's adaptive default).
     pub percentage_of_nodes_to_score: u32,
 }
@@ -163,8 +184,8 @@ impl Profile {
     /// Every plugin's PreFilter: the cycle's state.
     pub fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot) -> CycleState {
         let mut state = CycleState::new();
-        for (p, _) in &self.plugins {
-            p.pre_filter(pod, cluster, &mut state);
+        for e in self.plugins.iter().filter(|e| e.filter || e.score) {
+            e.plugin.pre_filter(pod, cluster, &mut state);
         }
         state
     }
@@ -176,8 +197,8 @@ impl Profile {
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        for (p, _) in &self.plugins {
-            p.filter_in(pod, node, state)?;
+        for e in self.plugins.iter().filter(|e| e.filter) {
+            e.plugin.filter_in(pod, node, state)?;
         }
         Ok(())
     }
@@ -185,11 +206,14 @@ impl Profile {
     /// Weighted, normalized scores of the feasible nodes.
     pub fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo], state: &CycleState) -> Vec<i64> {
         let mut total = vec![0i64; nodes.len()];
-        for (p, weight) in self.plugins.iter().filter(|(p, _)| p.scores()) {
-            let mut s: Vec<i64> = nodes.iter().map(|n| p.score_in(pod, n, state)).collect();
-            p.normalize(&mut s);
+        for e in self.plugins.iter().filter(|e| e.score && e.plugin.scores()) {
+            let mut s: Vec<i64> = nodes
+                .iter()
+                .map(|n| e.plugin.score_in(pod, n, state))
+                .collect();
+            e.plugin.normalize(&mut s);
             for (t, v) in total.iter_mut().zip(s) {
-                *t += v * weight;
+                *t += v * e.weight;
             }
         }
         total

@@ -5,6 +5,7 @@
 //! a `FailedScheduling` event, and retries when the cluster changes.
 
 pub mod cache;
+pub mod config;
 pub mod framework;
 pub mod plugins;
 pub mod quantity;
@@ -45,19 +46,20 @@ pub struct Scheduler {
     client: Client,
     cache: Mutex<Cache>,
     queue: Queue,
-    profile: Profile,
+    /// Profiles by schedulerName.
+    profiles: Vec<Profile>,
     /// Where the next filter pass starts (upstream rotates through the nodes).
     next_start: AtomicUsize,
     binds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Scheduler {
-    pub fn new(client: Client, profile: Profile) -> Arc<Scheduler> {
+    pub fn new(client: Client, profiles: Vec<Profile>) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             client,
             cache: Mutex::new(Cache::default()),
             queue: Queue::default(),
-            profile,
+            profiles,
             next_start: AtomicUsize::new(0),
             binds: Arc::new(tokio::sync::Semaphore::new(MAX_BINDS)),
         })
@@ -143,10 +145,7 @@ impl Scheduler {
             self.queue.remove(&k);
             return;
         }
-        let ours = spec
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("default-scheduler")
-            == self.profile.scheduler_name;
+        let ours = self.profile_of(&pod).is_some();
         let gated = spec
             .and_then(|s| s.scheduling_gates.as_ref())
             .is_some_and(|g| !g.is_empty());
@@ -165,23 +164,34 @@ impl Scheduler {
         self.queue.add(Arc::new(pod), &k);
     }
 
+    /// The profile that schedules this pod (by its schedulerName), if any.
+    fn profile_of(&self, pod: &Pod) -> Option<&Profile> {
+        let name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler");
+        self.profiles.iter().find(|p| p.scheduler_name == name)
+    }
+
     /// One scheduling cycle for one pod.
     async fn schedule_one(self: &Arc<Self>, pod: Arc<Pod>) {
+        let Some(profile) = self.profile_of(&pod) else {
+            self.queue.remove(&cache::key(&pod));
+            return;
+        };
         let info = Arc::new(PodInfo::new(pod.clone()));
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
             let start = self.next_start.load(Ordering::Relaxed);
-            let state = self.profile.pre_filter(&info, &cache.snapshot());
-            match self
-                .profile
-                .find_feasible(&info, cache.all(), start, &state)
-            {
+            let state = profile.pre_filter(&info, &cache.snapshot());
+            match profile.find_feasible(&info, cache.all(), start, &state) {
                 Err(d) => Err(d),
                 Ok(feasible) => {
                     let n = cache.all().len().max(1);
                     self.next_start
                         .store((start + feasible.len()) % n, Ordering::Relaxed);
-                    let scores = self.profile.score(&info, &feasible, &state);
+                    let scores = profile.score(&info, &feasible, &state);
                     let best = scores.iter().copied().max().unwrap_or(0);
                     let ties: Vec<usize> =
                         (0..scores.len()).filter(|i| scores[*i] == best).collect();
@@ -283,6 +293,10 @@ impl Scheduler {
     }
 
     async fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
+        let reporter = self
+            .profile_of(pod)
+            .map(|p| p.scheduler_name.clone())
+            .unwrap_or_else(|| "default-scheduler".into());
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let now = jiff::Timestamp::now();
@@ -305,7 +319,7 @@ impl Scheduler {
             message: Some(msg.into()),
             type_: Some(kind.into()),
             source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some(self.profile.scheduler_name.clone()),
+                component: Some(reporter.clone()),
                 host: None,
             }),
             first_timestamp: Some(Time(now)),
@@ -320,8 +334,8 @@ impl Scheduler {
                 }
                 .into(),
             ),
-            reporting_component: Some(self.profile.scheduler_name.clone()),
-            reporting_instance: Some(format!("{}-rkube", self.profile.scheduler_name)),
+            reporting_instance: Some(format!("{reporter}-rkube")),
+            reporting_component: Some(reporter),
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);

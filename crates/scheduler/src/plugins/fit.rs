@@ -3,7 +3,98 @@
 use crate::cache::{NodeInfo, PodInfo};
 use crate::framework::{Plugin, MAX_SCORE};
 
-pub struct NodeResourcesFit;
+/// How NodeResourcesFit scores (its `scoringStrategy` arg).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Strategy {
+    /// Emptier nodes first (the default: spreads pods).
+    LeastAllocated,
+    /// Fuller nodes first (bin packing).
+    MostAllocated,
+    /// A piecewise-linear score of utilization: (utilization %, node score) points.
+    RequestedToCapacityRatio(Vec<(i64, i64)>),
+}
+
+/// NodeResourcesFit: requests must fit in what the node has left; scored by a strategy
+/// over CPU and memory with weights.
+#[derive(Clone, Debug)]
+pub struct NodeResourcesFit {
+    pub strategy: Strategy,
+    /// Weights of cpu and memory in the score.
+    pub weights: (i64, i64),
+}
+
+impl Default for NodeResourcesFit {
+    fn default() -> Self {
+        NodeResourcesFit {
+            strategy: Strategy::LeastAllocated,
+            weights: (1, 1),
+        }
+    }
+}
+
+impl NodeResourcesFit {
+    /// From the plugin's `pluginConfig` args (`scoringStrategy`).
+    pub fn from_args(args: &serde_json::Value) -> NodeResourcesFit {
+        let st = &args["scoringStrategy"];
+        let mut fit = NodeResourcesFit::default();
+        for r in st["resources"].as_array().into_iter().flatten() {
+            let w = r["weight"].as_i64().unwrap_or(1);
+            match r["name"].as_str() {
+                Some("cpu") => fit.weights.0 = w,
+                Some("memory") => fit.weights.1 = w,
+                _ => {}
+            }
+        }
+        fit.strategy = match st["type"].as_str() {
+            Some("MostAllocated") => Strategy::MostAllocated,
+            Some("RequestedToCapacityRatio") => Strategy::RequestedToCapacityRatio(
+                st["requestedToCapacityRatio"]["shape"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        // Shape scores are 0-10; scaled to node scores before
+                        // interpolating, as upstream does.
+                        (
+                            p["utilization"].as_i64().unwrap_or(0),
+                            p["score"].as_i64().unwrap_or(0) * MAX_SCORE / 10,
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => Strategy::LeastAllocated,
+        };
+        fit
+    }
+
+    /// One resource's score (0-100) for `used` of `cap`.
+    fn resource_score(&self, cap: i64, used: i64) -> i64 {
+        if cap <= 0 {
+            return 0;
+        }
+        let used = used.min(cap);
+        match &self.strategy {
+            Strategy::LeastAllocated => (cap - used) * MAX_SCORE / cap,
+            Strategy::MostAllocated => used * MAX_SCORE / cap,
+            Strategy::RequestedToCapacityRatio(shape) => piecewise(shape, used * 100 / cap),
+        }
+    }
+}
+
+/// The shape's score at utilization `u`, interpolating between points.
+fn piecewise(shape: &[(i64, i64)], u: i64) -> i64 {
+    let Some(first) = shape.first() else { return 0 };
+    if u <= first.0 {
+        return first.1;
+    }
+    for w in shape.windows(2) {
+        let ((u0, s0), (u1, s1)) = (w[0], w[1]);
+        if u <= u1 {
+            return s0 + (s1 - s0) * (u - u0) / (u1 - u0).max(1);
+        }
+    }
+    shape.last().map(|p| p.1).unwrap_or(0)
+}
 
 impl Plugin for NodeResourcesFit {
     fn name(&self) -> &'static str {
@@ -44,18 +135,12 @@ impl Plugin for NodeResourcesFit {
         true
     }
 
-    /// LeastAllocated: the free share of CPU and memory after placing the pod, averaged.
+    /// The strategy's score of CPU and memory after placing the pod, weighted.
     fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        let free = |cap: i64, used: i64| {
-            if cap <= 0 || used > cap {
-                0
-            } else {
-                (cap - used) * MAX_SCORE / cap
-            }
-        };
-        let cpu = free(node.allocatable.milli_cpu, node.non_zero.0 + pod.non_zero.0);
-        let mem = free(node.allocatable.memory, node.non_zero.1 + pod.non_zero.1);
-        (cpu + mem) / 2
+        let cpu = self.resource_score(node.allocatable.milli_cpu, node.non_zero.0 + pod.non_zero.0);
+        let mem = self.resource_score(node.allocatable.memory, node.non_zero.1 + pod.non_zero.1);
+        let (wc, wm) = self.weights;
+        (cpu * wc + mem * wm) / (wc + wm).max(1)
     }
 }
 
@@ -105,12 +190,12 @@ mod tests {
     fn fit_and_scores() {
         let mut c =
             node(json!({"status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "2"}}}));
-        assert!(NodeResourcesFit
+        assert!(NodeResourcesFit::default()
             .filter(&asks("a", "1500m", "1Gi"), only(&c))
             .is_ok());
         c.add_pod(Arc::new(asks("a", "1500m", "1Gi")), "n", true);
         assert_eq!(
-            NodeResourcesFit
+            NodeResourcesFit::default()
                 .filter(&asks("b", "1", "4Gi"), only(&c))
                 .unwrap_err(),
             vec![
@@ -120,7 +205,7 @@ mod tests {
         );
         c.add_pod(Arc::new(asks("b", "100m", "1Mi")), "n", true);
         assert_eq!(
-            NodeResourcesFit
+            NodeResourcesFit::default()
                 .filter(&asks("c", "1m", "1Mi"), only(&c))
                 .unwrap_err(),
             vec!["Too many pods".to_string()]
@@ -129,7 +214,7 @@ mod tests {
             json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"example.com/gpu": "1"}}}]}}),
         );
         assert_eq!(
-            NodeResourcesFit
+            NodeResourcesFit::default()
                 .filter(&gpu, only(&node(json!({}))))
                 .unwrap_err(),
             vec!["Insufficient example.com/gpu".to_string()]
@@ -137,8 +222,18 @@ mod tests {
         // An empty 4-CPU / 8 GiB node: 1 CPU and 2 GiB leave 75% of each free, balanced.
         let empty = node(json!({}));
         let p = asks("x", "1", "2Gi");
-        assert_eq!(NodeResourcesFit.score(&p, only(&empty)), 75);
+        assert_eq!(NodeResourcesFit::default().score(&p, only(&empty)), 75);
         assert_eq!(BalancedAllocation.score(&p, only(&empty)), 100);
+        let packer =
+            NodeResourcesFit::from_args(&json!({"scoringStrategy": {"type": "MostAllocated"}}));
+        assert_eq!(packer.score(&p, only(&empty)), 25);
+        let ratio = NodeResourcesFit::from_args(
+            &json!({"scoringStrategy": {"type": "RequestedToCapacityRatio",
+            "requestedToCapacityRatio": {"shape": [{"utilization": 0, "score": 0}, {"utilization": 100, "score": 10}]}}}),
+        );
+        assert_eq!(ratio.score(&p, only(&empty)), 25, "the MostAllocated line");
+        assert_eq!(piecewise(&[(0, 10), (50, 0)], 25), 5);
+        assert_eq!(piecewise(&[(0, 10), (50, 0)], 80), 0);
         let lopsided = asks("y", "4", "1Gi");
         assert!(BalancedAllocation.score(&lopsided, only(&empty)) < 60);
     }

@@ -16,25 +16,69 @@ pub use pod_affinity::InterPodAffinity;
 pub use spread::PodTopologySpread;
 pub use taints::{tolerates, TaintToleration};
 
-use crate::framework::{Plugin, Profile};
+use crate::framework::{Entry, Plugin, Profile};
+
+/// The plugins this scheduler has, by upstream name, with their default score weights
+/// (`args`: the plugin's `pluginConfig` args).
+pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>, i64)> {
+    let p: (Arc<dyn Plugin>, i64) = match name {
+        "NodeUnschedulable" => (Arc::new(NodeUnschedulable), 0),
+        "NodeName" => (Arc::new(NodeName), 0),
+        "TaintToleration" => (Arc::new(TaintToleration), 3),
+        "NodeAffinity" => (Arc::new(NodeAffinity), 2),
+        "NodePorts" => (Arc::new(NodePorts), 0),
+        "NodeResourcesFit" => (Arc::new(NodeResourcesFit::from_args(args)), 1),
+        "PodTopologySpread" => (Arc::new(PodTopologySpread), 2),
+        "InterPodAffinity" => (Arc::new(InterPodAffinity), 2),
+        "NodeResourcesBalancedAllocation" => (Arc::new(BalancedAllocation), 1),
+        _ => return None,
+    };
+    Some(p)
+}
+
+/// Upstream plugins this scheduler does not have yet (a config may name them; they are
+/// skipped with a warning).
+pub const NOT_YET: &[&str] = &[
+    "PrioritySort",
+    "SchedulingGates",
+    "DefaultBinder",
+    "DefaultPreemption",
+    "ImageLocality",
+    "VolumeBinding",
+    "VolumeRestrictions",
+    "VolumeZone",
+    "NodeVolumeLimits",
+    "EBSLimits",
+    "GCEPDLimits",
+    "AzureDiskLimits",
+    "CinderLimits",
+    "DynamicResources",
+];
+
+/// The default plugin set, in upstream's order.
+pub const DEFAULT: &[&str] = &[
+    "NodeUnschedulable",
+    "NodeName",
+    "TaintToleration",
+    "NodeAffinity",
+    "NodePorts",
+    "NodeResourcesFit",
+    "PodTopologySpread",
+    "InterPodAffinity",
+    "NodeResourcesBalancedAllocation",
+];
 
 /// The default profile (`default-scheduler`): filters in upstream's order, scorers with
 /// upstream's default weights.
 pub fn default_profile() -> Profile {
-    let plugins: Vec<(Arc<dyn Plugin>, i64)> = vec![
-        (Arc::new(NodeUnschedulable), 0),
-        (Arc::new(NodeName), 0),
-        (Arc::new(TaintToleration), 3),
-        (Arc::new(NodeAffinity), 2),
-        (Arc::new(NodePorts), 0),
-        (Arc::new(NodeResourcesFit), 1),
-        (Arc::new(PodTopologySpread), 2),
-        (Arc::new(InterPodAffinity), 2),
-        (Arc::new(BalancedAllocation), 1),
-    ];
+    let null = serde_json::Value::Null;
     Profile {
         scheduler_name: "default-scheduler".into(),
-        plugins,
+        plugins: DEFAULT
+            .iter()
+            .filter_map(|n| by_name(n, &null))
+            .map(|(p, w)| Entry::new(p, w))
+            .collect(),
         percentage_of_nodes_to_score: 0,
     }
 }
