@@ -135,8 +135,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None
     } else {
         let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
-        let scheduler = new_scheduler(kc, args.scheduler_config.as_deref()).await?;
-        Some(AbortOnDrop(tokio::spawn(scheduler.run())))
+        // A stable identity: a restarted server renews its own lease at once.
+        let identity = args.node_name.clone().unwrap_or_else(hostname);
+        let lock = rkube_scheduler::leader::LeaseLock::scheduler(identity);
+        let task = scheduling(kc, args.scheduler_config.as_deref(), Some(lock)).await?;
+        Some(AbortOnDrop(tokio::spawn(task)))
     };
     if !args.disable_agent {
         eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
@@ -158,11 +161,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A scheduler with the profiles of `scheduler_config` (default: the default profile).
-async fn new_scheduler(
+/// Scheduling as a task: the profiles of `scheduler_config` (default: the default
+/// profile), each leadership term with a fresh scheduler when `lock` is given.
+async fn scheduling(
     kc: kube::config::Kubeconfig,
     scheduler_config: Option<&Path>,
-) -> anyhow::Result<std::sync::Arc<rkube_scheduler::Scheduler>> {
+    lock: Option<rkube_scheduler::leader::LeaseLock>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let profiles = match scheduler_config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -175,7 +180,20 @@ async fn new_scheduler(
     };
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
-    Ok(rkube_scheduler::Scheduler::new(client, profiles))
+    Ok(async move {
+        let term = || rkube_scheduler::Scheduler::new(client.clone(), profiles.clone()).run();
+        match lock {
+            Some(lock) => lock.run(client.clone(), term).await,
+            None => term().await,
+        }
+    })
+}
+
+/// This machine's host name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 #[derive(Args, Debug)]
@@ -186,15 +204,36 @@ pub struct SchedulerArgs {
     /// A KubeSchedulerConfiguration file (profiles, plugins, weights, args).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Take the kube-system/kube-scheduler Lease before scheduling, so that one of several
+    /// schedulers works at a time.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Seconds a lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub leader_elect_lease_duration: u64,
+    /// Milliseconds between attempts to take or renew the lease.
+    #[arg(long, default_value_t = 2000)]
+    pub leader_elect_retry_period: u64,
 }
 
 /// `rkube scheduler`: schedules until SIGINT or SIGTERM.
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    let scheduler = new_scheduler(kc, args.config.as_deref()).await?;
+    let lock = args.leader_elect.then(|| {
+        let mut id = [0u8; 4];
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id));
+        let suffix: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let mut lock =
+            rkube_scheduler::leader::LeaseLock::scheduler(format!("{}_{suffix}", hostname()));
+        lock.duration = std::time::Duration::from_secs(args.leader_elect_lease_duration.max(1));
+        lock.retry = std::time::Duration::from_millis(args.leader_elect_retry_period.max(10));
+        lock
+    });
+    let task = scheduling(kc, args.config.as_deref(), lock).await?;
     tokio::select! {
-        _ = scheduler.run() => {}
+        _ = task => {}
         _ = crate::shutdown_signal() => {}
     }
     Ok(())

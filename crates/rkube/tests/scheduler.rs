@@ -428,3 +428,61 @@ profiles:
     let ev = events(c, "packed-0", "Scheduled").await;
     assert_eq!(ev.len(), 1, "{ev:?}");
 }
+
+/// Two `rkube scheduler` processes share one Lease: one schedules; when it dies, the other
+/// takes the lease and schedules.
+#[tokio::test]
+async fn leader_election_fails_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), &["--disable-scheduler"]).await;
+    let c = &s.client;
+    node(c, "only", "4", json!({}), json!([])).await;
+    let scheduler = || {
+        Command::new(env!("CARGO_BIN_EXE_rkube"))
+            .args(["scheduler", "--kubeconfig"])
+            .arg(dir.path().join("kubeconfig.yaml"))
+            .args([
+                "--leader-elect-lease-duration",
+                "2",
+                "--leader-elect-retry-period",
+                "200",
+            ])
+            .env("RKUBE_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let leases: Api<Lease> = Api::namespaced(c.clone(), "kube-system");
+    let holder = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = leases.get_opt("kube-scheduler").await.unwrap() {
+                let spec = l.spec.unwrap_or_default();
+                if let Some(h) = spec.holder_identity {
+                    return (h, spec.lease_transitions.unwrap_or(0));
+                }
+            }
+            assert!(Instant::now() < deadline, "nobody took the lease");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut first = scheduler();
+    let (leader, _) = holder().await;
+    let mut second = scheduler();
+    pod(c, "before", json!({})).await;
+    assert_eq!(bound(c, "before").await, "only");
+    assert_eq!(
+        holder().await.0,
+        leader,
+        "the first keeps the lease while it lives"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    pod(c, "after", json!({})).await;
+    assert_eq!(bound(c, "after").await, "only");
+    let (now, transitions) = holder().await;
+    assert_ne!(now, leader);
+    assert!(transitions >= 1, "{transitions}");
+    let _ = second.kill();
+    let _ = second.wait();
+}

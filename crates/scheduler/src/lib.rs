@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config;
 pub mod framework;
+pub mod leader;
 pub mod plugins;
 pub mod quantity;
 pub mod queue;
