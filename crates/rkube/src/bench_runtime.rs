@@ -48,6 +48,20 @@ fn container(name: &str) -> cri::ContainerConfig {
     }
 }
 
+/// Runs a pod sandbox; its ID.
+async fn run_pod(
+    c: &mut RuntimeServiceClient<Channel>,
+    config: &cri::PodSandboxConfig,
+) -> anyhow::Result<String> {
+    Ok(c.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await?
+    .into_inner()
+    .pod_sandbox_id)
+}
+
 /// Creates container `name` (a long sleep) in a pod; its ID.
 async fn create(
     c: &mut RuntimeServiceClient<Channel>,
@@ -72,14 +86,7 @@ async fn pod_with_container(
 ) -> anyhow::Result<(Duration, Duration, String)> {
     let t = Instant::now();
     let config = sandbox(i);
-    let pod = c
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(c, &config).await?;
     let sandbox_time = t.elapsed();
     let id = create(c, &pod, &config, "main").await?;
     c.start_container(cri::StartContainerRequest { container_id: id })
@@ -232,14 +239,7 @@ async fn measure(
 
     // Container lifecycle in one pod, and bare runc on a copy of the same bundle.
     let config = sandbox(200_000);
-    let pod = c
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(c, &config).await?;
     let mut lifecycle = Vec::new();
     for i in 0..runs {
         let t = Instant::now();

@@ -130,9 +130,14 @@ pub fn ruleset(all: &[Mapping], bridge: &str) -> String {
     s
 }
 
-/// Applies the table for every ready sandbox's mappings.
-pub fn sync(sandboxes: &[Sandbox], bridge: &str) -> Result<(), Error> {
+/// Applies the table for every ready sandbox's mappings. `present` says whether the
+/// table may exist (this process has not yet removed it); with no mappings and no table
+/// there is nothing to run, so pods without host ports cost no `nft` call.
+pub fn sync(sandboxes: &[Sandbox], bridge: &str, present: &mut bool) -> Result<(), Error> {
     let all: Vec<Mapping> = sandboxes.iter().flat_map(mappings).collect();
+    if all.is_empty() && !*present {
+        return Ok(());
+    }
     let nft = crate::cri::which("nft");
     let Some(nft) = nft else {
         if all.is_empty() {
@@ -161,7 +166,9 @@ pub fn sync(sandboxes: &[Sandbox], bridge: &str) -> Result<(), Error> {
     let out = child
         .wait_with_output()
         .map_err(|e| Error::Io("running nft".into(), e))?;
-    if !out.status.success() {
+    if out.status.success() {
+        *present = !all.is_empty();
+    } else {
         return Err(Error::Format(format!(
             "nft rejected the host port rules: {}",
             String::from_utf8_lossy(&out.stderr).trim()

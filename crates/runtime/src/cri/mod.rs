@@ -65,7 +65,9 @@ pub struct Runtime {
     pod_cidr: std::sync::Mutex<Option<String>>,
     /// CPU rates between stats calls.
     pub cpu_rates: crate::stats::CpuRates,
-    host_ports: std::sync::Mutex<()>,
+    /// Held while host-port rules sync; whether their table may exist (true until the
+    /// first sync, which clears what an earlier run may have left).
+    host_ports: std::sync::Mutex<bool>,
 }
 
 impl Runtime {
@@ -90,7 +92,7 @@ impl Runtime {
             containers,
             pod_cidr: std::sync::Mutex::new(pod_cidr),
             cpu_rates: Default::default(),
-            host_ports: Default::default(),
+            host_ports: std::sync::Mutex::new(true),
         }))
     }
 
@@ -114,8 +116,8 @@ impl Runtime {
     /// Rewrites the host-port rules from every ready sandbox.
     pub fn sync_host_ports(&self) -> Result<(), Error> {
         // One sync at a time: the last one sees every saved sandbox.
-        let _one = self.host_ports.lock().expect("host ports lock");
-        crate::hostport::sync(&self.sandboxes.list(), &self.options.bridge)
+        let mut present = self.host_ports.lock().expect("host ports lock");
+        crate::hostport::sync(&self.sandboxes.list(), &self.options.bridge, &mut present)
     }
 
     /// Records the pod CIDR (validated: an IPv4 or IPv6 network in CIDR notation).
