@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod kinds;
 pub mod meta;
+pub mod quantity;
 pub mod names;
 pub mod openapi;
 pub mod openapi_pb;

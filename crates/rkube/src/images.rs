@@ -115,34 +115,18 @@ pub async fn serve(args: RuntimeArgs) -> anyhow::Result<()> {
     let socket = args
         .socket
         .unwrap_or_else(|| default_socket(&args.data_dir));
-    let paths = Paths::under(&args.data_dir);
-    let runc = if args.runc.components().count() > 1 {
-        args.runc
-    } else {
-        rkube_runtime::cri::which(&args.runc.to_string_lossy()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} not found on PATH: install it (apt-get install runc) or pass --runc PATH",
-                args.runc.display()
-            )
-        })?
-    };
+    let defaults = rkube_runtime::cri::Options::default();
     let options = rkube_runtime::cri::Options {
-        runc,
         bridge: args.bridge,
         stream_address: args.stream_address,
-        ..Default::default()
-    };
-    let options = rkube_runtime::cri::Options {
         cni_dirs: if args.cni_bin_dirs.is_empty() {
-            options.cni_dirs.clone()
+            defaults.cni_dirs.clone()
         } else {
             args.cni_bin_dirs
         },
-        ..options
+        ..defaults
     };
-    let rt = tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths, options))
-        .await?
-        .context("opening the runtime state")?;
+    let rt = crate::agent::open_runtime(&args.data_dir, &args.runc, options).await?;
     rkube_runtime::cri::serve(rt, &socket, crate::shutdown_signal()).await?;
     Ok(())
 }

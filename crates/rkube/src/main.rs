@@ -1,5 +1,6 @@
 //! `rkube`: Kubernetes in one binary. This file only parses flags and wires crates together.
 
+mod agent;
 mod bench;
 mod bench_api;
 mod bench_runtime;

@@ -48,6 +48,19 @@ pub struct ServerArgs {
     /// Name of this node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// This node's address (default: the host's first non-loopback IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Port of the kubelet's HTTPS server (logs, exec, attach, port-forward; 0 = pick).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Use this CRI runtime (unix:///run/containerd/containerd.sock) instead of the
+    /// built-in one.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+    /// The Linux bridge the built-in runtime attaches pods to.
+    #[arg(long, default_value = "rkube0")]
+    pub pod_bridge: String,
     /// Shared secret agents join with.
     #[arg(long, env = "RKUBE_TOKEN")]
     pub token: Option<String>,
@@ -141,12 +154,53 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let task = scheduling(kc, args.scheduler_config.as_deref(), Some(lock)).await?;
         Some(AbortOnDrop(tokio::spawn(task)))
     };
-    if !args.disable_agent {
-        eprintln!("rkube server: the node agent is not part of this build yet; running the control plane only");
-    }
-    let _ = (&args.cluster_cidr, &args.node_name, &args.token);
+    let admin = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
+    let admin = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(admin, &Default::default()).await?,
+    )?;
+    let ranges = rkube_controllers::node_ipam::Ranges {
+        base: args.cluster_cidr.base,
+        prefix: args.cluster_cidr.prefix,
+        node_prefix: 24.max(args.cluster_cidr.prefix),
+    };
+    let _ipam = AbortOnDrop(tokio::spawn(rkube_controllers::node_ipam::run(
+        admin, ranges,
+    )));
+    let _agent = if args.disable_agent {
+        Vec::new()
+    } else if !rkube_runtime_root() {
+        eprintln!("rkube server: not root, so no node agent (containers need root); running the control plane only");
+        Vec::new()
+    } else {
+        let node_name = args.node_name.clone().unwrap_or_else(hostname);
+        let node = server
+            .pki
+            .issue_client(&format!("system:node:{node_name}"), &["system:nodes"])?;
+        let kubeconfig =
+            rkube_apiserver::pki::kubeconfig(&server.url(), &server.pki.ca.cert_pem, &node);
+        let agent_dir = crate::agent::agent_dir(&args.data_dir);
+        std::fs::create_dir_all(&agent_dir)?;
+        rkube_apiserver::pki::write_private(&agent_dir.join("kubelet.kubeconfig"), &kubeconfig)?;
+        let tasks = crate::agent::start(crate::agent::LocalAgent {
+            data_dir: &args.data_dir,
+            node_name: node_name.clone(),
+            node_ip: crate::agent::node_ip(args.node_ip),
+            kubelet_port: args.kubelet_port,
+            runtime_endpoint: args.container_runtime_endpoint.clone(),
+            pod_bridge: args.pod_bridge.clone(),
+            cluster_dns: args.service_cidr.nth(9).to_string(),
+            kubeconfig,
+        })
+        .await
+        .context("starting the node agent")?;
+        eprintln!("rkube server: node {node_name} is joining (kubectl get nodes)");
+        tasks
+    };
+    let _ = &args.token;
     crate::shutdown_signal().await;
     eprintln!("rkube server: stopping");
+    drop(_agent);
+    drop(_ipam);
     drop(_scheduler);
     drop(server);
     Ok(())
@@ -187,6 +241,12 @@ async fn scheduling(
             None => term().await,
         }
     })
+}
+
+/// Whether this process may run containers.
+fn rkube_runtime_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// This machine's host name.

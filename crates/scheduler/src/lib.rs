@@ -9,7 +9,7 @@ pub mod config;
 pub mod framework;
 pub mod leader;
 pub mod plugins;
-pub mod quantity;
+pub use rkube_api::quantity;
 pub mod queue;
 pub mod resources;
 pub mod selector;

@@ -1,4 +1,4 @@
-//! Resource quantities (`500m`, `1.5`, `128Mi`, `1e3`) as the scheduler counts them: CPU
+//! Resource quantities (`500m`, `1.5`, `128Mi`, `1e3`) as the scheduler and kubelet count them: CPU
 //! in millicores, everything else in whole units, both rounded up as upstream does.
 
 /// The value of a quantity in units of 10^-3 (milli), rounded up; None if malformed.

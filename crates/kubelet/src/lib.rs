@@ -1,0 +1,185 @@
+//! The kubelet: registers its node, keeps the node's status and Lease true, and runs the
+//! pods bound to it through CRI (pod workers), reporting their status and events.
+
+pub mod cri;
+pub mod env;
+pub mod events;
+pub mod node;
+pub mod pod;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri_api;
+
+/// How a kubelet runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// The address other nodes and the apiserver reach this node at (InternalIP).
+    pub node_ip: IpAddr,
+    /// The agent's directory (`DATA_DIR/agent`): pods' volumes and logs live under it.
+    pub data_dir: PathBuf,
+    /// The CRI runtime's unix socket.
+    pub cri_socket: PathBuf,
+    /// The port of the kubelet's HTTPS server (reported in the node status).
+    pub port: u16,
+    pub max_pods: u32,
+    /// Held back from allocatable (system-reserved + kube-reserved).
+    pub reserved_cpu_millis: u64,
+    pub reserved_memory_ki: u64,
+    /// The cluster DNS Service IPs and domain, written into pods' resolv.conf.
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    /// Extra labels for the Node (node roles).
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Defaults for a node named `node_name` at `node_ip` with state under `data_dir`.
+    pub fn new(node_name: String, node_ip: IpAddr, data_dir: PathBuf, cri_socket: PathBuf) -> Config {
+        Config {
+            node_name,
+            node_ip,
+            data_dir,
+            cri_socket,
+            port: 10250,
+            max_pods: 110,
+            reserved_cpu_millis: 0,
+            reserved_memory_ki: 0,
+            cluster_dns: vec!["10.43.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            node_labels: BTreeMap::new(),
+        }
+    }
+
+    /// Where pod `uid`'s volumes and other files live.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("pods").join(uid)
+    }
+
+    /// Where a pod's container logs go (`/var/log/pods/NS_NAME_UID` upstream).
+    pub fn pod_log_dir(&self, ns: &str, name: &str, uid: &str) -> PathBuf {
+        self.data_dir
+            .join("logs/pods")
+            .join(format!("{ns}_{name}_{uid}"))
+    }
+}
+
+/// The running kubelet's shared state.
+pub struct Kubelet {
+    pub config: Config,
+    pub client: kube::Client,
+    pub cri: cri::Cri,
+    pub recorder: events::Recorder,
+    /// The pod CIDR last handed to the runtime.
+    pod_cidr: Mutex<Option<String>>,
+    /// Wakes the node status loop early (runtime state changed).
+    pub node_changed: tokio::sync::Notify,
+}
+
+impl Kubelet {
+    /// Connects to the runtime (waiting up to 30 s for it) and prepares the state.
+    pub async fn new(config: Config, client: kube::Client) -> Result<Arc<Kubelet>, String> {
+        let cri = cri::Cri::connect(&config.cri_socket, Duration::from_secs(30)).await?;
+        std::fs::create_dir_all(config.data_dir.join("pods"))
+            .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+        Ok(Arc::new(Kubelet {
+            recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
+            config,
+            client,
+            cri,
+            pod_cidr: Mutex::new(None),
+            node_changed: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The kubelet port reported to the apiserver.
+    pub fn port(&self) -> u16 {
+        self.config.port
+    }
+
+    /// Runs node status, lease and pod workers until dropped.
+    pub async fn run(self: Arc<Self>) {
+        let node = tokio::spawn(node::run(self.clone()));
+        let pods = tokio::spawn(pod::manager::run(self.clone()));
+        let _guard = (AbortOnDrop(node), AbortOnDrop(pods));
+        std::future::pending::<()>().await;
+    }
+
+    /// Hands the node's pod CIDR to the runtime (once per change).
+    async fn set_pod_cidr(&self, cidr: &str) {
+        if self.pod_cidr.lock().expect("cidr lock").as_deref() == Some(cidr) {
+            return;
+        }
+        let req = cri_api::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri_api::RuntimeConfig {
+                network_config: Some(cri_api::NetworkConfig {
+                    pod_cidr: cidr.into(),
+                }),
+            }),
+        };
+        match self.cri.runtime.clone().update_runtime_config(req).await {
+            Ok(_) => {
+                tracing::info!(%cidr, "pod CIDR handed to the runtime");
+                *self.pod_cidr.lock().expect("cidr lock") = Some(cidr.into());
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "setting the runtime's pod CIDR"),
+        }
+    }
+
+    /// None when the runtime and its network are ready, else upstream's message why not.
+    async fn runtime_not_ready(&self) -> Option<String> {
+        let status = match self
+            .cri
+            .runtime
+            .clone()
+            .status(cri_api::StatusRequest { verbose: false })
+            .await
+        {
+            Ok(s) => s.into_inner().status.unwrap_or_default(),
+            Err(e) => {
+                return Some(format!(
+                    "container runtime is down: {} ({})",
+                    e.message(),
+                    self.config.cri_socket.display()
+                ))
+            }
+        };
+        let cond = |t: &str| status.conditions.iter().find(|c| c.r#type == t).cloned();
+        for (t, what) in [
+            ("RuntimeReady", "container runtime status check may not have completed yet"),
+            ("NetworkReady", "container runtime network not ready"),
+        ] {
+            match cond(t) {
+                Some(c) if c.status => {}
+                Some(c) => {
+                    let prefix = if t == "NetworkReady" {
+                        "container runtime network not ready"
+                    } else {
+                        "container runtime not ready"
+                    };
+                    return Some(format!(
+                        "{prefix}: {t}=false reason:{} message:{}",
+                        c.reason, c.message
+                    ));
+                }
+                None => return Some(what.into()),
+            }
+        }
+        None
+    }
+}
+
+/// A task that ends with its owner.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,309 @@
+//! Probes (liveness, readiness, startup) and lifecycle hooks: exec through CRI ExecSync,
+//! httpGet and tcpSocket against the pod's IP, with upstream's result messages.
+
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cri::Cri;
+
+/// Which probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Liveness,
+    Readiness,
+    Startup,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+            Kind::Startup => "Startup",
+        }
+    }
+
+    pub fn of(self, c: &Container) -> Option<&Probe> {
+        match self {
+            Kind::Liveness => c.liveness_probe.as_ref(),
+            Kind::Readiness => c.readiness_probe.as_ref(),
+            Kind::Startup => c.startup_probe.as_ref(),
+        }
+    }
+}
+
+/// One probe's running state for one container instance.
+#[derive(Clone, Debug)]
+pub struct State {
+    /// The container instance it probes (a restart starts over).
+    pub container_id: String,
+    pub successes: i32,
+    pub failures: i32,
+    /// The current verdict (None until the thresholds decide).
+    pub result: Option<bool>,
+    pub next: Instant,
+}
+
+impl State {
+    /// A fresh state; the first probe is due after `initialDelaySeconds`.
+    pub fn new(container_id: &str, p: &Probe, started: Instant) -> State {
+        State {
+            container_id: container_id.into(),
+            successes: 0,
+            failures: 0,
+            result: None,
+            next: started + Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64),
+        }
+    }
+
+    /// Records one outcome against the thresholds; returns whether the verdict changed.
+    pub fn record(&mut self, p: &Probe, ok: bool) -> bool {
+        let before = self.result;
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= p.success_threshold.unwrap_or(1).max(1) {
+                self.result = Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= p.failure_threshold.unwrap_or(3).max(1) {
+                self.result = Some(false);
+            }
+        }
+        self.next = Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        before != self.result
+    }
+}
+
+/// Where network probes and hooks connect.
+pub struct Target<'a> {
+    pub cri: &'a Cri,
+    pub container_id: &'a str,
+    pub container: &'a Container,
+    pub pod_ip: &'a str,
+}
+
+/// Runs a probe once: Ok on success, Err(message) on failure.
+pub async fn run(t: &Target<'_>, p: &Probe) -> Result<(), String> {
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &p.exec {
+        return exec(t, e, timeout).await;
+    }
+    if let Some(h) = &p.http_get {
+        return http_get(t, h, timeout).await;
+    }
+    if let Some(s) = &p.tcp_socket {
+        return tcp(t, s, timeout).await;
+    }
+    if p.grpc.is_some() {
+        return Err("gRPC probes are not supported by rkube's kubelet yet".into());
+    }
+    Err("the probe has no handler".into())
+}
+
+/// Runs a lifecycle hook handler (postStart / preStop) with a deadline.
+pub async fn hook(
+    t: &Target<'_>,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(e) = &h.exec {
+        return exec(t, e, timeout).await;
+    }
+    if let Some(g) = &h.http_get {
+        return http_get(t, g, timeout).await;
+    }
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
+        return Ok(());
+    }
+    if h.tcp_socket.is_some() {
+        // Deprecated and ignored by upstream too.
+        return Ok(());
+    }
+    Err("the hook has no handler".into())
+}
+
+async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), String> {
+    let cmd = e.command.clone().unwrap_or_default();
+    let req = cri::ExecSyncRequest {
+        container_id: t.container_id.into(),
+        cmd,
+        timeout: timeout.as_secs() as i64,
+    };
+    let out = t
+        .cri
+        .runtime
+        .clone()
+        .exec_sync(req)
+        .await
+        .map_err(|s| {
+            if s.code() == tonic::Code::DeadlineExceeded {
+                format!("command timed out after {}s", timeout.as_secs())
+            } else {
+                s.message().to_string()
+            }
+        })?
+        .into_inner();
+    if out.exit_code == 0 {
+        return Ok(());
+    }
+    let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
+    msg.push_str(&String::from_utf8_lossy(&out.stderr));
+    if msg.trim().is_empty() {
+        msg = format!("command {:?} exited with {}", e.command.clone().unwrap_or_default(), out.exit_code);
+    }
+    Err(msg)
+}
+
+/// A named or numbered port of the container.
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) if (1..=65535).contains(n) => Ok(*n as u16),
+        IntOrString::Int(n) => Err(format!("invalid port number: {n}")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .map(|cp| cp.container_port as u16)
+            .or_else(|| name.parse().ok())
+            .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name)),
+    }
+}
+
+async fn tcp(t: &Target<'_>, s: &TCPSocketAction, timeout: Duration) -> Result<(), String> {
+    let host = s.host.clone().unwrap_or_else(|| t.pod_ip.to_string());
+    let port = port(t.container, &s.port)?;
+    let addr = format!("{host}:{port}");
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_reason(&e))),
+        Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+async fn http_get(t: &Target<'_>, h: &HTTPGetAction, timeout: Duration) -> Result<(), String> {
+    let host = h.host.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| t.pod_ip.to_string());
+    let port = port(t.container, &h.port)?;
+    let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
+    let mut path = h.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    let url = format!("{scheme}://{host}:{port}{path}");
+    if scheme != "http" {
+        return Err(format!("Get {url:?}: HTTPS probes are not supported by rkube's kubelet yet"));
+    }
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("Get {url:?}: dial tcp {host}:{port}: connect: {}", io_reason(&e)))?;
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
+        let mut has_ua = false;
+        let mut has_accept = false;
+        for hd in h.http_headers.iter().flatten() {
+            has_ua |= hd.name.eq_ignore_ascii_case("user-agent");
+            has_accept |= hd.name.eq_ignore_ascii_case("accept");
+            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+        }
+        if !has_ua {
+            req.push_str("User-Agent: kube-probe/1.33\r\n");
+        }
+        if !has_accept {
+            req.push_str("Accept: */*\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("Get {url:?}: {e}"))?;
+        let mut buf = vec![0u8; 1024];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = s.read(&mut buf[got..]).await.map_err(|e| format!("Get {url:?}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if buf[..got].windows(2).any(|w| w == b"\r\n") {
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&buf[..got]);
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("Get {url:?}: malformed HTTP response"))?;
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+        )),
+    }
+}
+
+/// Go's wording for common connect errors.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut => "i/o timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(success: i32, failure: i32) -> Probe {
+        Probe {
+            success_threshold: Some(success),
+            failure_threshold: Some(failure),
+            period_seconds: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_the_verdict() {
+        let p = probe(1, 3);
+        let mut s = State::new("c1", &p, Instant::now());
+        assert!(s.record(&p, true));
+        assert_eq!(s.result, Some(true));
+        assert!(!s.record(&p, false));
+        assert!(!s.record(&p, false));
+        assert_eq!(s.result, Some(true), "two failures are below the threshold");
+        assert!(s.record(&p, false));
+        assert_eq!(s.result, Some(false));
+        let p2 = probe(2, 1);
+        let mut s = State::new("c1", &p2, Instant::now());
+        s.record(&p2, true);
+        assert_eq!(s.result, None, "one success is below a threshold of two");
+        s.record(&p2, true);
+        assert_eq!(s.result, Some(true));
+    }
+
+    #[test]
+    fn named_ports_resolve() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "web", "ports": [{"name": "http", "containerPort": 8080}]
+        }))
+        .unwrap();
+        assert_eq!(port(&c, &IntOrString::String("http".into())), Ok(8080));
+        assert_eq!(port(&c, &IntOrString::Int(81)), Ok(81));
+        assert!(port(&c, &IntOrString::String("nope".into())).is_err());
+    }
+}

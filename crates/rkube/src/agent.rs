@@ -1,0 +1,110 @@
+//! The node agent: the built-in container runtime (or another CRI runtime) and the
+//! kubelet, as `rkube server` runs them for its own node.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rkube_runtime::Paths;
+
+/// A task that ends with its owner.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the built-in runtime's state under `data_dir` (importing the air-gap images).
+pub async fn open_runtime(
+    data_dir: &Path,
+    runc: &Path,
+    options: rkube_runtime::cri::Options,
+) -> anyhow::Result<Arc<rkube_runtime::cri::Runtime>> {
+    let runc = if runc.components().count() > 1 {
+        runc.to_path_buf()
+    } else {
+        rkube_runtime::cri::which(&runc.to_string_lossy()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} not found on PATH: install it (apt-get install runc) or pass --runc PATH",
+                runc.display()
+            )
+        })?
+    };
+    let options = rkube_runtime::cri::Options { runc, ..options };
+    let paths = Paths::under(data_dir);
+    tokio::task::spawn_blocking(move || rkube_runtime::cri::Runtime::open(paths, options))
+        .await?
+        .context("opening the runtime state")
+}
+
+/// What the agent of `rkube server` needs to know.
+pub struct LocalAgent<'a> {
+    pub data_dir: &'a Path,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub kubelet_port: u16,
+    /// An external CRI runtime's socket; None runs the built-in one.
+    pub runtime_endpoint: Option<String>,
+    pub pod_bridge: String,
+    pub cluster_dns: String,
+    /// The kubeconfig the kubelet uses (node credentials).
+    pub kubeconfig: String,
+}
+
+/// Starts the runtime (unless external) and the kubelet; both stop when the returned
+/// tasks are dropped (containers keep running, as they outlive an agent restart).
+pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
+    let mut tasks = Vec::new();
+    let socket = match &a.runtime_endpoint {
+        Some(e) => rkube_kubelet::cri::socket_path(e),
+        None => {
+            let options = rkube_runtime::cri::Options {
+                bridge: a.pod_bridge.clone(),
+                ..Default::default()
+            };
+            let rt = open_runtime(a.data_dir, Path::new("runc"), options).await?;
+            let socket = crate::images::default_socket(a.data_dir);
+            let s = socket.clone();
+            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = rkube_runtime::cri::serve(rt, &s, std::future::pending()).await {
+                    tracing::error!(error = %e, "the container runtime stopped");
+                }
+            })));
+            socket
+        }
+    };
+    let kc = kube::config::Kubeconfig::from_yaml(&a.kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let mut cfg = rkube_kubelet::Config::new(
+        a.node_name.clone(),
+        a.node_ip,
+        a.data_dir.join("agent"),
+        socket,
+    );
+    cfg.port = a.kubelet_port;
+    cfg.cluster_dns = vec![a.cluster_dns.clone()];
+    let kubelet = rkube_kubelet::Kubelet::new(cfg, client)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tasks.push(AbortOnDrop(tokio::spawn(kubelet.run())));
+    Ok(tasks)
+}
+
+/// The node's address: the given one, else the first non-loopback IPv4 of this host.
+pub fn node_ip(given: Option<IpAddr>) -> IpAddr {
+    given.unwrap_or_else(|| {
+        rkube_apiserver::pki::host_addresses()
+            .into_iter()
+            .find(|a| a.is_ipv4() && !a.is_loopback())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    })
+}
+
+/// Where the agent's files live under the data dir.
+pub fn agent_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent")
+}

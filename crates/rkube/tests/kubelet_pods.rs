@@ -1,0 +1,134 @@
+//! The kubelet end to end: `rkube server` with its node agent, driven by real kubectl.
+//! Root only (containers); CI runs as root.
+
+mod agent_node;
+
+use agent_node::{root_or_skip, Cluster, IMAGE};
+
+/// The pod's log file for one container instance, read on the node.
+fn log_file(c: &Cluster, ns: &str, pod: &str, container: &str, attempt: u32) -> String {
+    let uid = c.jsonpath(&format!("pod {pod} -n {ns}"), "{.metadata.uid}");
+    let p = c
+        .data()
+        .join(format!("agent/logs/pods/{ns}_{pod}_{uid}/{container}/{attempt}.log"));
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn node_turns_ready_and_a_pod_runs_with_init_containers_env_and_volumes() {
+    if !root_or_skip("node_turns_ready_and_a_pod_runs_with_init_containers_env_and_volumes") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let node = format!("node/{}", c.name);
+    c.kubectl.ok(&["wait", "--for=condition=Ready", &node, "--timeout=60s"]);
+    assert_eq!(c.jsonpath(&node, "{.spec.podCIDR}"), "10.151.0.0/24");
+    assert_eq!(c.jsonpath(&node, "{.status.allocatable.pods}"), "110");
+    assert_eq!(c.jsonpath(&node, "{.status.nodeInfo.operatingSystem}"), "linux");
+    let lease = c.jsonpath(&format!("lease {} -n kube-node-lease", c.name), "{.spec.holderIdentity}");
+    assert_eq!(lease, c.name);
+
+    c.apply(
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"greeting": "hello"}}"#,
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web, tier: front}}
+spec:
+  nodeName: {node}
+  initContainers:
+  - name: first
+    image: {IMAGE}
+    command: ["sh", "-c", "echo one > /work/order"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  - name: second
+    image: {IMAGE}
+    command: ["sh", "-c", "echo two >> /work/order"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: app
+    image: {IMAGE}
+    command: ["sh", "-c"]
+    args:
+    - |
+      cat /work/order
+      echo "pod=$POD_NAME ns=$POD_NS ip=$POD_IP mem=$MEM_LIMIT greet=$GREETING expanded=$(GREETING)-x"
+      cat /etc/info/labels; echo
+      sleep 2; touch /work/ready
+      while true; do echo "cfg=$(cat /etc/cfg/greeting)"; sleep 0.5; done
+    env:
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: POD_NS, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: MEM_LIMIT, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}}}
+    resources:
+      limits: {{memory: 64Mi}}
+    readinessProbe:
+      exec: {{command: ["test", "-f", "/work/ready"]}}
+      periodSeconds: 1
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: cfg, mountPath: /etc/cfg}}
+    - {{name: info, mountPath: /etc/info}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: cfg}}}}
+  - name: info
+    downwardAPI:
+      items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]
+"#,
+        node = c.name
+    ));
+    // Running but not yet ready: the readiness probe waits for /work/ready.
+    c.wait_for(60, "pod web running", || {
+        (c.jsonpath("pod web", "{.status.phase}") == "Running").then_some(())
+    });
+    let ready = c.jsonpath("pod web", "{.status.conditions[?(@.type==\"Ready\")].status}");
+    let log = log_file(&c, "default", "web", "app", 0);
+    assert_eq!(ready, "False", "ready before the probe passed; log: {log}");
+    c.kubectl.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+
+    let ip = c.jsonpath("pod web", "{.status.podIP}");
+    assert!(ip.starts_with("10.151.0."), "pod IP {ip:?}");
+    assert_eq!(c.jsonpath("pod web", "{.status.hostIP}"), "127.0.0.1");
+    assert_eq!(c.jsonpath("pod web", "{.status.qosClass}"), "Burstable");
+    assert_eq!(
+        c.jsonpath("pod web", "{.status.initContainerStatuses[*].state.terminated.reason}"),
+        "Completed Completed"
+    );
+    let cid = c.jsonpath("pod web", "{.status.containerStatuses[0].containerID}");
+    assert!(cid.starts_with("rkube://"), "{cid}");
+    let log = log_file(&c, "default", "web", "app", 0);
+    let lines: Vec<&str> = log.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or("")).collect();
+    assert_eq!(&lines[..2], &["one", "two"], "init containers ran in order: {log}");
+    assert_eq!(
+        lines[2],
+        format!("pod=web ns=default ip={ip} mem=64 greet=hello expanded=hello-x"),
+        "{log}"
+    );
+    assert!(lines.contains(&"app=\"web\"") && lines.contains(&"tier=\"front\""), "{log}");
+    assert!(lines.contains(&"cfg=hello"), "{log}");
+
+    // A configMap edit reaches the running pod.
+    c.kubectl.ok(&["patch", "configmap", "cfg", "-p", r#"{"data":{"greeting":"bonjour"}}"#]);
+    c.wait_for(30, "the configMap update in the pod", || {
+        log_file(&c, "default", "web", "app", 0).contains("cfg=bonjour").then_some(())
+    });
+    let events = c.events("web");
+    for want in ["Scheduled", "Pulled: Container image", "Created: Created container: app", "Started: Started container app"] {
+        if want == "Scheduled" {
+            continue; // bound by nodeName, not by the scheduler
+        }
+        assert!(events.contains(want), "missing {want:?} in events:\n{events}");
+    }
+    // kubectl's own view of the node and pod.
+    let nodes = c.kubectl.ok(&["get", "nodes"]);
+    assert!(nodes.contains(&c.name) && nodes.contains("Ready"), "{nodes}");
+    let pods = c.kubectl.ok(&["get", "pods", "-o", "wide"]);
+    assert!(pods.contains("1/1") && pods.contains("Running") && pods.contains(&ip), "{pods}");
+}
