@@ -132,3 +132,107 @@ spec:
     let pods = c.kubectl.ok(&["get", "pods", "-o", "wide"]);
     assert!(pods.contains("1/1") && pods.contains("Running") && pods.contains(&ip), "{pods}");
 }
+
+#[test]
+fn restarts_probes_oom_and_graceful_deletion() {
+    if !root_or_skip("restarts_probes_oom_and_graceful_deletion") {
+        return;
+    }
+    let c = Cluster::start(2, &[]);
+    let node = c.name.clone();
+    c.kubectl.ok(&["wait", "--for=condition=Ready", &format!("node/{node}"), "--timeout=60s"]);
+    let host = c.dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let pod = |name: &str, policy: &str, extra: &str, script: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", {script:?}]
+    volumeMounts: [{{name: host, mountPath: /host}}]
+{extra}
+  volumes:
+  - {{name: host, hostPath: {{path: {host:?}, type: Directory}}}}
+"#,
+            host = host.display().to_string()
+        )
+    };
+
+    c.apply(&pod("crash", "Always", "", "echo crashing; exit 3"));
+    c.apply(&pod(
+        "live",
+        "Always",
+        "    livenessProbe:\n      exec: {command: [test, -f, /tmp/alive]}\n      periodSeconds: 1\n      failureThreshold: 2",
+        "touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 3600",
+    ));
+    c.apply(&pod("once", "OnFailure", "", "test -f /host/second && exit 0; touch /host/second; exit 1"));
+    c.apply(&pod("never", "Never", "", "echo bad; exit 1"));
+    c.apply(&pod(
+        "hog",
+        "Never",
+        "    resources: {limits: {memory: 20Mi}}",
+        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=1",
+    ));
+    c.apply(&pod(
+        "graceful",
+        "Always",
+        "    lifecycle: {preStop: {exec: {command: [sh, -c, 'echo prestop >> /host/graceful']}}}",
+        "trap 'echo term >> /host/graceful; sleep 1; exit 0' TERM; echo up > /host/up; while true; do sleep 0.2; done",
+    ));
+
+    // Crash loop: restarts with back-off, the last exit kept.
+    c.wait_for(60, "crash to restart", || {
+        let n: u32 = c.jsonpath("pod crash", "{.status.containerStatuses[0].restartCount}").parse().ok()?;
+        (n >= 1).then_some(())
+    });
+    c.wait_for(60, "crash to be in CrashLoopBackOff", || {
+        (c.jsonpath("pod crash", "{.status.containerStatuses[0].state.waiting.reason}") == "CrashLoopBackOff").then_some(())
+    });
+    assert_eq!(c.jsonpath("pod crash", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "3");
+    assert_eq!(c.jsonpath("pod crash", "{.status.containerStatuses[0].lastState.terminated.reason}"), "Error");
+    assert_eq!(c.jsonpath("pod crash", "{.status.phase}"), "Running");
+    let ev = c.events("crash");
+    assert!(ev.contains("BackOff: Back-off restarting failed container main in pod crash_default("), "{ev}");
+
+    // Liveness: the failing probe restarts the container.
+    c.wait_for(60, "live to be restarted by its liveness probe", || {
+        let n: u32 = c.jsonpath("pod live", "{.status.containerStatuses[0].restartCount}").parse().ok()?;
+        (n >= 1).then_some(())
+    });
+    let ev = c.events("live");
+    assert!(ev.contains("Unhealthy: Liveness probe failed"), "{ev}");
+    assert!(ev.contains("Killing: Container main failed liveness probe, will be restarted"), "{ev}");
+
+    // OnFailure restarts until success; Never fails for good.
+    c.wait_for(60, "once to succeed", || (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(()));
+    assert_eq!(c.jsonpath("pod once", "{.status.containerStatuses[0].restartCount}"), "1");
+    c.wait_for(60, "never to fail", || (c.jsonpath("pod never", "{.status.phase}") == "Failed").then_some(()));
+    assert_eq!(c.jsonpath("pod never", "{.status.containerStatuses[0].state.terminated.exitCode}"), "1");
+    assert_eq!(c.jsonpath("pod never", "{.status.containerStatuses[0].restartCount}"), "0");
+
+    // The memory hog is OOM-killed.
+    c.wait_for(60, "hog to be OOM-killed", || (c.jsonpath("pod hog", "{.status.phase}") == "Failed").then_some(()));
+    assert_eq!(c.jsonpath("pod hog", "{.status.containerStatuses[0].state.terminated.reason}"), "OOMKilled");
+    assert_eq!(c.jsonpath("pod hog", "{.status.containerStatuses[0].state.terminated.exitCode}"), "137");
+
+    // Graceful deletion: preStop, then SIGTERM, then the object goes, well within the grace.
+    c.wait_for(60, "graceful to run", || host.join("up").exists().then_some(()));
+    let t0 = std::time::Instant::now();
+    c.kubectl.ok(&["delete", "pod", "graceful", "--timeout=60s"]);
+    let took = t0.elapsed();
+    let trail = std::fs::read_to_string(host.join("graceful")).unwrap_or_default();
+    assert_eq!(trail, "prestop\nterm\n", "preStop ran before SIGTERM");
+    assert!(took < std::time::Duration::from_secs(20), "deletion took {took:?}, longer than the grace period");
+    let ev = c.events("graceful");
+    assert!(ev.contains("Killing: Stopping container main"), "{ev}");
+    let gone = c.kubectl.run(&["get", "pod", "graceful"], None);
+    assert!(!gone.status.success());
+}

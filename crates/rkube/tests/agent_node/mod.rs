@@ -140,7 +140,12 @@ impl Cluster {
             if Instant::now() > deadline {
                 let tail: Vec<String> = self.log.lock().unwrap().iter().rev().take(60).cloned().collect();
                 let tail: Vec<String> = tail.into_iter().rev().collect();
-                panic!("timed out waiting for {what}\n--- server log (tail) ---\n{}", tail.join("\n"));
+                let pods = self.kubectl.run(&["get", "pods", "-A", "-o", "yaml"], None);
+                panic!(
+                    "timed out waiting for {what}\n--- pods ---\n{}\n--- server log (tail) ---\n{}",
+                    String::from_utf8_lossy(&pods.stdout),
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
