@@ -4,12 +4,12 @@
 pub mod apply;
 pub mod kinds;
 pub mod meta;
-pub mod quantity;
 pub mod names;
 pub mod openapi;
 pub mod openapi_pb;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod registry;
 pub mod selector;
 pub mod status;

@@ -69,6 +69,8 @@ pub struct State {
     pub openapi: openapi::OpenApi,
     /// Every resource's objects and recent changes, for LIST and WATCH.
     pub cache: Arc<cache::WatchCache>,
+    /// TLS for connections to kubelets (pods/log, exec, attach, portforward).
+    pub kubelet_tls: Arc<rustls::ClientConfig>,
     /// The revision history was last compacted at: watches from before it get 410.
     compacted: std::sync::atomic::AtomicI64,
     store_failed: AtomicBool,
@@ -127,6 +129,7 @@ impl ApiServer {
         let sans = pki::default_sans(Some(service_ip), &config.tls_sans);
         let pki = pki::Pki::load_or_create(&config.server_dir.join("tls"), &sans)?;
         let tls = serve::tls_config(&pki).map_err(StartError::Tls)?;
+        let kubelet_tls = Arc::new(serve::kubelet_client_config(&pki).map_err(StartError::Tls)?);
         let addr = SocketAddr::new(config.bind_address, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -154,6 +157,7 @@ impl ApiServer {
             server_address: SocketAddr::new(advertise, addr.port()).to_string(),
             openapi: openapi::OpenApi::default(),
             cache,
+            kubelet_tls,
             compacted: std::sync::atomic::AtomicI64::new(0),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),

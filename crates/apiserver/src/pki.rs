@@ -42,6 +42,8 @@ pub struct Pki {
     pub ca: CertPair,
     pub serving: CertPair,
     pub admin: CertPair,
+    /// The apiserver's client certificate for kubelets (logs, exec, attach, port-forward).
+    pub kubelet_client: CertPair,
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -150,6 +152,7 @@ impl Pki {
             dir: dir.into(),
             serving: ca.clone(),
             admin: ca.clone(),
+            kubelet_client: ca.clone(),
             ca,
         };
         let sans_file = dir.join("serving-kube-apiserver.sans");
@@ -176,6 +179,10 @@ impl Pki {
         write_private(&sans_file, &wanted)?;
         pki.admin = pki.leaf("client-admin", true, |p| {
             p.distinguished_name = dn("system:admin", &["system:masters"]);
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        })?;
+        pki.kubelet_client = pki.leaf("client-kube-apiserver-kubelet", true, |p| {
+            p.distinguished_name = dn("kube-apiserver-kubelet-client", &["system:masters"]);
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         })?;
         Ok(pki)
@@ -232,6 +239,22 @@ impl Pki {
         self.issue(&|p| {
             p.distinguished_name = dn(cn, orgs);
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        })
+    }
+
+    /// Issues a serving certificate for `cn` valid for `sans` (IP addresses or DNS names):
+    /// a kubelet's HTTPS server.
+    pub fn issue_serving(&self, cn: &str, sans: &[String]) -> Result<CertPair, PkiError> {
+        self.issue(&|p| {
+            p.distinguished_name = dn(cn, &[]);
+            p.subject_alt_names = sans
+                .iter()
+                .filter_map(|s| match s.parse::<IpAddr>() {
+                    Ok(ip) => Some(rcgen::SanType::IpAddress(ip)),
+                    Err(_) => s.clone().try_into().ok().map(rcgen::SanType::DnsName),
+                })
+                .collect();
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         })
     }
 

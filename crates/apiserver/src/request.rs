@@ -84,6 +84,10 @@ impl Query {
                 .collect(),
         )
     }
+    /// Every pair, in order (repeated keys kept).
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()

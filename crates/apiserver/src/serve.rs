@@ -46,6 +46,32 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
     Ok(cfg)
 }
 
+/// The TLS client configuration for connections to kubelets: the cluster CA as the only
+/// root, the apiserver's kubelet-client certificate, HTTP/1.1 (upgrades).
+pub fn kubelet_client_config(pki: &Pki) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| format!("CA certificate: {e}"))?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.kubelet_client.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("kubelet client certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.kubelet_client.key_pem.as_bytes())
+        .map_err(|e| format!("kubelet client key: {e}"))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// Accepts connections until the listener is dropped.
 pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
     loop {
@@ -94,7 +120,10 @@ where
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(1000);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
         tracing::debug!("connection from {peer}: {e}");
     }
 }

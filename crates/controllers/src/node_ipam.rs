@@ -27,7 +27,11 @@ impl Ranges {
     /// The `i`th node range as text.
     pub fn nth(&self, i: u32) -> String {
         let step = 1u32 << (32 - self.node_prefix as u32);
-        format!("{}/{}", Ipv4Addr::from(u32::from(self.base) + i * step), self.node_prefix)
+        format!(
+            "{}/{}",
+            Ipv4Addr::from(u32::from(self.base) + i * step),
+            self.node_prefix
+        )
     }
 
     /// The index of a node range, if it is one of ours.
@@ -97,7 +101,9 @@ fn note(ranges: &Ranges, held: &mut HashMap<String, u32>, n: &Node) {
 }
 
 async fn allocate(api: &Api<Node>, ranges: &Ranges, held: &mut HashMap<String, u32>, n: &Node) {
-    let Some(name) = n.metadata.name.clone() else { return };
+    let Some(name) = n.metadata.name.clone() else {
+        return;
+    };
     if n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some() || held.contains_key(&name) {
         return;
     }
@@ -108,7 +114,10 @@ async fn allocate(api: &Api<Node>, ranges: &Ranges, held: &mut HashMap<String, u
     };
     let cidr = ranges.nth(i);
     let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
-    match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
         Ok(_) => {
             tracing::info!(node = %name, %cidr, "node IPAM: assigned the pod CIDR");
             held.insert(name, i);
@@ -123,7 +132,11 @@ mod tests {
 
     #[test]
     fn ranges_cut_the_cluster_cidr() {
-        let r = Ranges { base: "10.42.0.0".parse().unwrap(), prefix: 16, node_prefix: 24 };
+        let r = Ranges {
+            base: "10.42.0.0".parse().unwrap(),
+            prefix: 16,
+            node_prefix: 24,
+        };
         assert_eq!(r.count(), 256);
         assert_eq!(r.nth(0), "10.42.0.0/24");
         assert_eq!(r.nth(7), "10.42.7.0/24");

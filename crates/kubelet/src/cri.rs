@@ -79,7 +79,10 @@ impl Cri {
     }
 
     /// Sandboxes carrying the pod UID label (all of them when `uid` is None).
-    pub async fn sandboxes(&self, uid: Option<&str>) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
+    pub async fn sandboxes(
+        &self,
+        uid: Option<&str>,
+    ) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
         let filter = uid.map(|u| cri::PodSandboxFilter {
             label_selector: HashMap::from([(POD_UID.to_string(), u.to_string())]),
             ..Default::default()
@@ -94,7 +97,10 @@ impl Cri {
     }
 
     /// Containers carrying the pod UID label (all of them when `uid` is None).
-    pub async fn containers(&self, uid: Option<&str>) -> Result<Vec<cri::Container>, tonic::Status> {
+    pub async fn containers(
+        &self,
+        uid: Option<&str>,
+    ) -> Result<Vec<cri::Container>, tonic::Status> {
         let filter = uid.map(|u| cri::ContainerFilter {
             label_selector: HashMap::from([(POD_UID.to_string(), u.to_string())]),
             ..Default::default()

@@ -114,7 +114,12 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
                             .ok_or_else(|| format!("container {n:?} not found"))?,
                         _ => c,
                     };
-                    resource_field(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), ctx)?
+                    resource_field(
+                        target,
+                        &r.resource,
+                        r.divisor.as_ref().map(|d| d.0.as_str()),
+                        ctx,
+                    )?
                 } else if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional.unwrap_or(false);
                     let cm = configmap(ctx.client, ns, &r.name, &mut cms).await?;
@@ -220,7 +225,11 @@ pub fn field(pod: &Pod, path: &str, ctx: &Context<'_>) -> Result<String, String>
         "metadata.annotations" => map_lines(m.annotations.as_ref()),
         _ => {
             if let Some(k) = key_of("metadata.labels") {
-                m.labels.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default()
+                m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
             } else if let Some(k) = key_of("metadata.annotations") {
                 m.annotations
                     .as_ref()
@@ -264,7 +273,11 @@ pub fn resource_field(
     // Requests default to limits; limits to the node's allocatable.
     let given = given.or_else(|| {
         (which == "requests")
-            .then(|| res.and_then(|r| r.limits.as_ref()).and_then(|m| m.get(name)).map(|q| q.0.clone()))
+            .then(|| {
+                res.and_then(|r| r.limits.as_ref())
+                    .and_then(|m| m.get(name))
+                    .map(|q| q.0.clone())
+            })
             .flatten()
     });
     let cpu = name == "cpu";
@@ -318,19 +331,32 @@ async fn service_links(client: &kube::Client, ns: &str, env: &mut Env) {
         env.set(format!("{name}_SERVICE_HOST"), ip.clone());
         if let Some(first) = ports.first() {
             env.set(format!("{name}_SERVICE_PORT"), first.port.to_string());
-            let proto = first.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase();
-            env.set(format!("{name}_PORT"), format!("{proto}://{ip}:{}", first.port));
+            let proto = first
+                .protocol
+                .clone()
+                .unwrap_or_else(|| "TCP".into())
+                .to_lowercase();
+            env.set(
+                format!("{name}_PORT"),
+                format!("{proto}://{ip}:{}", first.port),
+            );
         }
         for p in &ports {
             if let Some(pn) = &p.name {
                 env.set(
-                    format!("{name}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")),
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
                     p.port.to_string(),
                 );
             }
             let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
             let base = format!("{name}_PORT_{}_{}", p.port, proto.to_uppercase());
-            env.set(base.clone(), format!("{}://{ip}:{}", proto.to_lowercase(), p.port));
+            env.set(
+                base.clone(),
+                format!("{}://{ip}:{}", proto.to_lowercase(), p.port),
+            );
             env.set(format!("{base}_PROTO"), proto.to_lowercase());
             env.set(format!("{base}_PORT"), p.port.to_string());
             env.set(format!("{base}_ADDR"), ip.clone());
@@ -343,7 +369,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        Env(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+        Env(pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect())
     }
 
     #[test]

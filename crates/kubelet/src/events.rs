@@ -34,7 +34,14 @@ impl Recorder {
 
     /// Records an event about `pod`, optionally about one of its containers (`fieldPath`
     /// `spec.containers{name}`).
-    pub async fn pod(&self, pod: &Pod, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+    pub async fn pod(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -50,7 +57,12 @@ impl Recorder {
                 format!("spec.containers{{{c}}}")
             }
         });
-        let key = (ns.clone(), uid.clone(), reason.to_string(), format!("{field_path:?}{message}"));
+        let key = (
+            ns.clone(),
+            uid.clone(),
+            reason.to_string(),
+            format!("{field_path:?}{message}"),
+        );
         let now = jiff::Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let repeat = self.seen.lock().expect("events lock").get(&key).cloned();

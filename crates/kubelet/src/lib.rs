@@ -4,8 +4,10 @@
 pub mod cri;
 pub mod env;
 pub mod events;
+pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod server;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -37,11 +39,18 @@ pub struct Config {
     pub cluster_domain: String,
     /// Extra labels for the Node (node roles).
     pub node_labels: BTreeMap<String, String>,
+    /// The HTTPS server's certificate and the CA of its clients; None serves nothing.
+    pub tls: Option<server::Tls>,
 }
 
 impl Config {
     /// Defaults for a node named `node_name` at `node_ip` with state under `data_dir`.
-    pub fn new(node_name: String, node_ip: IpAddr, data_dir: PathBuf, cri_socket: PathBuf) -> Config {
+    pub fn new(
+        node_name: String,
+        node_ip: IpAddr,
+        data_dir: PathBuf,
+        cri_socket: PathBuf,
+    ) -> Config {
         Config {
             node_name,
             node_ip,
@@ -54,6 +63,7 @@ impl Config {
             cluster_dns: vec!["10.43.0.10".into()],
             cluster_domain: "cluster.local".into(),
             node_labels: BTreeMap::new(),
+            tls: None,
         }
     }
 
@@ -80,6 +90,9 @@ pub struct Kubelet {
     pod_cidr: Mutex<Option<String>>,
     /// Wakes the node status loop early (runtime state changed).
     pub node_changed: tokio::sync::Notify,
+    /// The HTTPS server's socket until `run` takes it, and its port.
+    listener: Mutex<Option<tokio::net::TcpListener>>,
+    port: u16,
 }
 
 impl Kubelet {
@@ -88,7 +101,22 @@ impl Kubelet {
         let cri = cri::Cri::connect(&config.cri_socket, Duration::from_secs(30)).await?;
         std::fs::create_dir_all(config.data_dir.join("pods"))
             .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+        let (listener, port) = match &config.tls {
+            Some(_) => {
+                let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.port));
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    format!(
+                        "the kubelet cannot listen on {addr}: {e} (choose another --kubelet-port)"
+                    )
+                })?;
+                let port = l.local_addr().map(|a| a.port()).unwrap_or(config.port);
+                (Some(l), port)
+            }
+            None => (None, config.port),
+        };
         Ok(Arc::new(Kubelet {
+            listener: Mutex::new(listener),
+            port,
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,
             client,
@@ -100,14 +128,23 @@ impl Kubelet {
 
     /// The kubelet port reported to the apiserver.
     pub fn port(&self) -> u16 {
-        self.config.port
+        self.port
     }
 
     /// Runs node status, lease and pod workers until dropped.
     pub async fn run(self: Arc<Self>) {
         let node = tokio::spawn(node::run(self.clone()));
         let pods = tokio::spawn(pod::manager::run(self.clone()));
-        let _guard = (AbortOnDrop(node), AbortOnDrop(pods));
+        let listener = self.listener.lock().expect("listener lock").take();
+        let server = match (listener, self.config.tls.clone()) {
+            (Some(l), Some(tls)) => Some(AbortOnDrop(tokio::spawn(server::serve(
+                self.clone(),
+                l,
+                tls,
+            )))),
+            _ => None,
+        };
+        let _guard = (AbortOnDrop(node), AbortOnDrop(pods), server);
         std::future::pending::<()>().await;
     }
 
@@ -152,7 +189,10 @@ impl Kubelet {
         };
         let cond = |t: &str| status.conditions.iter().find(|c| c.r#type == t).cloned();
         for (t, what) in [
-            ("RuntimeReady", "container runtime status check may not have completed yet"),
+            (
+                "RuntimeReady",
+                "container runtime status check may not have completed yet",
+            ),
             ("NetworkReady", "container runtime network not ready"),
         ] {
             match cond(t) {

@@ -53,7 +53,12 @@ impl Machine {
         let pids_used = std::fs::read_dir("/proc")
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
                     .count() as u64
             })
             .unwrap_or(0);
@@ -219,7 +224,10 @@ fn node_labels(k: &Kubelet) -> BTreeMap<String, String> {
         other => other,
     };
     let mut l = BTreeMap::from([
-        ("kubernetes.io/hostname".to_string(), k.config.node_name.clone()),
+        (
+            "kubernetes.io/hostname".to_string(),
+            k.config.node_name.clone(),
+        ),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), arch.to_string()),
         ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
@@ -355,7 +363,11 @@ async fn register(
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let patch = json!({"metadata": {"labels": node_labels(k)}});
             match nodes
-                .patch(&k.config.node_name, &PatchParams::default(), &Patch::Merge(patch))
+                .patch(
+                    &k.config.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
                 .await
             {
                 Ok(_) => true,
@@ -390,7 +402,10 @@ async fn renew_lease(k: &Kubelet, node_uid: &str) -> bool {
             s.lease_duration_seconds = spec.lease_duration_seconds;
             s.renew_time = spec.renew_time;
             lease.spec = Some(s);
-            leases.replace(name, &PostParams::default(), &lease).await.is_ok()
+            leases
+                .replace(name, &PostParams::default(), &lease)
+                .await
+                .is_ok()
         }
         Ok(None) => {
             let lease = Lease {

@@ -52,10 +52,16 @@ pub fn host_path(pod_dir: &Path, v: &Volume) -> Option<PathBuf> {
 /// Sets up (or refreshes) every volume of the pod; the error is the FailedMount message.
 pub async fn set_up(ctx: &env::Context<'_>, pod_dir: &Path, pod: &Pod) -> Result<(), String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-        set_up_one(ctx, pod_dir, ns, pod, v).await.map_err(|e| {
-            format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name)
-        })?;
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        set_up_one(ctx, pod_dir, ns, pod, v)
+            .await
+            .map_err(|e| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name))?;
     }
     Ok(())
 }
@@ -111,7 +117,15 @@ async fn contents(
         let mode = c.default_mode.unwrap_or(0o644) as u32;
         let cm = get::<ConfigMap>(ctx.client, ns, &c.name).await?;
         match cm {
-            Some(cm) => add_keys(&mut files, cm_data(&cm), c.items.as_deref(), mode, c.optional.unwrap_or(false), &c.name, "configmap")?,
+            Some(cm) => add_keys(
+                &mut files,
+                cm_data(&cm),
+                c.items.as_deref(),
+                mode,
+                c.optional.unwrap_or(false),
+                &c.name,
+                "configmap",
+            )?,
             None if c.optional.unwrap_or(false) => {}
             None => return Err(format!("configmap {:?} not found", c.name)),
         }
@@ -121,7 +135,15 @@ async fn contents(
         let mode = s.default_mode.unwrap_or(0o644) as u32;
         let name = s.secret_name.clone().unwrap_or_default();
         match get::<Secret>(ctx.client, ns, &name).await? {
-            Some(sec) => add_keys(&mut files, secret_data(&sec), s.items.as_deref(), mode, s.optional.unwrap_or(false), &name, "secret")?,
+            Some(sec) => add_keys(
+                &mut files,
+                secret_data(&sec),
+                s.items.as_deref(),
+                mode,
+                s.optional.unwrap_or(false),
+                &name,
+                "secret",
+            )?,
             None if s.optional.unwrap_or(false) => {}
             None => return Err(format!("secret {name:?} not found")),
         }
@@ -129,7 +151,13 @@ async fn contents(
     }
     if let Some(d) = &v.downward_api {
         let mode = d.default_mode.unwrap_or(0o644) as u32;
-        add_downward(&mut files, ctx, pod, d.items.as_deref().unwrap_or(&[]), mode)?;
+        add_downward(
+            &mut files,
+            ctx,
+            pod,
+            d.items.as_deref().unwrap_or(&[]),
+            mode,
+        )?;
         return Ok(Some((files, mode)));
     }
     if let Some(p) = &v.projected {
@@ -138,7 +166,15 @@ async fn contents(
             if let Some(c) = &src.config_map {
                 let optional = c.optional.unwrap_or(false);
                 match get::<ConfigMap>(ctx.client, ns, &c.name).await? {
-                    Some(cm) => add_keys(&mut files, cm_data(&cm), c.items.as_deref(), mode, optional, &c.name, "configmap")?,
+                    Some(cm) => add_keys(
+                        &mut files,
+                        cm_data(&cm),
+                        c.items.as_deref(),
+                        mode,
+                        optional,
+                        &c.name,
+                        "configmap",
+                    )?,
                     None if optional => {}
                     None => return Err(format!("configmap {:?} not found", c.name)),
                 }
@@ -146,16 +182,33 @@ async fn contents(
             if let Some(s) = &src.secret {
                 let optional = s.optional.unwrap_or(false);
                 match get::<Secret>(ctx.client, ns, &s.name).await? {
-                    Some(sec) => add_keys(&mut files, secret_data(&sec), s.items.as_deref(), mode, optional, &s.name, "secret")?,
+                    Some(sec) => add_keys(
+                        &mut files,
+                        secret_data(&sec),
+                        s.items.as_deref(),
+                        mode,
+                        optional,
+                        &s.name,
+                        "secret",
+                    )?,
                     None if optional => {}
                     None => return Err(format!("secret {:?} not found", s.name)),
                 }
             }
             if let Some(d) = &src.downward_api {
-                add_downward(&mut files, ctx, pod, d.items.as_deref().unwrap_or(&[]), mode)?;
+                add_downward(
+                    &mut files,
+                    ctx,
+                    pod,
+                    d.items.as_deref().unwrap_or(&[]),
+                    mode,
+                )?;
             }
             if src.service_account_token.is_some() {
-                return Err("serviceAccountToken projections are not supported by rkube's kubelet yet".into());
+                return Err(
+                    "serviceAccountToken projections are not supported by rkube's kubelet yet"
+                        .into(),
+                );
             }
         }
         return Ok(Some((files, mode)));
@@ -184,7 +237,12 @@ fn cm_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
         .flatten()
         .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
         .collect();
-    m.extend(cm.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+    m.extend(
+        cm.binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
+    );
     m
 }
 
@@ -224,7 +282,10 @@ fn add_keys(
             for it in items {
                 match data.get(&it.key) {
                     Some(v) => {
-                        files.insert(it.path.clone(), (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+                        files.insert(
+                            it.path.clone(),
+                            (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                        );
                     }
                     None if optional => {}
                     None => {
@@ -254,11 +315,22 @@ fn add_downward(
             let name = r.container_name.clone().unwrap_or_default();
             let c = crate::pod::find_container(pod, &name)
                 .ok_or_else(|| format!("container {name:?} not found"))?;
-            env::resource_field(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), ctx)?
+            env::resource_field(
+                c,
+                &r.resource,
+                r.divisor.as_ref().map(|d| d.0.as_str()),
+                ctx,
+            )?
         } else {
             continue;
         };
-        files.insert(it.path.clone(), (value.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+        files.insert(
+            it.path.clone(),
+            (
+                value.into_bytes(),
+                it.mode.map(|m| m as u32).unwrap_or(mode),
+            ),
+        );
     }
     Ok(())
 }
@@ -287,8 +359,7 @@ pub fn write_atomic(dir: &Path, files: &Files, _mode: u32) -> Result<(), String>
     }
     let stamp = format!(
         "..{}",
-        jiff::Timestamp::now()
-            .strftime("%Y_%m_%d_%H_%M_%S.%f")
+        jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
     );
     let ts_dir = dir.join(&stamp);
     std::fs::create_dir_all(&ts_dir).map_err(|e| err("creating", &ts_dir, e))?;
@@ -318,7 +389,10 @@ pub fn write_atomic(dir: &Path, files: &Files, _mode: u32) -> Result<(), String>
                 .map_err(|e| err("linking", &link, e))?;
         }
     }
-    for entry in std::fs::read_dir(dir).map_err(|e| err("reading", dir, e))?.flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| err("reading", dir, e))?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("..") && !tops.contains(name.as_str()) {
             let _ = std::fs::remove_file(entry.path());
@@ -336,7 +410,9 @@ fn same_content(dir: &Path, files: &Files) -> bool {
     let mut count = 0;
     for entry in walk(dir) {
         count += 1;
-        let rel = entry.strip_prefix(dir).map(|p| p.to_string_lossy().into_owned());
+        let rel = entry
+            .strip_prefix(dir)
+            .map(|p| p.to_string_lossy().into_owned());
         let Ok(rel) = rel else { return false };
         let Some((bytes, mode)) = files.get(&rel) else {
             return false;
@@ -369,7 +445,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(p);
-    let bad = |what: &str| Err(format!("hostPath type check failed: {} is not a {what}", p.display()));
+    let bad = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not a {what}",
+            p.display()
+        ))
+    };
     match kind {
         "" => Ok(()),
         "DirectoryOrCreate" => {
@@ -378,7 +459,11 @@ fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
                 let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
                 return Ok(());
             }
-            if meta.map(|m| m.is_dir()).unwrap_or(false) { Ok(()) } else { bad("directory") }
+            if meta.map(|m| m.is_dir()).unwrap_or(false) {
+                Ok(())
+            } else {
+                bad("directory")
+            }
         }
         "FileOrCreate" => {
             if meta.is_err() {
@@ -393,12 +478,19 @@ fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
                 let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
                 return Ok(());
             }
-            if meta.map(|m| m.is_file()).unwrap_or(false) { Ok(()) } else { bad("file") }
+            if meta.map(|m| m.is_file()).unwrap_or(false) {
+                Ok(())
+            } else {
+                bad("file")
+            }
         }
         "Directory" => match meta {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => bad("directory"),
-            Err(_) => Err(format!("hostPath type check failed: {} is not a directory", p.display())),
+            Err(_) => Err(format!(
+                "hostPath type check failed: {} is not a directory",
+                p.display()
+            )),
         },
         "File" => match meta {
             Ok(m) if m.is_file() => Ok(()),
@@ -475,15 +567,19 @@ pub fn tear_down(pod_dir: &Path) {
 /// The host path a volumeMount's `subPath` names inside the volume, refusing escapes.
 pub fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
     if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
-        return Err(format!("invalid subPath {sub:?}: must be a relative path without '..'"));
+        return Err(format!(
+            "invalid subPath {sub:?}: must be a relative path without '..'"
+        ));
     }
     let p = base.join(sub);
     if std::fs::symlink_metadata(&p).is_err() {
-        std::fs::create_dir_all(&p).map_err(|e| format!("creating subPath {}: {e}", p.display()))?;
+        std::fs::create_dir_all(&p)
+            .map_err(|e| format!("creating subPath {}: {e}", p.display()))?;
     }
     // A symlink inside the volume (configMap keys are) is resolved, but must stay in it.
     let real = std::fs::canonicalize(&p).map_err(|e| format!("subPath {sub:?}: {e}"))?;
-    let root = std::fs::canonicalize(base).map_err(|e| format!("volume {}: {e}", base.display()))?;
+    let root =
+        std::fs::canonicalize(base).map_err(|e| format!("volume {}: {e}", base.display()))?;
     if !real.starts_with(&root) {
         return Err(format!("subPath {sub:?} leaves its volume"));
     }
@@ -508,14 +604,20 @@ mod tests {
         write_atomic(&d, &files(&[("a", "1"), ("dir/b", "2")]), 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(d.join("dir/b")).unwrap(), "2");
-        assert!(std::fs::symlink_metadata(d.join("a")).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(d.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         let first = std::fs::read_link(d.join("..data")).unwrap();
         // Unchanged content: no new generation.
         write_atomic(&d, &files(&[("a", "1"), ("dir/b", "2")]), 0o644).unwrap();
         assert_eq!(std::fs::read_link(d.join("..data")).unwrap(), first);
         write_atomic(&d, &files(&[("a", "3")]), 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "3");
-        assert!(std::fs::symlink_metadata(d.join("dir")).is_err(), "removed key pruned");
+        assert!(
+            std::fs::symlink_metadata(d.join("dir")).is_err(),
+            "removed key pruned"
+        );
         assert!(!d.join(&first).exists(), "the old generation is removed");
         assert!(write_atomic(&d, &files(&[("../x", "1")]), 0o644).is_err());
     }
@@ -541,7 +643,9 @@ mod tests {
         let f = tmp.path().join("f");
         host_path_check(&f, "FileOrCreate").unwrap();
         assert!(f.is_file());
-        assert!(host_path_check(&f, "Directory").unwrap_err().contains("is not a directory"));
+        assert!(host_path_check(&f, "Directory")
+            .unwrap_err()
+            .contains("is not a directory"));
         assert!(host_path_check(&d, "File").is_err());
         assert!(host_path_check(&tmp.path().join("none"), "Directory").is_err());
         assert!(host_path_check(&d, "Weird").is_err());

@@ -52,6 +52,8 @@ pub struct LocalAgent<'a> {
     pub cluster_dns: String,
     /// The kubeconfig the kubelet uses (node credentials).
     pub kubeconfig: String,
+    /// The kubelet's HTTPS server certificate and the CA of its clients.
+    pub tls: rkube_kubelet::server::Tls,
 }
 
 /// Starts the runtime (unless external) and the kubelet; both stop when the returned
@@ -87,6 +89,7 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     );
     cfg.port = a.kubelet_port;
     cfg.cluster_dns = vec![a.cluster_dns.clone()];
+    cfg.tls = Some(a.tls);
     let kubelet = rkube_kubelet::Kubelet::new(cfg, client)
         .await
         .map_err(anyhow::Error::msg)?;

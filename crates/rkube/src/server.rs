@@ -178,18 +178,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .issue_client(&format!("system:node:{node_name}"), &["system:nodes"])?;
         let kubeconfig =
             rkube_apiserver::pki::kubeconfig(&server.url(), &server.pki.ca.cert_pem, &node);
+        let node_ip = crate::agent::node_ip(args.node_ip);
+        let serving = server.pki.issue_serving(
+            &node_name,
+            &[
+                node_ip.to_string(),
+                node_name.clone(),
+                "localhost".into(),
+                "127.0.0.1".into(),
+            ],
+        )?;
+        let tls = rkube_kubelet::server::Tls {
+            cert_pem: serving.cert_pem,
+            key_pem: serving.key_pem,
+            client_ca_pem: server.pki.ca.cert_pem.clone(),
+        };
         let agent_dir = crate::agent::agent_dir(&args.data_dir);
         std::fs::create_dir_all(&agent_dir)?;
         rkube_apiserver::pki::write_private(&agent_dir.join("kubelet.kubeconfig"), &kubeconfig)?;
         let tasks = crate::agent::start(crate::agent::LocalAgent {
             data_dir: &args.data_dir,
             node_name: node_name.clone(),
-            node_ip: crate::agent::node_ip(args.node_ip),
+            node_ip,
             kubelet_port: args.kubelet_port,
             runtime_endpoint: args.container_runtime_endpoint.clone(),
             pod_bridge: args.pod_bridge.clone(),
             cluster_dns: args.service_cidr.nth(9).to_string(),
             kubeconfig,
+            tls,
         })
         .await
         .context("starting the node agent")?;

@@ -8,9 +8,9 @@ use agent_node::{root_or_skip, Cluster, IMAGE};
 /// The pod's log file for one container instance, read on the node.
 fn log_file(c: &Cluster, ns: &str, pod: &str, container: &str, attempt: u32) -> String {
     let uid = c.jsonpath(&format!("pod {pod} -n {ns}"), "{.metadata.uid}");
-    let p = c
-        .data()
-        .join(format!("agent/logs/pods/{ns}_{pod}_{uid}/{container}/{attempt}.log"));
+    let p = c.data().join(format!(
+        "agent/logs/pods/{ns}_{pod}_{uid}/{container}/{attempt}.log"
+    ));
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
@@ -21,11 +21,18 @@ fn node_turns_ready_and_a_pod_runs_with_init_containers_env_and_volumes() {
     }
     let c = Cluster::start(1, &[]);
     let node = format!("node/{}", c.name);
-    c.kubectl.ok(&["wait", "--for=condition=Ready", &node, "--timeout=60s"]);
+    c.kubectl
+        .ok(&["wait", "--for=condition=Ready", &node, "--timeout=60s"]);
     assert_eq!(c.jsonpath(&node, "{.spec.podCIDR}"), "10.151.0.0/24");
     assert_eq!(c.jsonpath(&node, "{.status.allocatable.pods}"), "110");
-    assert_eq!(c.jsonpath(&node, "{.status.nodeInfo.operatingSystem}"), "linux");
-    let lease = c.jsonpath(&format!("lease {} -n kube-node-lease", c.name), "{.spec.holderIdentity}");
+    assert_eq!(
+        c.jsonpath(&node, "{.status.nodeInfo.operatingSystem}"),
+        "linux"
+    );
+    let lease = c.jsonpath(
+        &format!("lease {} -n kube-node-lease", c.name),
+        "{.spec.holderIdentity}",
+    );
     assert_eq!(lease, c.name);
 
     c.apply(
@@ -88,49 +95,88 @@ spec:
     c.wait_for(60, "pod web running", || {
         (c.jsonpath("pod web", "{.status.phase}") == "Running").then_some(())
     });
-    let ready = c.jsonpath("pod web", "{.status.conditions[?(@.type==\"Ready\")].status}");
+    let ready = c.jsonpath(
+        "pod web",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    );
     let log = log_file(&c, "default", "web", "app", 0);
     assert_eq!(ready, "False", "ready before the probe passed; log: {log}");
-    c.kubectl.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    c.kubectl
+        .ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
 
     let ip = c.jsonpath("pod web", "{.status.podIP}");
     assert!(ip.starts_with("10.151.0."), "pod IP {ip:?}");
     assert_eq!(c.jsonpath("pod web", "{.status.hostIP}"), "127.0.0.1");
     assert_eq!(c.jsonpath("pod web", "{.status.qosClass}"), "Burstable");
     assert_eq!(
-        c.jsonpath("pod web", "{.status.initContainerStatuses[*].state.terminated.reason}"),
+        c.jsonpath(
+            "pod web",
+            "{.status.initContainerStatuses[*].state.terminated.reason}"
+        ),
         "Completed Completed"
     );
     let cid = c.jsonpath("pod web", "{.status.containerStatuses[0].containerID}");
     assert!(cid.starts_with("rkube://"), "{cid}");
     let log = log_file(&c, "default", "web", "app", 0);
-    let lines: Vec<&str> = log.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or("")).collect();
-    assert_eq!(&lines[..2], &["one", "two"], "init containers ran in order: {log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        &lines[..2],
+        &["one", "two"],
+        "init containers ran in order: {log}"
+    );
     assert_eq!(
         lines[2],
         format!("pod=web ns=default ip={ip} mem=64 greet=hello expanded=hello-x"),
         "{log}"
     );
-    assert!(lines.contains(&"app=\"web\"") && lines.contains(&"tier=\"front\""), "{log}");
+    assert!(
+        lines.contains(&"app=\"web\"") && lines.contains(&"tier=\"front\""),
+        "{log}"
+    );
     assert!(lines.contains(&"cfg=hello"), "{log}");
 
     // A configMap edit reaches the running pod.
-    c.kubectl.ok(&["patch", "configmap", "cfg", "-p", r#"{"data":{"greeting":"bonjour"}}"#]);
+    c.kubectl.ok(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"greeting":"bonjour"}}"#,
+    ]);
     c.wait_for(30, "the configMap update in the pod", || {
-        log_file(&c, "default", "web", "app", 0).contains("cfg=bonjour").then_some(())
+        log_file(&c, "default", "web", "app", 0)
+            .contains("cfg=bonjour")
+            .then_some(())
     });
     let events = c.events("web");
-    for want in ["Scheduled", "Pulled: Container image", "Created: Created container: app", "Started: Started container app"] {
+    for want in [
+        "Scheduled",
+        "Pulled: Container image",
+        "Created: Created container: app",
+        "Started: Started container app",
+    ] {
         if want == "Scheduled" {
             continue; // bound by nodeName, not by the scheduler
         }
-        assert!(events.contains(want), "missing {want:?} in events:\n{events}");
+        assert!(
+            events.contains(want),
+            "missing {want:?} in events:\n{events}"
+        );
     }
     // kubectl's own view of the node and pod.
     let nodes = c.kubectl.ok(&["get", "nodes"]);
-    assert!(nodes.contains(&c.name) && nodes.contains("Ready"), "{nodes}");
+    assert!(
+        nodes.contains(&c.name) && nodes.contains("Ready"),
+        "{nodes}"
+    );
     let pods = c.kubectl.ok(&["get", "pods", "-o", "wide"]);
-    assert!(pods.contains("1/1") && pods.contains("Running") && pods.contains(&ip), "{pods}");
+    assert!(
+        pods.contains("1/1") && pods.contains("Running") && pods.contains(&ip),
+        "{pods}"
+    );
 }
 
 #[test]
@@ -140,7 +186,12 @@ fn restarts_probes_oom_and_graceful_deletion() {
     }
     let c = Cluster::start(2, &[]);
     let node = c.name.clone();
-    c.kubectl.ok(&["wait", "--for=condition=Ready", &format!("node/{node}"), "--timeout=60s"]);
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{node}"),
+        "--timeout=60s",
+    ]);
     let host = c.dir.path().join("host");
     std::fs::create_dir_all(&host).unwrap();
     let pod = |name: &str, policy: &str, extra: &str, script: &str| {
@@ -173,7 +224,12 @@ spec:
         "    livenessProbe:\n      exec: {command: [test, -f, /tmp/alive]}\n      periodSeconds: 1\n      failureThreshold: 2",
         "touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 3600",
     ));
-    c.apply(&pod("once", "OnFailure", "", "test -f /host/second && exit 0; touch /host/second; exit 1"));
+    c.apply(&pod(
+        "once",
+        "OnFailure",
+        "",
+        "test -f /host/second && exit 0; touch /host/second; exit 1",
+    ));
     c.apply(&pod("never", "Never", "", "echo bad; exit 1"));
     c.apply(&pod(
         "hog",
@@ -190,49 +246,296 @@ spec:
 
     // Crash loop: restarts with back-off, the last exit kept.
     c.wait_for(60, "crash to restart", || {
-        let n: u32 = c.jsonpath("pod crash", "{.status.containerStatuses[0].restartCount}").parse().ok()?;
+        let n: u32 = c
+            .jsonpath("pod crash", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .ok()?;
         (n >= 1).then_some(())
     });
     c.wait_for(60, "crash to be in CrashLoopBackOff", || {
-        (c.jsonpath("pod crash", "{.status.containerStatuses[0].state.waiting.reason}") == "CrashLoopBackOff").then_some(())
+        (c.jsonpath(
+            "pod crash",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        ) == "CrashLoopBackOff")
+            .then_some(())
     });
-    assert_eq!(c.jsonpath("pod crash", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "3");
-    assert_eq!(c.jsonpath("pod crash", "{.status.containerStatuses[0].lastState.terminated.reason}"), "Error");
+    assert_eq!(
+        c.jsonpath(
+            "pod crash",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "3"
+    );
+    assert_eq!(
+        c.jsonpath(
+            "pod crash",
+            "{.status.containerStatuses[0].lastState.terminated.reason}"
+        ),
+        "Error"
+    );
     assert_eq!(c.jsonpath("pod crash", "{.status.phase}"), "Running");
     let ev = c.events("crash");
-    assert!(ev.contains("BackOff: Back-off restarting failed container main in pod crash_default("), "{ev}");
+    assert!(
+        ev.contains("BackOff: Back-off restarting failed container main in pod crash_default("),
+        "{ev}"
+    );
 
     // Liveness: the failing probe restarts the container.
     c.wait_for(60, "live to be restarted by its liveness probe", || {
-        let n: u32 = c.jsonpath("pod live", "{.status.containerStatuses[0].restartCount}").parse().ok()?;
+        let n: u32 = c
+            .jsonpath("pod live", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .ok()?;
         (n >= 1).then_some(())
     });
     let ev = c.events("live");
     assert!(ev.contains("Unhealthy: Liveness probe failed"), "{ev}");
-    assert!(ev.contains("Killing: Container main failed liveness probe, will be restarted"), "{ev}");
+    assert!(
+        ev.contains("Killing: Container main failed liveness probe, will be restarted"),
+        "{ev}"
+    );
 
     // OnFailure restarts until success; Never fails for good.
-    c.wait_for(60, "once to succeed", || (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(()));
-    assert_eq!(c.jsonpath("pod once", "{.status.containerStatuses[0].restartCount}"), "1");
-    c.wait_for(60, "never to fail", || (c.jsonpath("pod never", "{.status.phase}") == "Failed").then_some(()));
-    assert_eq!(c.jsonpath("pod never", "{.status.containerStatuses[0].state.terminated.exitCode}"), "1");
-    assert_eq!(c.jsonpath("pod never", "{.status.containerStatuses[0].restartCount}"), "0");
+    c.wait_for(60, "once to succeed", || {
+        (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath("pod once", "{.status.containerStatuses[0].restartCount}"),
+        "1"
+    );
+    c.wait_for(60, "never to fail", || {
+        (c.jsonpath("pod never", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath(
+            "pod never",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.jsonpath("pod never", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
 
     // The memory hog is OOM-killed.
-    c.wait_for(60, "hog to be OOM-killed", || (c.jsonpath("pod hog", "{.status.phase}") == "Failed").then_some(()));
-    assert_eq!(c.jsonpath("pod hog", "{.status.containerStatuses[0].state.terminated.reason}"), "OOMKilled");
-    assert_eq!(c.jsonpath("pod hog", "{.status.containerStatuses[0].state.terminated.exitCode}"), "137");
+    c.wait_for(60, "hog to be OOM-killed", || {
+        (c.jsonpath("pod hog", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath(
+            "pod hog",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "OOMKilled"
+    );
+    assert_eq!(
+        c.jsonpath(
+            "pod hog",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "137"
+    );
 
     // Graceful deletion: preStop, then SIGTERM, then the object goes, well within the grace.
-    c.wait_for(60, "graceful to run", || host.join("up").exists().then_some(()));
+    c.wait_for(60, "graceful to run", || {
+        host.join("up").exists().then_some(())
+    });
     let t0 = std::time::Instant::now();
-    c.kubectl.ok(&["delete", "pod", "graceful", "--timeout=60s"]);
+    c.kubectl
+        .ok(&["delete", "pod", "graceful", "--timeout=60s"]);
     let took = t0.elapsed();
     let trail = std::fs::read_to_string(host.join("graceful")).unwrap_or_default();
     assert_eq!(trail, "prestop\nterm\n", "preStop ran before SIGTERM");
-    assert!(took < std::time::Duration::from_secs(20), "deletion took {took:?}, longer than the grace period");
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "deletion took {took:?}, longer than the grace period"
+    );
     let ev = c.events("graceful");
     assert!(ev.contains("Killing: Stopping container main"), "{ev}");
     let gone = c.kubectl.run(&["get", "pod", "graceful"], None);
     assert!(!gone.status.success());
+}
+
+#[test]
+fn logs_exec_attach_and_cp_through_kubectl() {
+    if !root_or_skip("logs_exec_attach_and_cp_through_kubectl") {
+        return;
+    }
+    let c = Cluster::start(3, &[]);
+    let node = c.name.clone();
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{node}"),
+        "--timeout=60s",
+    ]);
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: talk}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"]
+  - name: side
+    image: {IMAGE}
+    command: ["sh", "-c", "echo side-started; sleep 1; exit 1"]
+"#
+    ));
+    c.kubectl.ok(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].state.running}",
+        "pod/talk",
+        "--timeout=60s",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // Logs: the API wants a container named when there are two (kubectl picks the first).
+    let err = c
+        .kubectl
+        .fails(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"]);
+    assert!(
+        err.contains("a container name must be specified for pod talk, choose one of: [main side]"),
+        "{err}"
+    );
+    let tail = c.kubectl.ok(&["logs", "talk", "-c", "main", "--tail=2"]);
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 2, "{tail}");
+    assert!(lines.iter().all(|l| l.starts_with("line ")), "{tail}");
+    let first = c
+        .kubectl
+        .ok(&["logs", "talk", "-c", "main", "--limit-bytes=7"]);
+    assert_eq!(first, "line 0\n");
+    let ts = c
+        .kubectl
+        .ok(&["logs", "talk", "-c", "main", "--timestamps", "--tail=1"]);
+    let (stamp, rest) = ts.trim_end().split_once(' ').unwrap();
+    assert!(
+        stamp.len() >= 20
+            && stamp.ends_with('Z')
+            && stamp.contains('T')
+            && rest.starts_with("line "),
+        "{ts}"
+    );
+    let recent = c.kubectl.ok(&["logs", "talk", "-c", "main", "--since=1s"]);
+    let n = recent.lines().count();
+    assert!((2..=8).contains(&n), "--since=1s gave {n} lines");
+    // Follow: new lines keep coming.
+    let mut follow = c
+        .kubectl
+        .spawn(&["logs", "-f", "talk", "-c", "main", "--tail=1"]);
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut l).unwrap();
+        seen.push(l.trim().to_string());
+    }
+    let _ = follow.kill();
+    let nums: Vec<u32> = seen
+        .iter()
+        .map(|l| l.trim_start_matches("line ").parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    // --previous after the side container restarted.
+    c.wait_for(60, "side to restart", || {
+        let n: u32 = c
+            .jsonpath("pod talk", "{.status.containerStatuses[1].restartCount}")
+            .parse()
+            .ok()?;
+        (n >= 1).then_some(())
+    });
+    let prev = c.kubectl.ok(&["logs", "talk", "-c", "side", "--previous"]);
+    assert_eq!(prev, "side-started\n");
+    let err = c.kubectl.fails(&["logs", "talk", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod talk"),
+        "{err}"
+    );
+
+    // exec with stdin; the exit code comes back.
+    let out = c.kubectl.run(
+        &[
+            "exec",
+            "-i",
+            "talk",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got-$x; echo oops >&2; exit 7",
+        ],
+        Some("hello\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got-hello\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c
+        .kubectl
+        .ok(&["exec", "talk", "-c", "main", "--", "cat", "/etc/hostname"]);
+    assert_eq!(out, "talk\n");
+    // exec -it under a pseudo-terminal (script(1) gives kubectl one).
+    let kc = c.dir.path().join("kubeconfig.yaml");
+    let cmd = format!(
+        "kubectl --kubeconfig {} exec -it talk -c main -- sh",
+        kc.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        stdin.write_all(b"tty; echo cols=$(stty size)\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stdin.write_all(b"exit 3\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "a terminal inside: {text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+
+    // kubectl cp both ways (tar through exec).
+    let local = c.dir.path().join("payload.txt");
+    std::fs::write(&local, "payload-123\n").unwrap();
+    c.kubectl.ok(&[
+        "cp",
+        local.to_str().unwrap(),
+        "talk:/tmp/payload.txt",
+        "-c",
+        "main",
+    ]);
+    let inside = c.kubectl.ok(&[
+        "exec",
+        "talk",
+        "-c",
+        "main",
+        "--",
+        "cat",
+        "/tmp/payload.txt",
+    ]);
+    assert_eq!(inside, "payload-123\n");
+    let back = c.dir.path().join("back.txt");
+    c.kubectl.ok(&[
+        "cp",
+        "talk:/tmp/payload.txt",
+        back.to_str().unwrap(),
+        "-c",
+        "main",
+    ]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "payload-123\n");
 }

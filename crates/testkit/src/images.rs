@@ -60,7 +60,7 @@ pub struct TestImage {
 const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "sleep", "httpd", "wget", "hostname", "ip", "ps", "kill", "true",
     "false", "env", "mkdir", "rm", "id", "printf", "head", "tail", "test", "grep", "sed", "nc",
-    "dd", "seq", "date", "uname", "mount", "nslookup", "touch", "stat", "wc",
+    "dd", "seq", "date", "uname", "mount", "nslookup", "touch", "stat", "wc", "tar", "tty", "stty",
 ];
 
 struct TarBuilder(tar::Builder<Vec<u8>>);

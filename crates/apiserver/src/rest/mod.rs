@@ -3,6 +3,7 @@
 
 mod apply;
 mod delete;
+mod node_proxy;
 mod read;
 mod sub;
 mod write;
@@ -111,6 +112,9 @@ pub async fn handle(
     }
     if !info.namespaced && !ri.namespace.is_empty() && info.kind != "Namespace" {
         return Err(ApiError::path_not_found());
+    }
+    if node_proxy::applies(ri) {
+        return node_proxy::handle(state, ri, query, req).await;
     }
     let (parts, body) = req.into_parts();
     let ctx = Ctx {

@@ -36,15 +36,18 @@ pub async fn handle(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
         ("scale", "update" | "patch") => scale_write(ctx, body).await,
         ("binding", "create") => binding(ctx, body).await,
         ("eviction", "create") => eviction(ctx, body).await,
-        ("log" | "exec" | "attach" | "portforward" | "proxy", _) => Err(ApiError::new(
+        ("proxy", _) => Err(ApiError::new(
             503,
             "ServiceUnavailable",
             format!(
-                "{}/{sub} needs a connection to the node's kubelet, which this server does not have yet",
+                "{}/{sub} is not supported by this server yet",
                 ctx.info.plural
             ),
         )),
-        _ => Err(ApiError::method_not_supported(&format!("{}/{sub}", ctx.info.plural), verb)),
+        _ => Err(ApiError::method_not_supported(
+            &format!("{}/{sub}", ctx.info.plural),
+            verb,
+        )),
     }
 }
 

@@ -16,15 +16,24 @@ use crate::{env, volumes, Config};
 
 fn pod_labels(pod: &Pod) -> HashMap<String, String> {
     HashMap::from([
-        (POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default()),
-        (POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default()),
+        (
+            POD_NAME.into(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
+        (
+            POD_NAMESPACE.into(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        ),
         (POD_UID.into(), pod.metadata.uid.clone().unwrap_or_default()),
     ])
 }
 
 /// Whether the pod uses the node's network namespace.
 pub fn host_network(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
 }
 
 /// The sandbox configuration of `pod` (attempt `attempt`).
@@ -39,9 +48,14 @@ pub fn sandbox(cfg: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
         cfg.node_name.clone()
     } else {
         let h = spec.hostname.clone().unwrap_or_else(|| name.clone());
-        h.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+        h.chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string()
     };
-    let mut labels: HashMap<String, String> = m.labels.clone().unwrap_or_default().into_iter().collect();
+    let mut labels: HashMap<String, String> =
+        m.labels.clone().unwrap_or_default().into_iter().collect();
     labels.extend(pod_labels(pod));
     let ports = spec
         .containers
@@ -76,7 +90,12 @@ pub fn sandbox(cfg: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
         dns_config: Some(dns(cfg, pod)),
         port_mappings: ports,
         labels,
-        annotations: m.annotations.clone().unwrap_or_default().into_iter().collect(),
+        annotations: m
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: super::cgroup_parent(pod),
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -89,7 +108,11 @@ pub fn sandbox(cfg: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
                     } else {
                         cri::NamespaceMode::Container as i32
                     },
-                    ipc: if spec.host_ipc.unwrap_or(false) { node } else { pod_mode },
+                    ipc: if spec.host_ipc.unwrap_or(false) {
+                        node
+                    } else {
+                        pod_mode
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -112,7 +135,10 @@ pub fn sandbox(cfg: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
 fn dns(cfg: &Config, pod: &Pod) -> cri::DnsConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let policy = spec.dns_policy.clone().unwrap_or_else(|| "ClusterFirst".into());
+    let policy = spec
+        .dns_policy
+        .clone()
+        .unwrap_or_else(|| "ClusterFirst".into());
     let host_net = spec.host_network.unwrap_or(false);
     let mut out = cri::DnsConfig::default();
     let cluster = policy == "ClusterFirstWithHostNet" || (policy == "ClusterFirst" && !host_net);
@@ -135,11 +161,13 @@ fn dns(cfg: &Config, pod: &Pod) -> cri::DnsConfig {
         }
     }
     if let Some(c) = &spec.dns_config {
-        out.servers.extend(c.nameservers.clone().unwrap_or_default());
+        out.servers
+            .extend(c.nameservers.clone().unwrap_or_default());
         out.searches.extend(c.searches.clone().unwrap_or_default());
         for o in c.options.iter().flatten() {
             let name = o.name.clone().unwrap_or_default();
-            out.options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            out.options
+                .retain(|x| x.split(':').next() != Some(name.as_str()));
             out.options.push(match &o.value {
                 Some(v) => format!("{name}:{v}"),
                 None => name,
@@ -152,23 +180,37 @@ fn dns(cfg: &Config, pod: &Pod) -> cri::DnsConfig {
 /// Milli-units of a container's resource (`requests` or `limits`), if set.
 fn resource(c: &Container, which: &str, name: &str) -> Option<i64> {
     let r = c.resources.as_ref()?;
-    let m = if which == "limits" { r.limits.as_ref() } else { r.requests.as_ref() };
+    let m = if which == "limits" {
+        r.limits.as_ref()
+    } else {
+        r.requests.as_ref()
+    };
     m?.get(name).and_then(|q| quantity::parse_milli(&q.0))
 }
 
 /// CPU shares, quota and memory limit, and the OOM score for the pod's QoS class.
-pub fn linux_resources(pod: &Pod, c: &Container, memory_capacity: i64) -> cri::LinuxContainerResources {
+pub fn linux_resources(
+    pod: &Pod,
+    c: &Container,
+    memory_capacity: i64,
+) -> cri::LinuxContainerResources {
     let cpu_limit = resource(c, "limits", "cpu");
     let cpu_request = resource(c, "requests", "cpu").or(cpu_limit);
     let mem_limit = resource(c, "limits", "memory").map(|m| m / 1000);
-    let mem_request = resource(c, "requests", "memory").or(resource(c, "limits", "memory")).map(|m| m / 1000);
+    let mem_request = resource(c, "requests", "memory")
+        .or(resource(c, "limits", "memory"))
+        .map(|m| m / 1000);
     let shares = cpu_request.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
     let oom = match super::qos(pod) {
         super::Qos::Guaranteed => -997,
         super::Qos::BestEffort => 1000,
         super::Qos::Burstable => {
             let req = mem_request.unwrap_or(0);
-            let adj = if memory_capacity > 0 { 1000 - 1000 * req / memory_capacity } else { 999 };
+            let adj = if memory_capacity > 0 {
+                1000 - 1000 * req / memory_capacity
+            } else {
+                999
+            };
             adj.clamp(2, 999)
         }
     };
@@ -194,7 +236,11 @@ pub struct ContainerInput<'a> {
 }
 
 /// The container configuration, or the CreateContainerConfigError message.
-pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result<cri::ContainerConfig, String> {
+pub fn container(
+    pod: &Pod,
+    c: &Container,
+    input: &ContainerInput<'_>,
+) -> Result<cri::ContainerConfig, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let mut mounts = Vec::new();
     for vm in c.volume_mounts.iter().flatten() {
@@ -203,7 +249,12 @@ pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result
             .iter()
             .flatten()
             .find(|v| v.name == vm.name)
-            .ok_or_else(|| format!("cannot find volume {:?} to mount into container {:?}", vm.name, c.name))?;
+            .ok_or_else(|| {
+                format!(
+                    "cannot find volume {:?} to mount into container {:?}",
+                    vm.name, c.name
+                )
+            })?;
         let base = volumes::host_path(input.pod_dir, vol)
             .ok_or_else(|| format!("volume {:?} has an unsupported type", vm.name))?;
         let sub = vm
@@ -244,9 +295,11 @@ pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result
     let term_file = termination_file(input.pod_dir, &c.name, input.attempt);
     if !term_path.is_empty() && !mounted(&mounts, &term_path) {
         if let Some(parent) = term_file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
         }
-        std::fs::write(&term_file, b"").map_err(|e| format!("creating {}: {e}", term_file.display()))?;
+        std::fs::write(&term_file, b"")
+            .map_err(|e| format!("creating {}: {e}", term_file.display()))?;
         mounts.push(cri::Mount {
             container_path: term_path.clone(),
             host_path: term_file.display().to_string(),
@@ -271,15 +324,24 @@ pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result
             drop_capabilities: caps.drop.unwrap_or_default(),
             ..Default::default()
         }),
-        run_as_user: sc.run_as_user.or(psc.run_as_user).map(|v| cri::Int64Value { value: v }),
-        run_as_group: sc.run_as_group.or(psc.run_as_group).map(|v| cri::Int64Value { value: v }),
+        run_as_user: sc
+            .run_as_user
+            .or(psc.run_as_user)
+            .map(|v| cri::Int64Value { value: v }),
+        run_as_group: sc
+            .run_as_group
+            .or(psc.run_as_group)
+            .map(|v| cri::Int64Value { value: v }),
         readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
         no_new_privs: sc.allow_privilege_escalation == Some(false),
         supplemental_groups: psc.supplemental_groups.unwrap_or_default(),
         ..Default::default()
     };
     let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
-        v.iter().flatten().map(|s| env::expand(s, input.env)).collect()
+        v.iter()
+            .flatten()
+            .map(|s| env::expand(s, input.env))
+            .collect()
     };
     Ok(cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -297,7 +359,10 @@ pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result
             .env
             .0
             .iter()
-            .map(|(k, v)| cri::KeyValue { key: k.clone(), value: v.clone() })
+            .map(|(k, v)| cri::KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
             .collect(),
         mounts,
         labels,
@@ -316,7 +381,10 @@ pub fn container(pod: &Pod, c: &Container, input: &ContainerInput<'_>) -> Result
 
 /// The host file behind a container instance's termination message path.
 pub fn termination_file(pod_dir: &Path, container: &str, attempt: u32) -> std::path::PathBuf {
-    pod_dir.join("containers").join(container).join(attempt.to_string())
+    pod_dir
+        .join("containers")
+        .join(container)
+        .join(attempt.to_string())
 }
 
 /// The pod's /etc/hosts: localhost entries, the pod's own address, and hostAliases.
@@ -332,13 +400,24 @@ pub fn etc_hosts(pod: &Pod, pod_ip: &str, hostname: &str) -> String {
                 pod.metadata.namespace.as_deref().unwrap_or("default")
             )
         });
-        s.push_str(&format!("{pod_ip}\t{}{hostname}\n", fqdn.unwrap_or_default()));
+        s.push_str(&format!(
+            "{pod_ip}\t{}{hostname}\n",
+            fqdn.unwrap_or_default()
+        ));
     }
-    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.clone()).unwrap_or_default();
+    let aliases = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_aliases.clone())
+        .unwrap_or_default();
     if !aliases.is_empty() {
         s.push_str("\n# Entries added by HostAliases.\n");
         for a in aliases {
-            s.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.unwrap_or_default().join("\t")));
+            s.push_str(&format!(
+                "{}\t{}\n",
+                a.ip,
+                a.hostnames.unwrap_or_default().join("\t")
+            ));
         }
     }
     s
@@ -358,8 +437,10 @@ mod tests {
 
     #[test]
     fn resources_follow_upstream_conversions() {
-        let p = pod(serde_json::json!({"containers": [{"name": "c", "resources": {
-            "limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "250m", "memory": "64Mi"}}}]}));
+        let p = pod(
+            serde_json::json!({"containers": [{"name": "c", "resources": {
+            "limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "250m", "memory": "64Mi"}}}]}),
+        );
         let r = linux_resources(&p, &p.spec.as_ref().unwrap().containers[0], 1 << 30);
         assert_eq!(r.cpu_shares, 256);
         assert_eq!((r.cpu_period, r.cpu_quota), (100_000, 50_000));
@@ -367,24 +448,51 @@ mod tests {
         assert_eq!(r.oom_score_adj, 1000 - 1000 * (64 << 20) / (1 << 30));
         let best = pod(serde_json::json!({"containers": [{"name": "c"}]}));
         let r = linux_resources(&best, &best.spec.as_ref().unwrap().containers[0], 1 << 30);
-        assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes, r.oom_score_adj), (2, 0, 0, 1000));
+        assert_eq!(
+            (
+                r.cpu_shares,
+                r.cpu_quota,
+                r.memory_limit_in_bytes,
+                r.oom_score_adj
+            ),
+            (2, 0, 0, 1000)
+        );
     }
 
     #[test]
     fn cluster_dns_and_dns_config() {
-        let cfg = Config::new("n1".into(), "10.0.0.1".parse().unwrap(), "/tmp/x".into(), "/tmp/s".into());
-        let p = pod(serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["x.test"]}}));
+        let cfg = Config::new(
+            "n1".into(),
+            "10.0.0.1".parse().unwrap(),
+            "/tmp/x".into(),
+            "/tmp/s".into(),
+        );
+        let p = pod(
+            serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["x.test"]}}),
+        );
         let d = dns(&cfg, &p);
         assert_eq!(d.servers, vec!["10.43.0.10"]);
-        assert_eq!(d.searches, vec!["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "x.test"]);
+        assert_eq!(
+            d.searches,
+            vec![
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "x.test"
+            ]
+        );
         assert_eq!(d.options, vec!["ndots:2"]);
-        let none = pod(serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.2.3.4"]}}));
+        let none = pod(
+            serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.2.3.4"]}}),
+        );
         assert_eq!(dns(&cfg, &none).servers, vec!["1.2.3.4"]);
     }
 
     #[test]
     fn hosts_file_names_the_pod() {
-        let p = pod(serde_json::json!({"containers": [], "hostAliases": [{"ip": "10.1.1.1", "hostnames": ["a", "b"]}]}));
+        let p = pod(
+            serde_json::json!({"containers": [], "hostAliases": [{"ip": "10.1.1.1", "hostnames": ["a", "b"]}]}),
+        );
         let h = etc_hosts(&p, "10.42.0.5", "web");
         assert!(h.contains("10.42.0.5\tweb\n"), "{h}");
         assert!(h.contains("10.1.1.1\ta\tb\n"), "{h}");

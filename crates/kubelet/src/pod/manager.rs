@@ -61,7 +61,9 @@ pub async fn run(k: Arc<Kubelet>) {
 }
 
 fn apply(k: &Arc<Kubelet>, workers: &mut HashMap<String, Handle>, pod: Pod) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
     let pod = Arc::new(pod);
     if let Some(h) = workers.get(&uid) {
         if !h.task.0.is_finished() {
@@ -71,15 +73,25 @@ fn apply(k: &Arc<Kubelet>, workers: &mut HashMap<String, Handle>, pod: Pod) {
     }
     let (tx, rx) = watch::channel(Some(pod));
     let task = tokio::spawn(super::worker::run(k.clone(), uid.clone(), rx));
-    workers.insert(uid, Handle { tx, task: AbortOnDrop(task) });
+    workers.insert(
+        uid,
+        Handle {
+            tx,
+            task: AbortOnDrop(task),
+        },
+    );
 }
 
 /// Removes sandboxes (and their containers) of pods not in `known`.
 async fn remove_orphans(k: Arc<Kubelet>, known: HashSet<String>) {
-    let Ok(sandboxes) = k.cri.sandboxes(None).await else { return };
+    let Ok(sandboxes) = k.cri.sandboxes(None).await else {
+        return;
+    };
     let mut orphans: HashMap<String, (String, String)> = HashMap::new();
     for s in sandboxes {
-        let Some(uid) = s.labels.get(POD_UID) else { continue };
+        let Some(uid) = s.labels.get(POD_UID) else {
+            continue;
+        };
         if !known.contains(uid) {
             let m = s.metadata.clone().unwrap_or_default();
             orphans.insert(uid.clone(), (m.namespace, m.name));

@@ -45,11 +45,22 @@ pub fn qos(pod: &Pod) -> Qos {
     };
     let mut any = false;
     let mut guaranteed = true;
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         let r = c.resources.as_ref();
         for res in ["cpu", "memory"] {
-            let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-                m.and_then(|m| m.get(res)).and_then(|q| quantity::parse_milli(&q.0)).filter(|v| *v > 0)
+            let get = |m: Option<
+                &std::collections::BTreeMap<
+                    String,
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                >,
+            >| {
+                m.and_then(|m| m.get(res))
+                    .and_then(|q| quantity::parse_milli(&q.0))
+                    .filter(|v| *v > 0)
             };
             let limit = get(r.and_then(|r| r.limits.as_ref()));
             // A missing request defaults to the limit.
@@ -83,7 +94,11 @@ pub fn cgroup_parent(pod: &Pod) -> String {
 
 /// Removes the pod's cgroup directories (runc removes the containers' own).
 pub fn remove_cgroups(parent: &str) {
-    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = h.path().join(parent.trim_start_matches('/'));
         if dir.is_dir() {
             // Leftover child directories first (a sandbox's pause cgroup, if any).
@@ -123,7 +138,9 @@ mod tests {
     fn qos_classes() {
         assert_eq!(qos(&pod(serde_json::json!({}))), Qos::BestEffort);
         assert_eq!(
-            qos(&pod(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            qos(&pod(
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}})
+            )),
             Qos::Guaranteed
         );
         assert_eq!(
@@ -131,9 +148,14 @@ mod tests {
             Qos::Burstable
         );
         assert_eq!(
-            qos(&pod(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}))),
+            qos(&pod(
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}})
+            )),
             Qos::Burstable
         );
-        assert_eq!(cgroup_parent(&pod(serde_json::json!({}))), "/kubepods/besteffort/podu1");
+        assert_eq!(
+            cgroup_parent(&pod(serde_json::json!({}))),
+            "/kubepods/besteffort/podu1"
+        );
     }
 }

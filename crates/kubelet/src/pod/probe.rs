@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
-};
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -78,7 +76,8 @@ impl State {
                 self.result = Some(false);
             }
         }
-        self.next = Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        self.next =
+            Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         before != self.result
     }
 }
@@ -159,7 +158,11 @@ async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), S
     let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
     msg.push_str(&String::from_utf8_lossy(&out.stderr));
     if msg.trim().is_empty() {
-        msg = format!("command {:?} exited with {}", e.command.clone().unwrap_or_default(), out.exit_code);
+        msg = format!(
+            "command {:?} exited with {}",
+            e.command.clone().unwrap_or_default(),
+            out.exit_code
+        );
     }
     Err(msg)
 }
@@ -192,7 +195,11 @@ async fn tcp(t: &Target<'_>, s: &TCPSocketAction, timeout: Duration) -> Result<(
 }
 
 async fn http_get(t: &Target<'_>, h: &HTTPGetAction, timeout: Duration) -> Result<(), String> {
-    let host = h.host.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| t.pod_ip.to_string());
+    let host = h
+        .host
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| t.pod_ip.to_string());
     let port = port(t.container, &h.port)?;
     let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
     let mut path = h.path.clone().unwrap_or_else(|| "/".into());
@@ -201,13 +208,21 @@ async fn http_get(t: &Target<'_>, h: &HTTPGetAction, timeout: Duration) -> Resul
     }
     let url = format!("{scheme}://{host}:{port}{path}");
     if scheme != "http" {
-        return Err(format!("Get {url:?}: HTTPS probes are not supported by rkube's kubelet yet"));
+        return Err(format!(
+            "Get {url:?}: HTTPS probes are not supported by rkube's kubelet yet"
+        ));
     }
     let work = async {
         let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| format!("Get {url:?}: dial tcp {host}:{port}: connect: {}", io_reason(&e)))?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
+            .map_err(|e| {
+                format!(
+                    "Get {url:?}: dial tcp {host}:{port}: connect: {}",
+                    io_reason(&e)
+                )
+            })?;
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
         let mut has_ua = false;
         let mut has_accept = false;
         for hd in h.http_headers.iter().flatten() {
@@ -222,11 +237,16 @@ async fn http_get(t: &Target<'_>, h: &HTTPGetAction, timeout: Duration) -> Resul
             req.push_str("Accept: */*\r\n");
         }
         req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("Get {url:?}: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("Get {url:?}: {e}"))?;
         let mut buf = vec![0u8; 1024];
         let mut got = 0;
         while got < buf.len() {
-            let n = s.read(&mut buf[got..]).await.map_err(|e| format!("Get {url:?}: {e}"))?;
+            let n = s
+                .read(&mut buf[got..])
+                .await
+                .map_err(|e| format!("Get {url:?}: {e}"))?;
             if n == 0 {
                 break;
             }

@@ -106,7 +106,11 @@ fn container_status(v: &View<'_>, c: &Container, init: bool) -> (Value, Outcome)
     let (state, last, outcome) = match (current, explicit) {
         (Some(i), _) if i.running() => {
             let last = all.get(1).filter(|p| p.exited()).map(terminated);
-            (json!({"running": {"startedAt": time(i.started_at)}}), last, Outcome::Running)
+            (
+                json!({"running": {"startedAt": time(i.started_at)}}),
+                last,
+                Outcome::Running,
+            )
         }
         // A restart is pending (back-off, or its next attempt is being made).
         (Some(i), Some((reason, message))) if i.exited() => (
@@ -124,13 +128,25 @@ fn container_status(v: &View<'_>, c: &Container, init: bool) -> (Value, Outcome)
                 w["message"] = json!(message);
             }
             let last = newest.filter(|p| p.exited()).map(terminated);
-            let outcome = if last.is_some() { Outcome::Restarting } else { Outcome::Waiting };
+            let outcome = if last.is_some() {
+                Outcome::Restarting
+            } else {
+                Outcome::Waiting
+            };
             (json!({"waiting": w}), last, outcome)
         }
         _ => {
-            let reason = if init || v.init_done { "ContainerCreating" } else { "PodInitializing" };
+            let reason = if init || v.init_done {
+                "ContainerCreating"
+            } else {
+                "PodInitializing"
+            };
             let last = newest.filter(|p| p.exited()).map(terminated);
-            let outcome = if last.is_some() { Outcome::Restarting } else { Outcome::Waiting };
+            let outcome = if last.is_some() {
+                Outcome::Restarting
+            } else {
+                Outcome::Waiting
+            };
             (json!({"waiting": {"reason": reason}}), last, outcome)
         }
     };
@@ -179,7 +195,10 @@ pub fn build(
     start_time: &str,
 ) -> Value {
     let spec = v.pod.spec.clone().unwrap_or_default();
-    let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let init_statuses: Vec<Value> = spec
         .init_containers
         .iter()
@@ -244,13 +263,21 @@ pub fn build(
     let mut conds: Vec<(&str, bool, Option<String>, Option<String>)> = Vec::new();
     conds.push(("PodReadyToStartContainers", v.sandbox_ready, None, None));
     conds.push(if v.init_done || terminal && v.init_failed == false {
-        ("Initialized", true, terminal.then(|| "PodCompleted".into()), None)
+        (
+            "Initialized",
+            true,
+            terminal.then(|| "PodCompleted".into()),
+            None,
+        )
     } else {
         (
             "Initialized",
             false,
             Some("ContainersNotInitialized".into()),
-            Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
         )
     });
     let containers_ready = unready.is_empty() && !terminal;
@@ -261,19 +288,29 @@ pub fn build(
         } else if terminal {
             (t, false, Some("PodCompleted".into()), None)
         } else {
-            (t, false, Some("ContainersNotReady".into()), Some(not_ready_msg.clone()))
+            (
+                t,
+                false,
+                Some("ContainersNotReady".into()),
+                Some(not_ready_msg.clone()),
+            )
         });
     }
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let mut conditions: Vec<Value> = conds
         .into_iter()
         .map(|(t, ok, reason, message)| {
             let st = if ok { "True" } else { "False" }.to_string();
-            let e = times.entry(t.to_string()).or_insert_with(|| (st.clone(), now.clone()));
+            let e = times
+                .entry(t.to_string())
+                .or_insert_with(|| (st.clone(), now.clone()));
             if e.0 != st {
                 *e = (st.clone(), now.clone());
             }
-            let mut c = json!({"type": t, "status": st, "lastProbeTime": null, "lastTransitionTime": e.1});
+            let mut c =
+                json!({"type": t, "status": st, "lastProbeTime": null, "lastTransitionTime": e.1});
             if let Some(r) = reason {
                 c["reason"] = json!(r);
             }
@@ -342,7 +379,11 @@ mod tests {
         }
     }
 
-    fn build_for(p: &Pod, instances: Vec<Instance>, waiting: HashMap<String, (String, String)>) -> Value {
+    fn build_for(
+        p: &Pod,
+        instances: Vec<Instance>,
+        waiting: HashMap<String, (String, String)>,
+    ) -> Value {
         let inst = HashMap::from([("a".to_string(), instances)]);
         let ready = HashMap::from([("c2".to_string(), true), ("c1".to_string(), true)]);
         let v = View {
@@ -382,30 +423,67 @@ mod tests {
         assert_eq!(c["ready"], true);
         assert_eq!(c["containerID"], "rkube://c2");
         assert_eq!(s["podIP"], "10.42.0.9");
-        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["status"], "True");
     }
 
     #[test]
     fn crash_loop_and_terminal_phases() {
         let p = pod("Always");
-        let waiting = HashMap::from([("a".to_string(), ("CrashLoopBackOff".to_string(), "back-off 10s".to_string()))]);
-        let s = build_for(&p, vec![inst("c1", 0, cri::ContainerState::ContainerExited, 1)], waiting);
+        let waiting = HashMap::from([(
+            "a".to_string(),
+            ("CrashLoopBackOff".to_string(), "back-off 10s".to_string()),
+        )]);
+        let s = build_for(
+            &p,
+            vec![inst("c1", 0, cri::ContainerState::ContainerExited, 1)],
+            waiting,
+        );
         assert_eq!(s["phase"], "Running");
-        assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "CrashLoopBackOff");
-        assert_eq!(s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "CrashLoopBackOff"
+        );
+        assert_eq!(
+            s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+            1
+        );
 
         let never = pod("Never");
-        let s = build_for(&never, vec![inst("c1", 0, cri::ContainerState::ContainerExited, 0)], HashMap::new());
+        let s = build_for(
+            &never,
+            vec![inst("c1", 0, cri::ContainerState::ContainerExited, 0)],
+            HashMap::new(),
+        );
         assert_eq!(s["phase"], "Succeeded");
-        assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
-        let s = build_for(&never, vec![inst("c1", 0, cri::ContainerState::ContainerExited, 2)], HashMap::new());
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+        let s = build_for(
+            &never,
+            vec![inst("c1", 0, cri::ContainerState::ContainerExited, 2)],
+            HashMap::new(),
+        );
         assert_eq!(s["phase"], "Failed");
-        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["reason"], "PodCompleted");
 
         let s = build_for(&never, vec![], HashMap::new());
         assert_eq!(s["phase"], "Pending");
-        assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating");
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
     }
 }

@@ -58,7 +58,12 @@ struct Worker {
 
 /// Runs the worker of pod `uid` until the pod is gone from the API (`None` arrives).
 pub async fn run(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
-    let runtime_name = k.cri.version().await.map(|v| v.0).unwrap_or_else(|_| "cri".into());
+    let runtime_name = k
+        .cri
+        .version()
+        .await
+        .map(|v| v.0)
+        .unwrap_or_else(|_| "cri".into());
     let memory_capacity = crate::node::Machine::read(&k.config.data_dir).memory_ki as i64 * 1024;
     let mut w = Worker {
         k: k.clone(),
@@ -120,14 +125,17 @@ impl Worker {
     /// whether it already finished.
     fn adopt(&mut self, pod: &Pod) {
         let st = pod.status.as_ref();
-        self.start_time = st.and_then(|s| s.start_time.as_ref()).map(|t| {
-            t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-        });
+        self.start_time = st
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         for c in st.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
             if let Some(t) = &c.last_transition_time {
                 self.condition_times.insert(
                     c.type_.clone(),
-                    (c.status.clone(), t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    (
+                        c.status.clone(),
+                        t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    ),
                 );
             }
         }
@@ -136,7 +144,10 @@ impl Worker {
     }
 
     fn env_context<'a>(&'a self, pod_ip: &'a str) -> env::Context<'a> {
-        let alloc_cpu = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64) * 1000;
+        let alloc_cpu = (std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64)
+            * 1000;
         env::Context {
             client: &self.k.client,
             pod_ip,
@@ -149,7 +160,12 @@ impl Worker {
 
     /// The pod's containers from the runtime, by name, newest first.
     async fn instances(&self) -> Result<HashMap<String, Vec<Instance>>, String> {
-        let list = self.k.cri.containers(Some(&self.uid)).await.map_err(|e| e.message().to_string())?;
+        let list = self
+            .k
+            .cri
+            .containers(Some(&self.uid))
+            .await
+            .map_err(|e| e.message().to_string())?;
         let mut by_name: HashMap<String, Vec<cri::Container>> = HashMap::new();
         for c in list {
             let name = c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default();
@@ -158,7 +174,10 @@ impl Worker {
         let mut out = HashMap::new();
         for (name, mut cs) in by_name {
             cs.sort_by_key(|c| {
-                std::cmp::Reverse((c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0), c.created_at))
+                std::cmp::Reverse((
+                    c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+                    c.created_at,
+                ))
             });
             let mut v = Vec::new();
             for (i, c) in cs.into_iter().enumerate() {
@@ -186,7 +205,11 @@ impl Worker {
                     finished_at: st.finished_at,
                     exit_code: st.exit_code,
                     reason: st.reason,
-                    message: if term_msg.is_empty() { st.message } else { term_msg },
+                    message: if term_msg.is_empty() {
+                        st.message
+                    } else {
+                        term_msg
+                    },
                     image_ref: st.image_ref,
                 });
             }
@@ -209,24 +232,49 @@ impl Worker {
         let spec = pod.spec.clone().unwrap_or_default();
         let pod_dir = k.config.pod_dir(&self.uid);
         let mut instances = self.instances().await?;
-        let sandboxes = k.cri.sandboxes(Some(&self.uid)).await.map_err(|e| e.message().to_string())?;
-        let newest = sandboxes.iter().max_by_key(|s| (s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0), s.created_at));
+        let sandboxes = k
+            .cri
+            .sandboxes(Some(&self.uid))
+            .await
+            .map_err(|e| e.message().to_string())?;
+        let newest = sandboxes.iter().max_by_key(|s| {
+            (
+                s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+                s.created_at,
+            )
+        });
         let ready_sandbox = newest.filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
         if self.terminal {
             if let Some(s) = ready_sandbox {
                 let _ = k.cri.stop_sandbox(&s.id).await;
             }
             let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
-            self.write_status(pod, &instances, &sid, false, "", true, false, false).await;
+            self.write_status(pod, &instances, &sid, false, "", true, false, false)
+                .await;
             return Ok(Duration::from_secs(60));
         }
-        if self.volumes_at.is_none_or(|t| t.elapsed() >= VOLUME_REFRESH) {
+        if self
+            .volumes_at
+            .is_none_or(|t| t.elapsed() >= VOLUME_REFRESH)
+        {
             let ip = String::new();
             let ctx = self.env_context(&ip);
             if let Err(msg) = volumes::set_up(&ctx, &pod_dir, pod).await {
-                k.recorder.pod(pod, None, Warning, "FailedMount", &msg).await;
+                k.recorder
+                    .pod(pod, None, Warning, "FailedMount", &msg)
+                    .await;
                 let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
-                self.write_status(pod, &instances, &sid, ready_sandbox.is_some(), "", false, false, false).await;
+                self.write_status(
+                    pod,
+                    &instances,
+                    &sid,
+                    ready_sandbox.is_some(),
+                    "",
+                    false,
+                    false,
+                    false,
+                )
+                .await;
                 return Ok(Duration::from_secs(2));
             }
             self.volumes_at = Some(Instant::now());
@@ -234,7 +282,9 @@ impl Worker {
         // The sandbox: the newest ready one, else a new attempt.
         let attempt = match ready_sandbox {
             Some(s) => s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
-            None => newest.map(|s| s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0) + 1).unwrap_or(0),
+            None => newest
+                .map(|s| s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0) + 1)
+                .unwrap_or(0),
         };
         let sandbox_cfg = config::sandbox(&k.config, pod, attempt);
         let sandbox_id = match ready_sandbox {
@@ -242,7 +292,13 @@ impl Worker {
             None => {
                 if let Some(old) = newest {
                     k.recorder
-                        .pod(pod, None, Normal, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.")
+                        .pod(
+                            pod,
+                            None,
+                            Normal,
+                            "SandboxChanged",
+                            "Pod sandbox changed, it will be killed and re-created.",
+                        )
                         .await;
                     let _ = k.cri.stop_sandbox(&old.id).await;
                 }
@@ -254,8 +310,11 @@ impl Worker {
                     Ok(r) => r.into_inner().pod_sandbox_id,
                     Err(e) => {
                         let msg = format!("Failed to create pod sandbox: {}", e.message());
-                        k.recorder.pod(pod, None, Warning, "FailedCreatePodSandBox", &msg).await;
-                        self.write_status(pod, &instances, "", false, "", false, false, false).await;
+                        k.recorder
+                            .pod(pod, None, Warning, "FailedCreatePodSandBox", &msg)
+                            .await;
+                        self.write_status(pod, &instances, "", false, "", false, false, false)
+                            .await;
                         return Ok(Duration::from_secs(5));
                     }
                 }
@@ -278,7 +337,10 @@ impl Worker {
             std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
             std::fs::write(&hosts_file, &hosts).map_err(|e| e.to_string())?;
         }
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let current = |instances: &HashMap<String, Vec<Instance>>, name: &str| {
             instances
                 .get(name)
@@ -310,7 +372,9 @@ impl Worker {
                     break;
                 }
                 Some(i) if i.exited() => {
-                    changed |= self.restart(pod, c, &i, &sandbox_id, &sandbox_cfg, &pod_ip, &instances).await;
+                    changed |= self
+                        .restart(pod, c, &i, &sandbox_id, &sandbox_cfg, &pod_ip, &instances)
+                        .await;
                     init_done = false;
                     break;
                 }
@@ -320,7 +384,9 @@ impl Worker {
                         let _ = k.cri.remove_container(&i.id).await;
                     }
                     let next = next_attempt(&instances, &c.name);
-                    let started = self.start(pod, c, next, &sandbox_id, &sandbox_cfg, &pod_ip).await;
+                    let started = self
+                        .start(pod, c, next, &sandbox_id, &sandbox_cfg, &pod_ip)
+                        .await;
                     changed |= started;
                     if !(sidecar && started) {
                         init_done = false;
@@ -340,7 +406,9 @@ impl Worker {
                             _ => true,
                         };
                         if restart {
-                            changed |= self.restart(pod, c, &i, &sandbox_id, &sandbox_cfg, &pod_ip, &instances).await;
+                            changed |= self
+                                .restart(pod, c, &i, &sandbox_id, &sandbox_cfg, &pod_ip, &instances)
+                                .await;
                         } else {
                             self.waiting.remove(&c.name);
                         }
@@ -350,7 +418,9 @@ impl Worker {
                             let _ = k.cri.remove_container(&i.id).await;
                         }
                         let next = next_attempt(&instances, &c.name);
-                        changed |= self.start(pod, c, next, &sandbox_id, &sandbox_cfg, &pod_ip).await;
+                        changed |= self
+                            .start(pod, c, next, &sandbox_id, &sandbox_cfg, &pod_ip)
+                            .await;
                     }
                 }
             }
@@ -369,14 +439,26 @@ impl Worker {
             instances = self.instances().await?;
         }
         let phase = self
-            .write_status(pod, &instances, &sandbox_id, true, &pod_ip, false, init_done, init_failed)
+            .write_status(
+                pod,
+                &instances,
+                &sandbox_id,
+                true,
+                &pod_ip,
+                false,
+                init_done,
+                init_failed,
+            )
             .await;
         if matches!(phase.as_deref(), Some("Succeeded") | Some("Failed")) {
             self.terminal = true;
             // Sidecars stop with the pod; the sandbox goes (its IP is free again).
             for list in instances.values() {
                 if let Some(i) = list.first().filter(|i| i.running()) {
-                    let _ = k.cri.stop_container(&i.id, spec.termination_grace_period_seconds.unwrap_or(30)).await;
+                    let _ = k
+                        .cri
+                        .stop_container(&i.id, spec.termination_grace_period_seconds.unwrap_or(30))
+                        .await;
                 }
             }
             let _ = k.cri.stop_sandbox(&sandbox_id).await;
@@ -385,13 +467,21 @@ impl Worker {
         // Wake for the earliest back-off expiry or probe, else the regular resync.
         let now = Instant::now();
         let mut pause = RESYNC;
-        for b in self.crash_backoff.values().chain(self.pull_backoff.values()) {
+        for b in self
+            .crash_backoff
+            .values()
+            .chain(self.pull_backoff.values())
+        {
             if b.until > now {
                 pause = pause.min(b.until - now + Duration::from_millis(10));
             }
         }
         for p in self.probes.values() {
-            pause = pause.min(p.next.saturating_duration_since(now).max(Duration::from_millis(50)));
+            pause = pause.min(
+                p.next
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(50)),
+            );
         }
         Ok(pause)
     }
@@ -417,9 +507,17 @@ impl Worker {
                     c.name,
                     describe(pod)
                 );
-                self.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), msg));
-                let ev = format!("Back-off restarting failed container {} in pod {}", c.name, describe(pod));
-                self.k.recorder.pod(pod, Some(&c.name), Warning, "BackOff", &ev).await;
+                self.waiting
+                    .insert(c.name.clone(), ("CrashLoopBackOff".into(), msg));
+                let ev = format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    c.name,
+                    describe(pod)
+                );
+                self.k
+                    .recorder
+                    .pod(pod, Some(&c.name), Warning, "BackOff", &ev)
+                    .await;
                 return false;
             }
         }
@@ -428,9 +526,16 @@ impl Worker {
             Some(b) if ran < BACKOFF_RESET => (b.delay * 2).min(BACKOFF_MAX),
             _ => BACKOFF_START,
         };
-        self.crash_backoff.insert(c.name.clone(), Backoff { until: now + delay, delay });
+        self.crash_backoff.insert(
+            c.name.clone(),
+            Backoff {
+                until: now + delay,
+                delay,
+            },
+        );
         let next = next_attempt(instances, &c.name);
-        self.start(pod, c, next, sandbox_id, sandbox_cfg, pod_ip).await
+        self.start(pod, c, next, sandbox_id, sandbox_cfg, pod_ip)
+            .await
     }
 
     /// Pulls the image if the policy asks, creates and starts the container and runs its
@@ -452,8 +557,17 @@ impl Worker {
         let env = match env::resolve(&ctx, pod, c).await {
             Ok(e) => e,
             Err(msg) => {
-                k.recorder.pod(pod, Some(&c.name), Warning, "Failed", &format!("Error: {msg}")).await;
-                self.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
+                k.recorder
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        Warning,
+                        "Failed",
+                        &format!("Error: {msg}"),
+                    )
+                    .await;
+                self.waiting
+                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
                 return false;
             }
         };
@@ -468,8 +582,17 @@ impl Worker {
         let cfg = match config::container(pod, c, &input) {
             Ok(cfg) => cfg,
             Err(msg) => {
-                k.recorder.pod(pod, Some(&c.name), Warning, "Failed", &format!("Error: {msg}")).await;
-                self.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
+                k.recorder
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        Warning,
+                        "Failed",
+                        &format!("Error: {msg}"),
+                    )
+                    .await;
+                self.waiting
+                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
                 return false;
             }
         };
@@ -482,36 +605,79 @@ impl Worker {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
                 let msg = e.message().to_string();
-                k.recorder.pod(pod, Some(&c.name), Warning, "Failed", &format!("Error: {msg}")).await;
-                self.waiting.insert(c.name.clone(), ("CreateContainerError".into(), msg));
+                k.recorder
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        Warning,
+                        "Failed",
+                        &format!("Error: {msg}"),
+                    )
+                    .await;
+                self.waiting
+                    .insert(c.name.clone(), ("CreateContainerError".into(), msg));
                 return false;
             }
         };
         k.recorder
-            .pod(pod, Some(&c.name), Normal, "Created", &format!("Created container: {}", c.name))
+            .pod(
+                pod,
+                Some(&c.name),
+                Normal,
+                "Created",
+                &format!("Created container: {}", c.name),
+            )
             .await;
         let started = k
             .cri
             .runtime
             .clone()
-            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
             .await;
         if let Err(e) = started {
             let msg = e.message().to_string();
-            k.recorder.pod(pod, Some(&c.name), Warning, "Failed", &format!("Error: {msg}")).await;
-            self.waiting.insert(c.name.clone(), ("RunContainerError".into(), msg));
+            k.recorder
+                .pod(
+                    pod,
+                    Some(&c.name),
+                    Warning,
+                    "Failed",
+                    &format!("Error: {msg}"),
+                )
+                .await;
+            self.waiting
+                .insert(c.name.clone(), ("RunContainerError".into(), msg));
             return false;
         }
         k.recorder
-            .pod(pod, Some(&c.name), Normal, "Started", &format!("Started container {}", c.name))
+            .pod(
+                pod,
+                Some(&c.name),
+                Normal,
+                "Started",
+                &format!("Started container {}", c.name),
+            )
             .await;
         self.waiting.remove(&c.name);
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-            let t = probe::Target { cri: &k.cri, container_id: &id, container: c, pod_ip };
-            let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+            let t = probe::Target {
+                cri: &k.cri,
+                container_id: &id,
+                container: c,
+                pod_ip,
+            };
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
             if let Err(msg) = probe::hook(&t, h, Duration::from_secs(grace.max(1) as u64)).await {
                 let m = format!("PostStartHook failed: {msg}");
-                k.recorder.pod(pod, Some(&c.name), Warning, "FailedPostStartHook", &m).await;
+                k.recorder
+                    .pod(pod, Some(&c.name), Warning, "FailedPostStartHook", &m)
+                    .await;
                 let _ = k.cri.stop_container(&id, grace).await;
                 return false;
             }
@@ -524,15 +690,23 @@ impl Worker {
     async fn ensure_image(&mut self, pod: &Pod, c: &Container) -> Option<String> {
         let k = self.k.clone();
         let image = c.image.clone().unwrap_or_default();
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
         let present = k.cri.image_present(&image).await.ok().flatten();
         let pull = match policy.as_str() {
             "Always" => true,
             "Never" => {
                 if present.is_none() {
-                    let msg = format!("Container image {image:?} is not present with pull policy of Never");
-                    k.recorder.pod(pod, Some(&c.name), Warning, "ErrImageNeverPull", &msg).await;
-                    self.waiting.insert(c.name.clone(), ("ErrImageNeverPull".into(), msg));
+                    let msg = format!(
+                        "Container image {image:?} is not present with pull policy of Never"
+                    );
+                    k.recorder
+                        .pod(pod, Some(&c.name), Warning, "ErrImageNeverPull", &msg)
+                        .await;
+                    self.waiting
+                        .insert(c.name.clone(), ("ErrImageNeverPull".into(), msg));
                     return None;
                 }
                 false
@@ -541,20 +715,31 @@ impl Worker {
         };
         if !pull {
             let msg = format!("Container image {image:?} already present on machine");
-            k.recorder.pod(pod, Some(&c.name), Normal, "Pulled", &msg).await;
+            k.recorder
+                .pod(pod, Some(&c.name), Normal, "Pulled", &msg)
+                .await;
             return Some(image);
         }
         let now = Instant::now();
         if let Some(b) = self.pull_backoff.get(&c.name).copied() {
             if now < b.until {
                 let msg = format!("Back-off pulling image {image:?}");
-                k.recorder.pod(pod, Some(&c.name), Normal, "BackOff", &msg).await;
-                self.waiting.insert(c.name.clone(), ("ImagePullBackOff".into(), msg));
+                k.recorder
+                    .pod(pod, Some(&c.name), Normal, "BackOff", &msg)
+                    .await;
+                self.waiting
+                    .insert(c.name.clone(), ("ImagePullBackOff".into(), msg));
                 return None;
             }
         }
         k.recorder
-            .pod(pod, Some(&c.name), Normal, "Pulling", &format!("Pulling image {image:?}"))
+            .pod(
+                pod,
+                Some(&c.name),
+                Normal,
+                "Pulling",
+                &format!("Pulling image {image:?}"),
+            )
             .await;
         let auth = self.pull_auth(pod, &image).await;
         let t0 = Instant::now();
@@ -562,8 +747,12 @@ impl Worker {
             Ok(_) => {
                 self.pull_backoff.remove(&c.name);
                 let took = go_duration_ms(t0.elapsed());
-                let msg = format!("Successfully pulled image {image:?} in {took} ({took} including waiting)");
-                k.recorder.pod(pod, Some(&c.name), Normal, "Pulled", &msg).await;
+                let msg = format!(
+                    "Successfully pulled image {image:?} in {took} ({took} including waiting)"
+                );
+                k.recorder
+                    .pod(pod, Some(&c.name), Normal, "Pulled", &msg)
+                    .await;
                 Some(image)
             }
             Err(e) => {
@@ -571,11 +760,22 @@ impl Worker {
                     Some(b) => (b.delay * 2).min(BACKOFF_MAX),
                     None => BACKOFF_START,
                 };
-                self.pull_backoff.insert(c.name.clone(), Backoff { until: now + delay, delay });
+                self.pull_backoff.insert(
+                    c.name.clone(),
+                    Backoff {
+                        until: now + delay,
+                        delay,
+                    },
+                );
                 let msg = format!("Failed to pull image {image:?}: {}", e.message());
-                k.recorder.pod(pod, Some(&c.name), Warning, "Failed", &msg).await;
-                k.recorder.pod(pod, Some(&c.name), Warning, "Failed", "Error: ErrImagePull").await;
-                self.waiting.insert(c.name.clone(), ("ErrImagePull".into(), msg));
+                k.recorder
+                    .pod(pod, Some(&c.name), Warning, "Failed", &msg)
+                    .await;
+                k.recorder
+                    .pod(pod, Some(&c.name), Warning, "Failed", "Error: ErrImagePull")
+                    .await;
+                self.waiting
+                    .insert(c.name.clone(), ("ErrImagePull".into(), msg));
                 None
             }
         }
@@ -595,7 +795,9 @@ impl Worker {
         let host = registry_host(image);
         let api: Api<Secret> = Api::namespaced(self.k.client.clone(), ns);
         for name in names {
-            let Ok(Some(s)) = api.get_opt(&name).await else { continue };
+            let Ok(Some(s)) = api.get_opt(&name).await else {
+                continue;
+            };
             let data = s.data.unwrap_or_default();
             let (auths, nested) = if let Some(b) = data.get(".dockerconfigjson") {
                 (serde_json::from_slice::<Value>(&b.0).ok(), true)
@@ -605,12 +807,26 @@ impl Worker {
                 continue;
             };
             let Some(auths) = auths else { continue };
-            let map = if nested { auths.get("auths").cloned() } else { Some(auths) };
-            for (key, entry) in map.and_then(|m| m.as_object().cloned()).into_iter().flatten() {
+            let map = if nested {
+                auths.get("auths").cloned()
+            } else {
+                Some(auths)
+            };
+            for (key, entry) in map
+                .and_then(|m| m.as_object().cloned())
+                .into_iter()
+                .flatten()
+            {
                 if registry_key_host(&key) != host {
                     continue;
                 }
-                let s = |f: &str| entry.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+                let s = |f: &str| {
+                    entry
+                        .get(f)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
                 return Some(cri::AuthConfig {
                     username: s("username"),
                     password: s("password"),
@@ -636,8 +852,14 @@ impl Worker {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut due = Vec::new();
         let now = Instant::now();
-        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-            let Some(i) = instances.get(&c.name).and_then(|v| v.first()) else { continue };
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let Some(i) = instances.get(&c.name).and_then(|v| v.first()) else {
+                continue;
+            };
             if !i.running() || i.sandbox_id != sandbox_id {
                 continue;
             }
@@ -656,7 +878,10 @@ impl Worker {
                     continue;
                 }
                 let key = (c.name.clone(), kind);
-                let st = self.probes.entry(key.clone()).or_insert_with(|| probe::State::new(&i.id, p, instant_of(i.started_at)));
+                let st = self
+                    .probes
+                    .entry(key.clone())
+                    .or_insert_with(|| probe::State::new(&i.id, p, instant_of(i.started_at)));
                 if st.container_id != i.id {
                     *st = probe::State::new(&i.id, p, instant_of(i.started_at));
                 }
@@ -668,19 +893,28 @@ impl Worker {
         let runs = due.iter().map(|(c, id, _, p)| {
             let cri = k.cri.clone();
             async move {
-                let t = probe::Target { cri: &cri, container_id: id, container: c, pod_ip };
+                let t = probe::Target {
+                    cri: &cri,
+                    container_id: id,
+                    container: c,
+                    pod_ip,
+                };
                 probe::run(&t, p).await
             }
         });
         let results = futures::future::join_all(runs).await;
         let mut kill = Vec::new();
         for ((c, id, kind, p), r) in due.into_iter().zip(results) {
-            let Some(st) = self.probes.get_mut(&(c.name.clone(), kind)) else { continue };
+            let Some(st) = self.probes.get_mut(&(c.name.clone(), kind)) else {
+                continue;
+            };
             let ok = r.is_ok();
             st.record(&p, ok);
             if let Err(msg) = &r {
                 let text = format!("{} probe failed: {msg}", kind.name());
-                k.recorder.pod(pod, Some(&c.name), Warning, "Unhealthy", &text).await;
+                k.recorder
+                    .pod(pod, Some(&c.name), Warning, "Unhealthy", &text)
+                    .await;
             }
             if !ok && st.result == Some(false) && matches!(kind, Kind::Liveness | Kind::Startup) {
                 let why = format!(
@@ -700,11 +934,19 @@ impl Worker {
         let started = Instant::now();
         if let Some(c) = super::find_container(pod, name) {
             if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-                let t = probe::Target { cri: &self.k.cri, container_id: id, container: c, pod_ip };
+                let t = probe::Target {
+                    cri: &self.k.cri,
+                    container_id: id,
+                    container: c,
+                    pod_ip,
+                };
                 let limit = Duration::from_secs(grace.max(0) as u64);
                 if let Err(msg) = probe::hook(&t, h, limit).await {
                     let m = format!("PreStopHook failed: {msg}");
-                    self.k.recorder.pod(pod, Some(name), Warning, "FailedPreStopHook", &m).await;
+                    self.k
+                        .recorder
+                        .pod(pod, Some(name), Warning, "FailedPreStopHook", &m)
+                        .await;
                 }
             }
         }
@@ -731,17 +973,33 @@ impl Worker {
     ) -> Option<String> {
         let mut ready = HashMap::new();
         let mut started = HashMap::new();
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten())) {
-            let Some(i) = instances.get(&c.name).and_then(|v| v.first()) else { continue };
-            let result = |kind| self.probes.get(&(c.name.clone(), kind)).filter(|s: &&probe::State| s.container_id == i.id).and_then(|s| s.result);
+        for c in pod.spec.iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        }) {
+            let Some(i) = instances.get(&c.name).and_then(|v| v.first()) else {
+                continue;
+            };
+            let result = |kind| {
+                self.probes
+                    .get(&(c.name.clone(), kind))
+                    .filter(|s: &&probe::State| s.container_id == i.id)
+                    .and_then(|s| s.result)
+            };
             let is_started = c.startup_probe.is_none() || result(Kind::Startup) == Some(true);
-            let is_ready = is_started && (c.readiness_probe.is_none() || result(Kind::Readiness) == Some(true));
+            let is_ready = is_started
+                && (c.readiness_probe.is_none() || result(Kind::Readiness) == Some(true));
             started.insert(i.id.clone(), is_started);
             ready.insert(i.id.clone(), is_ready);
         }
         let start = self
             .start_time
-            .get_or_insert_with(|| jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .get_or_insert_with(|| {
+                jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string()
+            })
             .clone();
         // A terminal pod keeps its last phase; its init containers are done.
         let view = status::View {
@@ -784,7 +1042,11 @@ impl Worker {
         );
         let name = pod.metadata.name.clone().unwrap_or_default();
         match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": st})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": st})),
+            )
             .await
         {
             Ok(_) => self.last_status = Some(st),
@@ -795,7 +1057,11 @@ impl Worker {
 
     /// Graceful deletion: preStop hooks and SIGTERM with the grace period (cut short if the
     /// pod disappears), the final status, then the pod object is removed.
-    async fn terminate(&mut self, pod: &Pod, rx: &mut watch::Receiver<Option<Arc<Pod>>>) -> Duration {
+    async fn terminate(
+        &mut self,
+        pod: &Pod,
+        rx: &mut watch::Receiver<Option<Arc<Pod>>>,
+    ) -> Duration {
         let k = self.k.clone();
         let spec = pod.spec.clone().unwrap_or_default();
         let grace = pod
@@ -804,39 +1070,58 @@ impl Worker {
             .or(spec.termination_grace_period_seconds)
             .unwrap_or(30);
         let instances = self.instances().await.unwrap_or_default();
-        let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
         let running: Vec<(String, String)> = instances
             .iter()
-            .filter_map(|(n, v)| v.first().filter(|i| i.running()).map(|i| (n.clone(), i.id.clone())))
+            .filter_map(|(n, v)| {
+                v.first()
+                    .filter(|i| i.running())
+                    .map(|i| (n.clone(), i.id.clone()))
+            })
             .collect();
         for (name, _) in &running {
-            k.recorder.pod(pod, Some(name), Normal, "Killing", &format!("Stopping container {name}")).await;
+            k.recorder
+                .pod(
+                    pod,
+                    Some(name),
+                    Normal,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                )
+                .await;
         }
         {
-        let stops = running.iter().map(|(n, id)| self.stop(pod, n, id, &pod_ip, grace));
-        let all = futures::future::join_all(stops);
-        tokio::pin!(all);
-        loop {
-            tokio::select! {
-                _ = &mut all => break,
-                r = rx.changed() => {
-                    // Gone from the API (force delete): no more grace.
-                    if r.is_err() || rx.borrow().is_none() {
-                        for (_, id) in &running {
-                            let _ = k.cri.stop_container(id, 0).await;
+            let stops = running
+                .iter()
+                .map(|(n, id)| self.stop(pod, n, id, &pod_ip, grace));
+            let all = futures::future::join_all(stops);
+            tokio::pin!(all);
+            loop {
+                tokio::select! {
+                    _ = &mut all => break,
+                    r = rx.changed() => {
+                        // Gone from the API (force delete): no more grace.
+                        if r.is_err() || rx.borrow().is_none() {
+                            for (_, id) in &running {
+                                let _ = k.cri.stop_container(id, 0).await;
+                            }
+                            break;
                         }
-                        break;
                     }
                 }
             }
-        }
         }
         for s in k.cri.sandboxes(Some(&self.uid)).await.unwrap_or_default() {
             let _ = k.cri.stop_sandbox(&s.id).await;
         }
         let instances = self.instances().await.unwrap_or_default();
         self.terminal = false;
-        self.write_status(pod, &instances, "", false, &pod_ip, true, true, false).await;
+        self.write_status(pod, &instances, "", false, &pod_ip, true, true, false)
+            .await;
         let api: Api<Pod> = Api::namespaced(
             k.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -863,7 +1148,17 @@ impl Worker {
 
     /// The pod is gone from the API: stop and remove everything it had on this node.
     async fn remove(&mut self, pod: Option<&Pod>) {
-        remove_pod(&self.k, &self.uid, pod.map(|p| (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default()))).await;
+        remove_pod(
+            &self.k,
+            &self.uid,
+            pod.map(|p| {
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            }),
+        )
+        .await;
         self.k.recorder.forget(&self.uid);
     }
 }
@@ -931,7 +1226,9 @@ fn registry_host(image: &str) -> String {
 
 /// The host of a docker config key ("https://index.docker.io/v1/" → docker.io).
 fn registry_key_host(key: &str) -> String {
-    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let host = k.split('/').next().unwrap_or(k);
     match host {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
@@ -949,7 +1246,10 @@ mod tests {
         assert_eq!(registry_host("library/busybox:1"), "docker.io");
         assert_eq!(registry_host("127.0.0.1:5000/busybox:1"), "127.0.0.1:5000");
         assert_eq!(registry_host("localhost/x"), "localhost");
-        assert_eq!(registry_key_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(
+            registry_key_host("https://index.docker.io/v1/"),
+            "docker.io"
+        );
         assert_eq!(registry_key_host("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 

@@ -42,12 +42,26 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let tar = dir.path().join("busybox.tar");
-        write_oci_layout(&busybox_image("kubelet", Compression::Gzip).unwrap(), IMAGE, &tar);
+        write_oci_layout(
+            &busybox_image("kubelet", Compression::Gzip).unwrap(),
+            IMAGE,
+            &tar,
+        );
         let out = Command::new(env!("CARGO_BIN_EXE_rkube"))
-            .args(["images", "import", tar.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .args([
+                "images",
+                "import",
+                tar.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let mut c = Cluster {
             kubectl: Kubectl::new(&kubeconfig).expect("kubectl"),
@@ -93,7 +107,8 @@ impl Cluster {
                 log.lock().unwrap().push(line);
             }
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("the server started");
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the server started");
         self.child = Some(child);
     }
 
@@ -138,7 +153,15 @@ impl Cluster {
                 return v;
             }
             if Instant::now() > deadline {
-                let tail: Vec<String> = self.log.lock().unwrap().iter().rev().take(60).cloned().collect();
+                let tail: Vec<String> = self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .take(60)
+                    .cloned()
+                    .collect();
                 let tail: Vec<String> = tail.into_iter().rev().collect();
                 let pods = self.kubectl.run(&["get", "pods", "-A", "-o", "yaml"], None);
                 panic!(
@@ -155,7 +178,11 @@ impl Cluster {
     pub fn events(&self, pod: &str) -> String {
         let sel = format!("involvedObject.name={pod}");
         self.kubectl.ok(&[
-            "get", "events", "--field-selector", &sel, "-o",
+            "get",
+            "events",
+            "--field-selector",
+            &sel,
+            "-o",
             "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
         ])
     }
@@ -168,7 +195,12 @@ impl Drop for Cluster {
         let socket = self.dir.path().join("cleanup.sock");
         let mut rt = Command::new(env!("CARGO_BIN_EXE_rkube"))
             .args(["runtime", "--data-dir", self.data().to_str().unwrap()])
-            .args(["--socket", socket.to_str().unwrap(), "--bridge", &self.bridge])
+            .args([
+                "--socket",
+                socket.to_str().unwrap(),
+                "--bridge",
+                &self.bridge,
+            ])
             .env("RKUBE_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -191,11 +223,21 @@ impl Drop for Cluster {
                 .map(|r| r.into_inner().items)
                 .unwrap_or_default();
             for p in pods {
-                let uid = p.labels.get("io.kubernetes.pod.uid").cloned().unwrap_or_default();
+                let uid = p
+                    .labels
+                    .get("io.kubernetes.pod.uid")
+                    .cloned()
+                    .unwrap_or_default();
                 let _ = c
-                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id })
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: p.id,
+                    })
                     .await;
-                for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+                for h in std::fs::read_dir("/sys/fs/cgroup")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     for q in ["", "burstable/", "besteffort/"] {
                         let _ = std::fs::remove_dir(h.path().join(format!("kubepods/{q}pod{uid}")));
                     }
@@ -204,7 +246,9 @@ impl Drop for Cluster {
         });
         let _ = rt.kill();
         let _ = rt.wait();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
         // tmpfs emptyDirs of pods that were not deleted.
         let pods = self.data().join("agent/pods");
         for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {

@@ -131,6 +131,16 @@ pub struct Session {
     pub done: oneshot::Receiver<Option<String>>,
 }
 
+/// A close frame with code 1000: clients (client-go's gorilla websocket) read an empty
+/// close frame as 1005 "no status" and report an error instead of the end of the streams.
+pub fn normal_close() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
 /// How long output may keep coming after the process ended (a background child that holds
 /// the pipes must not keep the session open forever).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -201,7 +211,7 @@ pub async fn pump(ws: Ws, protocol: &str, mut s: Session) {
     if let Some(st) = status {
         let _ = tx.send(message(ERROR, st.as_bytes())).await;
     }
-    let _ = tx.send(Message::Close(None)).await;
+    let _ = tx.send(normal_close()).await;
     let _ = tx.flush().await;
     reader.abort();
 }

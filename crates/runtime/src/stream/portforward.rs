@@ -48,7 +48,7 @@ pub async fn serve(rt: Arc<Runtime>, ws: Ws, sandbox_id: &str, ports: Vec<i32>) 
                 break;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(super::channel::normal_close()).await;
     });
     let sandbox = rt.sandboxes.get(sandbox_id);
     let mut inputs: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
