@@ -288,7 +288,7 @@ pub fn resource_field(
         None if name == "memory" => ctx.node_memory.saturating_mul(1000),
         None => 0,
     };
-    let divisor = divisor.unwrap_or(if cpu { "1" } else { "1" });
+    let divisor = divisor.unwrap_or("1");
     let d = quantity::parse_milli(divisor)
         .filter(|d| *d > 0)
         .ok_or_else(|| format!("bad divisor {divisor:?}"))?;

@@ -8,12 +8,15 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+/// (namespace, pod uid, reason, field path + message).
+type EventKey = (String, String, String, String);
+
 /// Writes events for one node's kubelet.
 pub struct Recorder {
     client: kube::Client,
     node: String,
     /// (namespace, uid, reason, message) → (event name, count).
-    seen: Mutex<HashMap<(String, String, String, String), (String, i32)>>,
+    seen: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 /// Normal or Warning.
@@ -98,7 +101,6 @@ impl Recorder {
                 uid: Some(uid),
                 resource_version: pod.metadata.resource_version.clone(),
                 field_path,
-                ..Default::default()
             },
             reason: Some(reason.into()),
             message: Some(message.into()),

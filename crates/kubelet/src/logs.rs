@@ -233,7 +233,7 @@ where
         if !grew {
             idle_checks += 1;
             // Every second of quiet, ask whether the container still runs.
-            if idle_checks % 10 == 0 && !running().await {
+            if idle_checks.is_multiple_of(10) && !running().await {
                 return;
             }
         }

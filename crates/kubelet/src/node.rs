@@ -171,7 +171,7 @@ fn static_status(k: &Kubelet, m: &Machine, runtime: &(String, String)) -> Value 
         .saturating_sub(c.reserved_memory_ki + EVICTION_MEMORY_KI);
     let storage_alloc = m.storage_ki - m.storage_ki * EVICTION_NODEFS_PERCENT / 100;
     let allocatable = json!({
-        "cpu": if cpu_alloc % 1000 == 0 { (cpu_alloc / 1000).to_string() } else { format!("{cpu_alloc}m") },
+        "cpu": if cpu_alloc.is_multiple_of(1000) { (cpu_alloc / 1000).to_string() } else { format!("{cpu_alloc}m") },
         "memory": format!("{mem_alloc}Ki"),
         "ephemeral-storage": format!("{storage_alloc}Ki"),
         "pods": c.max_pods.to_string(),

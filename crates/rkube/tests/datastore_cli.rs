@@ -180,9 +180,10 @@ async fn server_owns_its_data_dir_and_snapshots_work_online() {
             "0",
             "--write-kubeconfig",
             kubeconfig.to_str().unwrap(),
-            // No scheduler: its lease renewals would write after the snapshot, and the
-            // comparison below needs a server that is quiet once it has started.
+            // No scheduler or agent: their lease renewals and status updates would write
+            // after the snapshot, and the comparison below needs a quiet server.
             "--disable-scheduler",
+            "--disable-agent",
         ])
         .stderr(Stdio::piped())
         .spawn()

@@ -435,6 +435,7 @@ spec:
         seen.push(l.trim().to_string());
     }
     let _ = follow.kill();
+    let _ = follow.wait();
     let nums: Vec<u32> = seen
         .iter()
         .map(|l| l.trim_start_matches("line ").parse().unwrap())

@@ -161,7 +161,7 @@ fn container_status(v: &View<'_>, c: &Container, init: bool) -> (Value, Outcome)
         "name": c.name,
         "state": state,
         "lastState": last.unwrap_or_else(|| json!({})),
-        "ready": ready && !init || (init && ready && c.restart_policy.as_deref() == Some("Always")),
+        "ready": ready && (!init || c.restart_policy.as_deref() == Some("Always")),
         "restartCount": restart_count,
         "image": c.image.clone().unwrap_or_default(),
         "imageID": current.or(newest).map(|i| i.image_ref.clone()).unwrap_or_default(),
@@ -228,9 +228,7 @@ pub fn build(
     }
     let phase = if v.init_failed {
         "Failed"
-    } else if !v.init_done {
-        "Pending"
-    } else if waiting > 0 {
+    } else if !v.init_done || waiting > 0 {
         "Pending"
     } else if running > 0 {
         "Running"
@@ -262,7 +260,7 @@ pub fn build(
         .collect();
     let mut conds: Vec<(&str, bool, Option<String>, Option<String>)> = Vec::new();
     conds.push(("PodReadyToStartContainers", v.sandbox_ready, None, None));
-    conds.push(if v.init_done || terminal && v.init_failed == false {
+    conds.push(if v.init_done || terminal && !v.init_failed {
         (
             "Initialized",
             true,
