@@ -7,7 +7,9 @@ pub mod events;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod portforward;
 pub mod server;
+pub mod spdy;
 pub mod volumes;
 
 use std::collections::BTreeMap;

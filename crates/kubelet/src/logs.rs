@@ -142,33 +142,31 @@ impl Decoder {
     }
 }
 
-/// Where the log lines begin for tailLines: the byte offset of the Nth complete record
-/// from the end.
+/// Where the log lines begin for tailLines: the byte offset of the record that starts
+/// the Nth line from the end (a partial record continues into the next one).
 fn tail_offset(data: &[u8], lines: usize) -> usize {
     if lines == 0 {
         return data.len();
     }
-    let mut seen = 0;
-    let end = if data.ends_with(b"\n") {
-        data.len() - 1
-    } else {
-        data.len()
-    };
-    for i in (0..end).rev() {
-        if data[i] == b'\n' {
-            // Only full records count (a P record joins the next).
-            let rec = &data[i + 1..];
-            let is_full =
-                parse(rec.split(|b| *b == b'\n').next().unwrap_or(b"")).is_some_and(|r| !r.partial);
-            if is_full {
-                seen += 1;
-                if seen == lines {
-                    return i + 1;
-                }
-            }
+    let mut starts = Vec::new();
+    let mut prev_partial = false;
+    let mut off = 0;
+    for rec in data.split_inclusive(|b| *b == b'\n') {
+        if !rec.ends_with(b"\n") {
+            break;
         }
+        let partial = parse(&rec[..rec.len() - 1]).is_some_and(|r| r.partial);
+        if !prev_partial {
+            starts.push(off);
+        }
+        prev_partial = partial;
+        off += rec.len();
     }
-    0
+    starts
+        .len()
+        .checked_sub(lines)
+        .map(|i| starts[i])
+        .unwrap_or(0)
 }
 
 /// Streams a container's log into `tx` until done; with follow, until `running` says the

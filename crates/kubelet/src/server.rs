@@ -229,7 +229,7 @@ async fn container_logs(
 /// exec, attach and port-forward: ask the runtime for a streaming URL and relay the
 /// (upgraded) connection to it.
 async fn stream(
-    k: &Kubelet,
+    k: &Arc<Kubelet>,
     what: &str,
     ns: &str,
     pod: &str,
@@ -305,6 +305,9 @@ async fn stream(
                     format!("pod {ns}/{pod} has no running sandbox on this node"),
                 );
             };
+            if let Some(tunnel) = spdy_tunnel(&req) {
+                return spdy_session(k.clone(), s.id, req, tunnel);
+            }
             let ports: Vec<i32> = q
                 .iter()
                 .filter(|(k, _)| k == "port")
@@ -323,6 +326,135 @@ async fn stream(
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
     };
     relay(req, &url).await
+}
+
+/// How a SPDY port-forward session arrives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tunnel {
+    /// `Upgrade: SPDY/3.1`: SPDY frames on the upgraded connection.
+    Raw,
+    /// WebSocket with `SPDY/3.1+portforward.k8s.io`: SPDY bytes in binary messages.
+    WebSocket,
+}
+
+const SPDY_OVER_WEBSOCKET: &str = "SPDY/3.1+portforward.k8s.io";
+
+fn spdy_tunnel(req: &Request<Incoming>) -> Option<Tunnel> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let upgrade = h("upgrade");
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == SPDY_OVER_WEBSOCKET);
+        return offered.then_some(Tunnel::WebSocket);
+    }
+    upgrade
+        .to_ascii_uppercase()
+        .starts_with("SPDY/3.1")
+        .then_some(Tunnel::Raw)
+}
+
+/// Answers the upgrade and runs the port-forward session on the upgraded connection.
+fn spdy_session(
+    k: Arc<Kubelet>,
+    sandbox_id: String,
+    mut req: Request<Incoming>,
+    tunnel: Tunnel,
+) -> Response<Body> {
+    let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    match tunnel {
+        Tunnel::Raw => {
+            resp = resp
+                .header("connection", "Upgrade")
+                .header("upgrade", "SPDY/3.1")
+                .header("x-stream-protocol-version", "portforward.k8s.io");
+        }
+        Tunnel::WebSocket => {
+            let Some(key) = req.headers().get("sec-websocket-key") else {
+                return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            resp = resp
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .header("sec-websocket-protocol", SPDY_OVER_WEBSOCKET);
+        }
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else { return };
+        let io = TokioIo::new(io);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(256);
+        let session = tokio::spawn(crate::portforward::session(k, sandbox_id, in_rx, out_tx));
+        match tunnel {
+            Tunnel::Raw => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut r, w) = tokio::io::split(io);
+                let w = Arc::new(tokio::sync::Mutex::new(w));
+                let writer = tokio::spawn(crate::portforward::writer(out_rx, move |b| {
+                    let w = w.clone();
+                    async move { w.lock().await.write_all(&b).await.is_ok() }
+                }));
+                let mut buf = vec![0u8; 32 << 10];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if in_tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(in_tx);
+                let _ = session.await;
+                writer.abort();
+            }
+            Tunnel::WebSocket => {
+                use futures::SinkExt;
+                use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+                let ws =
+                    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None)
+                        .await;
+                let (sink, mut source) = ws.split();
+                let sink = Arc::new(tokio::sync::Mutex::new(sink));
+                let s2 = sink.clone();
+                let writer = tokio::spawn(crate::portforward::writer(out_rx, move |b| {
+                    let s = s2.clone();
+                    async move { s.lock().await.send(Message::Binary(b)).await.is_ok() }
+                }));
+                while let Some(Ok(m)) = source.next().await {
+                    match m {
+                        Message::Binary(b) if in_tx.send(b.clone()).await.is_err() => break,
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                drop(in_tx);
+                let _ = session.await;
+                writer.abort();
+                let _ = sink.lock().await.close().await;
+            }
+        }
+    });
+    resp.body(
+        http_body_util::Empty::new()
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    )
+    .expect("101")
 }
 
 /// Forwards an upgrade request to `url` (plain HTTP) and splices the two connections

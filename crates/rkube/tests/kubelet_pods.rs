@@ -384,6 +384,9 @@ spec:
   - name: side
     image: {IMAGE}
     command: ["sh", "-c", "echo side-started; sleep 1; exit 1"]
+  - name: web
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www; echo hello-pf > /www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www"]
 "#
     ));
     c.kubectl.ok(&[
@@ -398,7 +401,9 @@ spec:
         .kubectl
         .fails(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"]);
     assert!(
-        err.contains("a container name must be specified for pod talk, choose one of: [main side]"),
+        err.contains(
+            "a container name must be specified for pod talk, choose one of: [main side web]"
+        ),
         "{err}"
     );
     let tail = c.kubectl.ok(&["logs", "talk", "-c", "main", "--tail=2"]);
@@ -539,4 +544,77 @@ spec:
         "main",
     ]);
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "payload-123\n");
+
+    // port-forward to a server that listens on localhost inside the pod, fetched with curl.
+    let mut pf = c.kubectl.spawn(&["port-forward", "pod/talk", ":8080"]);
+    let mut reader = std::io::BufReader::new(pf.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no local port in {line:?}"))
+        .to_string();
+    for _ in 0..3 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello-pf\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = pf.kill();
+    let _ = pf.wait();
+    // The same over plain SPDY (kubectl's fallback when WebSockets are off).
+    let kc = c.dir.path().join("kubeconfig.yaml");
+    let mut pf = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "port-forward",
+            "pod/talk",
+            ":8080",
+        ])
+        .env("HOME", c.dir.path())
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(pf.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("0")
+        .to_string();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-pf\n",
+        "plain SPDY: {line} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -461,7 +461,13 @@ pub(super) async fn patch_object(
         check_type(ctx.info, &mut patched)?;
         let (mut new, warnings) = decode_typed(ctx.info, patched, None, mode)?;
         check_identity(ctx, &mut new)?;
-        let pinned = new.resource_version().to_string();
+        // Only a resourceVersion the patch itself sets pins it (the patched object always
+        // carries the stored one).
+        let pinned = if pins_resource_version(ptype, &patch_doc) {
+            new.resource_version().to_string()
+        } else {
+            String::new()
+        };
         let mut prepared = prepare_against(ctx, new, &old, old_rev, part).await?;
         super::apply::record_update(ctx, &old, &mut prepared, part);
         let result = commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await;
@@ -482,6 +488,21 @@ pub(super) fn retry_on_conflict<T>(
     matches!(result, Err(e) if e.code == 409 && e.reason == "Conflict")
         && pinned.is_empty()
         && attempt < 5
+}
+
+/// Whether a patch document sets metadata.resourceVersion (an optimistic-lock precondition).
+fn pins_resource_version(ptype: PatchType, doc: &Value) -> bool {
+    match ptype {
+        PatchType::Json => doc.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| {
+                op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+                    && op.get("op").and_then(Value::as_str) != Some("test")
+            })
+        }),
+        _ => doc
+            .pointer("/metadata/resourceVersion")
+            .is_some_and(|v| !v.is_null()),
+    }
 }
 
 fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiError> {
@@ -508,4 +529,23 @@ fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiE
         PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
         PatchError::TestFailed(m) => ApiError::new(422, "Invalid", m),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_patch_that_sets_the_resource_version_pins_it() {
+        let merge = serde_json::json!({"status": {"phase": "Running"}});
+        assert!(!pins_resource_version(PatchType::Merge, &merge));
+        let pinned = serde_json::json!({"metadata": {"resourceVersion": "12"}});
+        assert!(pins_resource_version(PatchType::StrategicMerge, &pinned));
+        let cleared = serde_json::json!({"metadata": {"resourceVersion": null}});
+        assert!(!pins_resource_version(PatchType::Merge, &cleared));
+        let json = serde_json::json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": "3"}]);
+        assert!(pins_resource_version(PatchType::Json, &json));
+        let other = serde_json::json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]);
+        assert!(!pins_resource_version(PatchType::Json, &other));
+    }
 }
