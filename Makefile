@@ -49,12 +49,13 @@ test: lint pyvenv
 	$(CARGO) test --workspace
 
 ## bench: datastore figures (embedded store vs a real etcd on the same disk), API server
-## figures, and container runtime figures (root: namespaces, mounts, runc)
+## figures, container runtime and kubelet figures (root: namespaces, mounts, runc)
 bench: deps
 	$(CARGO) build --release -p rkube
 	$(TARGET)/release/rkube bench datastore
 	$(TARGET)/release/rkube bench apiserver
 	$(SUDO) $(TARGET)/release/rkube bench runtime
+	$(SUDO) $(TARGET)/release/rkube bench kubelet
 
 clean:
 	$(CARGO) clean

@@ -32,7 +32,13 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         }
         _ => (method.as_str().to_string(), String::new()),
     };
-    let resp = if cert_user.is_none() {
+    let resp = if let Some(j) = state
+        .join
+        .as_ref()
+        .filter(|_| path.starts_with("/cacerts") || path.starts_with("/v1-rkube/"))
+    {
+        join_endpoint(j, &method, &path, req).await
+    } else if cert_user.is_none() {
         error(&ApiError::unauthorized())
     } else {
         let r = match &info {
@@ -52,6 +58,26 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         .request(&verb, &resource, resp.status().as_u16(), start.elapsed());
     tracing::debug!(%method, %path, code = resp.status().as_u16(), "request");
     resp
+}
+
+/// The join endpoints (no client certificate needed).
+async fn join_endpoint(
+    j: &crate::join::Join,
+    method: &Method,
+    path: &str,
+    req: Request<RequestBody>,
+) -> Resp {
+    match (method.as_str(), path) {
+        ("GET", "/cacerts") => crate::join::cacerts(&j.pki),
+        ("POST", "/v1-rkube/node-credentials") => {
+            let (parts, body) = req.into_parts();
+            match crate::body::read(body).await {
+                Ok(bytes) => crate::join::node_credentials(j, &parts.headers, &bytes),
+                Err(e) => error(&e),
+            }
+        }
+        _ => error(&ApiError::path_not_found()),
+    }
 }
 
 fn non_resource(

@@ -9,6 +9,7 @@ mod bootstrap;
 mod cache;
 mod discovery;
 mod handler;
+pub mod join;
 mod metered;
 mod metrics;
 mod openapi;
@@ -43,6 +44,8 @@ pub struct Config {
     pub service_cidr: Cidr,
     /// How often to compact the store's history (upstream: 5 minutes).
     pub compaction_interval: Duration,
+    /// The secret agents join with (None: no joining).
+    pub join_secret: Option<String>,
 }
 
 impl Config {
@@ -54,6 +57,7 @@ impl Config {
             tls_sans: Vec::new(),
             service_cidr: "10.43.0.0/16".parse().expect("valid default CIDR"),
             compaction_interval: Duration::from_secs(300),
+            join_secret: None,
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct State {
     pub cache: Arc<cache::WatchCache>,
     /// TLS for connections to kubelets (pods/log, exec, attach, portforward).
     pub kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The join endpoints' state (None: joining is off).
+    pub join: Option<join::Join>,
     /// The revision history was last compacted at: watches from before it get 410.
     compacted: std::sync::atomic::AtomicI64,
     store_failed: AtomicBool,
@@ -117,7 +123,7 @@ pub enum StartError {
 /// A running apiserver; stops when dropped.
 pub struct ApiServer {
     pub addr: SocketAddr,
-    pub pki: pki::Pki,
+    pub pki: Arc<pki::Pki>,
     state: Arc<State>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -127,7 +133,10 @@ impl ApiServer {
     pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<ApiServer, StartError> {
         let service_ip = IpAddr::V4(config.service_cidr.nth(0));
         let sans = pki::default_sans(Some(service_ip), &config.tls_sans);
-        let pki = pki::Pki::load_or_create(&config.server_dir.join("tls"), &sans)?;
+        let pki = Arc::new(pki::Pki::load_or_create(
+            &config.server_dir.join("tls"),
+            &sans,
+        )?);
         let tls = serve::tls_config(&pki).map_err(StartError::Tls)?;
         let kubelet_tls = Arc::new(serve::kubelet_client_config(&pki).map_err(StartError::Tls)?);
         let addr = SocketAddr::new(config.bind_address, config.port);
@@ -158,6 +167,10 @@ impl ApiServer {
             openapi: openapi::OpenApi::default(),
             cache,
             kubelet_tls,
+            join: config.join_secret.clone().map(|secret| join::Join {
+                pki: pki.clone(),
+                secret,
+            }),
             compacted: std::sync::atomic::AtomicI64::new(0),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),

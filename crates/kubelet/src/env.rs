@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use rkube_api::quantity;
 
 /// An ordered environment: a later name replaces the earlier value in place.
@@ -57,6 +57,8 @@ pub fn expand(s: &str, env: &Env) -> String {
 /// What resolving an environment needs from outside the pod object.
 pub struct Context<'a> {
     pub client: &'a kube::Client,
+    /// Every Service, kept by a watch (for the Service link variables).
+    pub services: &'a kube::runtime::reflector::Store<Service>,
     pub pod_ip: &'a str,
     pub host_ip: &'a str,
     pub node_name: &'a str,
@@ -71,7 +73,7 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
     let spec = pod.spec.as_ref();
     let mut env = Env::default();
     if spec.and_then(|s| s.enable_service_links).unwrap_or(true) {
-        service_links(ctx.client, ns, &mut env).await;
+        service_links(ctx.services, ns, &mut env);
     }
     let mut cms: HashMap<String, Option<ConfigMap>> = HashMap::new();
     let mut secrets: HashMap<String, Option<Secret>> = HashMap::new();
@@ -299,21 +301,17 @@ pub fn resource_field(
 
 /// `{SVC}_SERVICE_HOST`, `_SERVICE_PORT`, `_PORT_…` for every Service with a ClusterIP in
 /// the namespace (and the `kubernetes` Service), as docker links did.
-async fn service_links(client: &kube::Client, ns: &str, env: &mut Env) {
-    let mut services = Vec::new();
-    for n in [ns, "default"] {
-        let api: Api<Service> = Api::namespaced(client.clone(), n);
-        if let Ok(list) = api.list(&ListParams::default()).await {
-            services.extend(
-                list.items
-                    .into_iter()
-                    .filter(|s| n == ns || s.metadata.name.as_deref() == Some("kubernetes")),
-            );
-        }
-        if ns == "default" {
-            break;
-        }
-    }
+fn service_links(store: &kube::runtime::reflector::Store<Service>, ns: &str, env: &mut Env) {
+    let mut services: Vec<std::sync::Arc<Service>> = store
+        .state()
+        .into_iter()
+        .filter(|s| {
+            let n = s.metadata.namespace.as_deref().unwrap_or("");
+            n == ns || (n == "default" && s.metadata.name.as_deref() == Some("kubernetes"))
+        })
+        .collect();
+    // Deterministic order (as upstream sorts by name) so an environment is reproducible.
+    services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for s in services {
         let Some(spec) = &s.spec else { continue };
         let ip = spec.cluster_ip.clone().unwrap_or_default();

@@ -2,21 +2,20 @@
 //! bumps its count instead of adding another object (as upstream's recorder aggregates).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::mpsc;
 
 /// (namespace, pod uid, reason, field path + message).
 type EventKey = (String, String, String, String);
 
-/// Writes events for one node's kubelet.
+/// Writes events for one node's kubelet, off the callers' path: recording queues the
+/// event and one task writes them in order (as upstream's broadcaster does).
 pub struct Recorder {
-    client: kube::Client,
+    tx: mpsc::Sender<Op>,
     node: String,
-    /// (namespace, uid, reason, message) → (event name, count).
-    seen: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 /// Normal or Warning.
@@ -26,13 +25,17 @@ pub enum Kind {
     Warning,
 }
 
+enum Op {
+    Record(Box<Event>, EventKey),
+    Forget(String),
+}
+
 impl Recorder {
+    /// A recorder whose writer task runs until the recorder is dropped.
     pub fn new(client: kube::Client, node: String) -> Recorder {
-        Recorder {
-            client,
-            node,
-            seen: Mutex::new(HashMap::new()),
-        }
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(client, rx));
+        Recorder { tx, node }
     }
 
     /// Records an event about `pod`, optionally about one of its containers (`fieldPath`
@@ -67,29 +70,9 @@ impl Recorder {
             format!("{field_path:?}{message}"),
         );
         let now = jiff::Timestamp::now();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let repeat = self.seen.lock().expect("events lock").get(&key).cloned();
-        if let Some((ev_name, count)) = repeat {
-            let patch = serde_json::json!({
-                "count": count + 1,
-                "lastTimestamp": now.to_string(),
-            });
-            if api
-                .patch(&ev_name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .is_ok()
-            {
-                self.seen
-                    .lock()
-                    .expect("events lock")
-                    .insert(key, (ev_name, count + 1));
-                return;
-            }
-        }
-        let ev_name = format!("{name}.{:x}", now.as_nanosecond());
         let ev = Event {
             metadata: ObjectMeta {
-                name: Some(ev_name.clone()),
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
                 namespace: Some(ns.clone()),
                 ..Default::default()
             },
@@ -117,23 +100,53 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        match api.create(&PostParams::default(), &ev).await {
-            Ok(_) => {
-                let mut seen = self.seen.lock().expect("events lock");
-                if seen.len() > 4096 {
-                    seen.clear();
-                }
-                seen.insert(key, (ev_name, 1));
-            }
-            Err(e) => tracing::debug!(error = %e, "recording an event"),
+        if self.tx.try_send(Op::Record(Box::new(ev), key)).is_err() {
+            tracing::debug!("event queue full; an event was dropped");
         }
     }
 
     /// Forgets the aggregation state of a pod that is gone.
     pub fn forget(&self, uid: &str) {
-        self.seen
-            .lock()
-            .expect("events lock")
-            .retain(|k, _| k.1 != uid);
+        let _ = self.tx.try_send(Op::Forget(uid.to_string()));
+    }
+}
+
+/// Writes queued events; a repeat of an event bumps its count.
+async fn writer(client: kube::Client, mut rx: mpsc::Receiver<Op>) {
+    let mut seen: HashMap<EventKey, (String, i32)> = HashMap::new();
+    while let Some(op) = rx.recv().await {
+        let (ev, key) = match op {
+            Op::Record(ev, key) => (ev, key),
+            Op::Forget(uid) => {
+                seen.retain(|k, _| k.1 != uid);
+                continue;
+            }
+        };
+        let api: Api<Event> = Api::namespaced(client.clone(), &key.0);
+        if let Some((ev_name, count)) = seen.get(&key).cloned() {
+            let now = ev
+                .last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(jiff::Timestamp::now);
+            let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now.to_string()});
+            if api
+                .patch(&ev_name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .is_ok()
+            {
+                seen.insert(key, (ev_name, count + 1));
+                continue;
+            }
+        }
+        match api.create(&PostParams::default(), &ev).await {
+            Ok(_) => {
+                if seen.len() > 4096 {
+                    seen.clear();
+                }
+                seen.insert(key, (ev.metadata.name.clone().unwrap_or_default(), 1));
+            }
+            Err(e) => tracing::debug!(error = %e, "recording an event"),
+        }
     }
 }

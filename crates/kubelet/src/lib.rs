@@ -92,6 +92,9 @@ pub struct Kubelet {
     pod_cidr: Mutex<Option<String>>,
     /// Wakes the node status loop early (runtime state changed).
     pub node_changed: tokio::sync::Notify,
+    /// Every Service (for pods' Service link variables), kept by a watch.
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    _services_watch: AbortOnDrop,
     /// The HTTPS server's socket until `run` takes it, and its port.
     listener: Mutex<Option<tokio::net::TcpListener>>,
     port: u16,
@@ -116,7 +119,23 @@ impl Kubelet {
             }
             None => (None, config.port),
         };
+        let (services, writer) = kube::runtime::reflector::store();
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
+        let watch =
+            kube::runtime::reflector(writer, kube::runtime::watcher(api, Default::default()));
+        let services_watch = AbortOnDrop(tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut s = std::pin::pin!(watch);
+            while let Some(ev) = s.next().await {
+                if let Err(e) = ev {
+                    tracing::debug!(error = %e, "watching services");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }));
         Ok(Arc::new(Kubelet {
+            services,
+            _services_watch: services_watch,
             listener: Mutex::new(listener),
             port,
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),

@@ -61,6 +61,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         runs: usize,
     },
+    /// Node agent (root): pod startup latency (create → Running seen through a watch) for
+    /// pods created at once on one node, and the agent's memory holding them.
+    Kubelet {
+        /// Where the server's data directory goes.
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -75,6 +84,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             crate::bench_scheduler::scheduler(dir, nodes, pods).await
         }
         BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
+        BenchCommand::Kubelet { dir, pods } => crate::bench_kubelet::kubelet(dir, pods).await,
     }
 }
 

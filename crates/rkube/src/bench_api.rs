@@ -49,6 +49,11 @@ pub fn rss_of(pid: u32) -> u64 {
 }
 
 pub(crate) async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
+    start_server_with(dir, &["--disable-agent", "--disable-scheduler"]).await
+}
+
+/// A server process on `dir/data` with these extra flags.
+pub(crate) async fn start_server_with(dir: &Path, extra: &[&str]) -> anyhow::Result<ServerProcess> {
     let kubeconfig = dir.join("kubeconfig.yaml");
     let mut child = Command::new(std::env::current_exe()?)
         .args([
@@ -61,11 +66,10 @@ pub(crate) async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
         .args([
             "--https-listen-port",
             "0",
-            "--disable-agent",
-            "--disable-scheduler",
             "--write-kubeconfig",
             kubeconfig.to_str().unwrap_or_default(),
         ])
+        .args(extra)
         .env("RKUBE_LOG", "warn")
         .stderr(Stdio::piped())
         .spawn()

@@ -3,10 +3,12 @@
 mod agent;
 mod bench;
 mod bench_api;
+mod bench_kubelet;
 mod bench_runtime;
 mod bench_scheduler;
 mod datastore;
 mod images;
+mod join;
 mod server;
 
 use std::path::PathBuf;
@@ -31,6 +33,10 @@ struct Cli {
 enum Command {
     /// Run a server: datastore and API server (scheduler, controllers and agent as they land).
     Server(server::ServerArgs),
+    /// Join a server's cluster as a node: the container runtime and the kubelet.
+    Agent(join::AgentArgs),
+    /// Print the join token agents use (`rkube agent --token`).
+    Token(join::TokenArgs),
     /// Run the system kubectl with this machine's rkube kubeconfig.
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -76,6 +82,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Kubectl { args } = &cli.command {
         return kubectl(args);
     }
+    if let Command::Token(args) = cli.command {
+        return join::token(args);
+    }
     if let Command::Shim(args) = cli.command {
         std::process::exit(images::shim(args));
     }
@@ -85,7 +94,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
-            Command::Kubectl { .. } | Command::Shim(_) => unreachable!("handled above"),
+            Command::Kubectl { .. } | Command::Shim(_) | Command::Token(_) => {
+                unreachable!("handled above")
+            }
+            Command::Agent(args) => join::agent(args).await,
             Command::Datastore { command } => datastore::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Images(args) => images::run(args).await,

@@ -61,7 +61,8 @@ pub struct ServerArgs {
     /// The Linux bridge the built-in runtime attaches pods to.
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
-    /// Shared secret agents join with.
+    /// The secret agents join with (a full K10... token or its secret part; default: a
+    /// random one, kept in DATA_DIR/server/token).
     #[arg(long, env = "RKUBE_TOKEN")]
     pub token: Option<String>,
     /// Configuration file: YAML whose keys are these flags' names (flags on the
@@ -128,7 +129,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.port = args.https_listen_port;
     config.tls_sans = args.tls_san.clone();
     config.service_cidr = args.service_cidr;
+    let token_file = args.data_dir.join("server/token");
+    let secret = match &args.token {
+        Some(t) => rkube_apiserver::join::parse_token(t).1,
+        None => match std::fs::read_to_string(&token_file) {
+            Ok(t) => rkube_apiserver::join::parse_token(&t).1,
+            Err(_) => rkube_runtime::new_id()[..32].to_string(),
+        },
+    };
+    config.join_secret = Some(secret.clone());
     let server = ApiServer::start(config, store).await?;
+    let token = rkube_apiserver::join::token(&server.pki.ca.cert_pem, &secret);
+    rkube_apiserver::pki::write_private(&token_file, &format!("{token}\n"))
+        .context("writing the join token")?;
     let kubeconfig = &args.write_kubeconfig;
     rkube_apiserver::pki::write_private(kubeconfig, &server.admin_kubeconfig())
         .with_context(|| "writing the kubeconfig (choose another path with --write-kubeconfig)")?;
@@ -212,7 +225,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         eprintln!("rkube server: node {node_name} is joining (kubectl get nodes)");
         tasks
     };
-    let _ = &args.token;
     crate::shutdown_signal().await;
     eprintln!("rkube server: stopping");
     drop(_agent);
@@ -266,7 +278,7 @@ fn rkube_runtime_root() -> bool {
 }
 
 /// This machine's host name.
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

@@ -625,37 +625,82 @@ fn a_killed_agent_adopts_its_running_pods() {
         return;
     }
     let mut c = Cluster::start(4, &[]);
-    c.kubectl.ok(&["wait", "--for=condition=Ready", &format!("node/{}", c.name), "--timeout=60s"]);
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{}", c.name),
+        "--timeout=60s",
+    ]);
     // No nodeName: the scheduler places them on the one real node.
-    for (name, script) in [("keep", "echo started; sleep 3600"), ("flaky", "sleep 1; exit 1")] {
+    for (name, script) in [
+        ("keep", "echo started; sleep 3600"),
+        ("flaky", "sleep 1; exit 1"),
+    ] {
         c.apply(&format!(
             r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
                 "spec": {{"containers": [{{"name": "main", "image": "{IMAGE}", "command": ["sh", "-c", "{script}"]}}]}}}}"#
         ));
     }
-    c.kubectl.ok(&["wait", "--for=condition=Ready", "pod/keep", "--timeout=60s"]);
+    c.kubectl
+        .ok(&["wait", "--for=condition=Ready", "pod/keep", "--timeout=60s"]);
     assert_eq!(c.jsonpath("pod keep", "{.spec.nodeName}"), c.name);
     let ev = c.events("keep");
-    assert!(ev.contains(&format!("Scheduled: Successfully assigned default/keep to {}", c.name)), "{ev}");
+    assert!(
+        ev.contains(&format!(
+            "Scheduled: Successfully assigned default/keep to {}",
+            c.name
+        )),
+        "{ev}"
+    );
     c.wait_for(60, "flaky to restart", || {
-        let n: u32 = c.jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}").parse().ok()?;
+        let n: u32 = c
+            .jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .ok()?;
         (n >= 1).then_some(())
     });
     let id = c.jsonpath("pod keep", "{.status.containerStatuses[0].containerID}");
-    let flaky_before: u32 = c.jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}").parse().unwrap();
+    let flaky_before: u32 = c
+        .jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}")
+        .parse()
+        .unwrap();
 
     c.kill9();
     std::thread::sleep(std::time::Duration::from_secs(1));
     c.restart(4);
-    c.kubectl.ok(&["wait", "--for=condition=Ready", &format!("node/{}", c.name), "--timeout=60s"]);
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{}", c.name),
+        "--timeout=60s",
+    ]);
     // Give the agent time to look at everything again.
     std::thread::sleep(std::time::Duration::from_secs(4));
-    assert_eq!(c.jsonpath("pod keep", "{.status.containerStatuses[0].containerID}"), id, "the same container");
-    assert_eq!(c.jsonpath("pod keep", "{.status.containerStatuses[0].restartCount}"), "0");
+    assert_eq!(
+        c.jsonpath("pod keep", "{.status.containerStatuses[0].containerID}"),
+        id,
+        "the same container"
+    );
+    assert_eq!(
+        c.jsonpath("pod keep", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
     assert_eq!(c.jsonpath("pod keep", "{.status.phase}"), "Running");
-    assert_eq!(c.jsonpath("pod keep", "{.status.conditions[?(@.type==\"Ready\")].status}"), "True");
-    let flaky_after: u32 = c.jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}").parse().unwrap();
-    assert!(flaky_after >= flaky_before, "restart count {flaky_before} went back to {flaky_after}");
+    assert_eq!(
+        c.jsonpath(
+            "pod keep",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "True"
+    );
+    let flaky_after: u32 = c
+        .jsonpath("pod flaky", "{.status.containerStatuses[0].restartCount}")
+        .parse()
+        .unwrap();
+    assert!(
+        flaky_after >= flaky_before,
+        "restart count {flaky_before} went back to {flaky_after}"
+    );
     // Still one instance of each container, and the logs still there.
     let logs = c.kubectl.ok(&["logs", "keep"]);
     assert_eq!(logs, "started\n");

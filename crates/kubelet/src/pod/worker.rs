@@ -150,6 +150,7 @@ impl Worker {
             * 1000;
         env::Context {
             client: &self.k.client,
+            services: &self.k.services,
             pod_ip,
             host_ip: &self.host_ip,
             node_name: &self.k.config.node_name,
@@ -550,6 +551,8 @@ impl Worker {
         pod_ip: &str,
     ) -> bool {
         let k = self.k.clone();
+        // Service link variables need the Services (upstream waits for its informer too).
+        let _ = tokio::time::timeout(Duration::from_secs(5), k.services.wait_until_ready()).await;
         let Some(image) = self.ensure_image(pod, c).await else {
             return false;
         };

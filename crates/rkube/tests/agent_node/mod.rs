@@ -191,71 +191,108 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill9();
-        // A runtime on the same state removes what the agent left running.
-        let socket = self.dir.path().join("cleanup.sock");
-        let mut rt = Command::new(env!("CARGO_BIN_EXE_rkube"))
-            .args(["runtime", "--data-dir", self.data().to_str().unwrap()])
-            .args([
-                "--socket",
-                socket.to_str().unwrap(),
-                "--bridge",
-                &self.bridge,
-            ])
-            .env("RKUBE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let rt_handle = tokio::runtime::Runtime::new().unwrap();
-        rt_handle.block_on(async {
-            use k8s_cri::v1 as cri;
-            let mut client = None;
-            for _ in 0..100 {
-                if let Ok(ch) = rkube_runtime::cri::connect(&socket).await {
-                    client = Some(cri::runtime_service_client::RuntimeServiceClient::new(ch));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        remove_pods(&self.data(), &self.bridge, None);
+    }
+}
+
+/// Removes every pod an agent on `data` left running, through a runtime on the same state
+/// (run in network namespace `netns` if given), then the pod bridge.
+pub fn remove_pods(data: &std::path::Path, bridge: &str, netns: Option<&str>) {
+    let socket = data.parent().unwrap().join("cleanup.sock");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.args([
+                format!("--net=/var/run/netns/{ns}").as_str(),
+                env!("CARGO_BIN_EXE_rkube"),
+            ]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_rkube")),
+    };
+    let mut rt = cmd
+        .args(["runtime", "--data-dir", data.to_str().unwrap()])
+        .args(["--socket", socket.to_str().unwrap(), "--bridge", bridge])
+        .env("RKUBE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt_handle = tokio::runtime::Runtime::new().unwrap();
+    rt_handle.block_on(async {
+        use k8s_cri::v1 as cri;
+        let mut client = None;
+        for _ in 0..100 {
+            if let Ok(ch) = rkube_runtime::cri::connect(&socket).await {
+                client = Some(cri::runtime_service_client::RuntimeServiceClient::new(ch));
+                break;
             }
-            let Some(mut c) = client else { return };
-            let pods = c
-                .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-                .await
-                .map(|r| r.into_inner().items)
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(mut c) = client else { return };
+        let pods = c
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default();
+        for p in pods {
+            let uid = p
+                .labels
+                .get("io.kubernetes.pod.uid")
+                .cloned()
                 .unwrap_or_default();
-            for p in pods {
-                let uid = p
-                    .labels
-                    .get("io.kubernetes.pod.uid")
-                    .cloned()
-                    .unwrap_or_default();
-                let _ = c
-                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                        pod_sandbox_id: p.id,
-                    })
-                    .await;
-                for h in std::fs::read_dir("/sys/fs/cgroup")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    for q in ["", "burstable/", "besteffort/"] {
-                        let _ = std::fs::remove_dir(h.path().join(format!("kubepods/{q}pod{uid}")));
-                    }
+            let _ = c
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await;
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for q in ["", "burstable/", "besteffort/"] {
+                    let _ = std::fs::remove_dir(h.path().join(format!("kubepods/{q}pod{uid}")));
                 }
-            }
-        });
-        let _ = rt.kill();
-        let _ = rt.wait();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-        // tmpfs emptyDirs of pods that were not deleted.
-        let pods = self.data().join("agent/pods");
-        for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-            let ed = pod.path().join("volumes/kubernetes.io~empty-dir");
-            for v in std::fs::read_dir(&ed).into_iter().flatten().flatten() {
-                let _ = Command::new("umount").arg("-l").arg(v.path()).output();
             }
         }
+    });
+    let _ = rt.kill();
+    let _ = rt.wait();
+    let mut del = Command::new("ip");
+    if let Some(ns) = netns {
+        del.args(["-n", ns]);
     }
+    let _ = del.args(["link", "del", bridge]).output();
+    // tmpfs emptyDirs of pods that were not deleted.
+    let pods = data.join("agent/pods");
+    for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        let ed = pod.path().join("volumes/kubernetes.io~empty-dir");
+        for v in std::fs::read_dir(&ed).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg("-l").arg(v.path()).output();
+        }
+    }
+}
+
+/// Imports the test busybox image into an agent data dir.
+pub fn import_image(data: &std::path::Path, tar: &std::path::Path) {
+    write_oci_layout(
+        &busybox_image("kubelet", Compression::Gzip).unwrap(),
+        IMAGE,
+        tar,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rkube"))
+        .args([
+            "images",
+            "import",
+            tar.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,239 @@
+//! `rkube bench kubelet` (root): pod startup latency on one node, as upstream's density
+//! test measures it (pod created → Running seen through a watch), for pods created at
+//! once, and the memory of the node agent holding them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::bench_api::{percentile, rss_of, start_server_with};
+
+const IMAGE: &str = "bench.local/busybox:1";
+
+fn pod(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"bench": "kubelet"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "3600"]}],
+        },
+    }))?)
+}
+
+/// Runs the pods `names` at once; returns each one's create → Running latency.
+async fn start_batch(api: &Api<Pod>, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+    let cfg = watcher::Config::default().labels("bench=kubelet");
+    let mut events = watcher(api.clone(), cfg).boxed();
+    // The watch is established once its initial list is through.
+    while let Some(ev) = events.next().await {
+        if matches!(ev, Ok(watcher::Event::InitDone)) {
+            break;
+        }
+    }
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let creates = names.iter().map(|n| {
+        let api = api.clone();
+        async move {
+            let t = Instant::now();
+            api.create(&PostParams::default(), &pod(n)?).await?;
+            anyhow::Ok((n.clone(), t))
+        }
+    });
+    for r in futures::future::join_all(creates).await {
+        let (n, t) = r?;
+        created.insert(n, t);
+    }
+    let mut latencies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while latencies.len() < names.len() {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .context("pods did not all reach Running within 2 minutes")?;
+        let Some(Ok(watcher::Event::Apply(p))) = ev else {
+            continue;
+        };
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if running {
+            if let Some(t) = created.remove(&name) {
+                latencies.push(t.elapsed());
+            }
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The summed RSS (KiB) of the container shims this data dir's runtime started.
+fn shims_rss(data: &std::path::Path) -> (usize, u64) {
+    let needle = data.display().to_string();
+    let mut n = 0;
+    let mut kib = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("\0shim\0") && cmd.contains(&needle) {
+            n += 1;
+            kib += rss_of(pid);
+        }
+    }
+    (n, kib)
+}
+
+pub async fn kubelet(dir: PathBuf, pods: usize) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("the kubelet benchmark runs containers: run it as root");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("rkube-bench-")
+        .tempdir_in(&dir)
+        .context("bench dir")?;
+    let data = tmp.path().join("data");
+    let tar = tmp.path().join("busybox.tar");
+    let img =
+        rkube_testkit::images::busybox_image("bench", rkube_testkit::images::Compression::Gzip)
+            .map_err(anyhow::Error::msg)?;
+    rkube_testkit::images::write_oci_layout(&img, IMAGE, &tar);
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "images",
+            "import",
+            &tar.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "importing the image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The control plane alone, for the agent's share of the memory.
+    let base = {
+        let d = tempfile::Builder::new()
+            .prefix("rkube-bench-cp-")
+            .tempdir_in(&dir)?;
+        let srv = start_server_with(d.path(), &["--disable-agent"]).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rss_of(srv.child.id())
+    };
+
+    let bridge = format!("rkb{}", std::process::id() % 100000);
+    let srv = start_server_with(
+        tmp.path(),
+        &[
+            "--node-name",
+            "bench-node",
+            "--node-ip",
+            "127.0.0.1",
+            "--kubelet-port",
+            "0",
+            "--cluster-cidr",
+            "10.231.0.0/16",
+            "--pod-bridge",
+            &bridge,
+        ],
+    )
+    .await?;
+    let nodes: Api<Node> = Api::all(srv.client.clone());
+    let t0 = Instant::now();
+    loop {
+        let ready = nodes.get_opt("bench-node").await?.is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the node did not turn Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node_ready = t0.elapsed();
+    let api: Api<Pod> = Api::namespaced(srv.client.clone(), "default");
+    println!(
+        "kubelet benchmark: {pods} pods at once on one node (busybox, sleep), {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "  node Ready after server start       {:>8.0} ms",
+        node_ready.as_secs_f64() * 1000.0
+    );
+    // A first pod sets up the pod network; the batch measures the steady state.
+    let warm = start_batch(&api, &["warmup".to_string()]).await?;
+    println!(
+        "  first pod on the node, create→Running {:>6.0} ms",
+        warm[0].as_secs_f64() * 1000.0
+    );
+    let names: Vec<String> = (0..pods).map(|i| format!("bench-{i}")).collect();
+    let lat = start_batch(&api, &names).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_agent = rss_of(srv.child.id());
+    let (nshims, shim_kib) = shims_rss(&data);
+    println!(
+        "  pod startup (create→Running, watch)   p50 {:>6.0} ms   p99 {:>6.0} ms   max {:>6.0} ms",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    println!(
+        "  server RSS, control plane only        {:>8.1} MiB",
+        base as f64 / 1024.0
+    );
+    println!(
+        "  server RSS with agent + {} pods      {:>8.1} MiB",
+        pods + 1,
+        with_agent as f64 / 1024.0
+    );
+    println!(
+        "  agent share (difference)              {:>8.1} MiB",
+        (with_agent as f64 - base as f64) / 1024.0
+    );
+    println!(
+        "  container shims: {nshims}, RSS total      {:>8.1} MiB",
+        shim_kib as f64 / 1024.0
+    );
+
+    // Clean up: the agent removes the pods, then the server and the bridge go.
+    let _ = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench=kubelet"),
+        )
+        .await;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if api
+            .list(&ListParams::default().labels("bench=kubelet"))
+            .await?
+            .items
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(srv);
+    let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+    Ok(())
+}
