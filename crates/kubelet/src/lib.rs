@@ -8,6 +8,7 @@ pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod portforward;
+pub mod remotecommand;
 pub mod server;
 pub mod spdy;
 pub mod volumes;
@@ -92,6 +93,10 @@ pub struct Kubelet {
     pod_cidr: Mutex<Option<String>>,
     /// Wakes the node status loop early (runtime state changed).
     pub node_changed: tokio::sync::Notify,
+    /// The runtime's name (container IDs are `NAME://ID`).
+    pub runtime_name: String,
+    /// The machine's memory in bytes (OOM scores, resourceFieldRef defaults).
+    pub memory_capacity: i64,
     /// Every Service (for pods' Service link variables), kept by a watch.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
     _services_watch: AbortOnDrop,
@@ -133,7 +138,15 @@ impl Kubelet {
                 }
             }
         }));
+        let runtime_name = cri
+            .version()
+            .await
+            .map(|v| v.0)
+            .unwrap_or_else(|_| "cri".into());
+        let memory_capacity = node::Machine::read(&config.data_dir).memory_ki as i64 * 1024;
         Ok(Arc::new(Kubelet {
+            runtime_name,
+            memory_capacity,
             services,
             _services_watch: services_watch,
             listener: Mutex::new(listener),

@@ -306,7 +306,10 @@ async fn stream(
                 );
             };
             if let Some(tunnel) = spdy_tunnel(&req) {
-                return spdy_session(k.clone(), s.id, req, tunnel);
+                let k = k.clone();
+                return spdy_session(req, tunnel, "portforward.k8s.io", move |i, o| {
+                    crate::portforward::session(k, s.id, i, o)
+                });
             }
             let ports: Vec<i32> = q
                 .iter()
@@ -325,6 +328,40 @@ async fn stream(
         Ok(u) => u,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
     };
+    // exec and attach over SPDY: the kubelet carries the streams to the runtime's
+    // WebSocket; WebSocket clients are relayed as they are.
+    if what != "portforward" && spdy_tunnel(&req) == Some(Tunnel::Raw) {
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .collect();
+        let Some(protocol) = crate::remotecommand::PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+        else {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "no supported stream protocol among {offered:?}; supported: {:?}",
+                    crate::remotecommand::PROTOCOLS
+                ),
+            );
+        };
+        let expect = crate::remotecommand::Expect {
+            stdin: flag("stdin"),
+            stdout: flag("stdout"),
+            stderr: flag("stderr"),
+            tty: flag("tty"),
+        };
+        let proto = protocol.to_string();
+        return spdy_session(req, Tunnel::Raw, protocol, move |i, o| {
+            crate::remotecommand::session(url, proto, expect, i, o)
+        });
+    }
     relay(req, &url).await
 }
 
@@ -364,19 +401,28 @@ fn spdy_tunnel(req: &Request<Incoming>) -> Option<Tunnel> {
 }
 
 /// Answers the upgrade and runs the port-forward session on the upgraded connection.
-fn spdy_session(
-    k: Arc<Kubelet>,
-    sandbox_id: String,
+fn spdy_session<F, Fut>(
     mut req: Request<Incoming>,
     tunnel: Tunnel,
-) -> Response<Body> {
+    protocol: &str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(
+            tokio::sync::mpsc::Receiver<Bytes>,
+            tokio::sync::mpsc::Sender<crate::portforward::Out>,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     match tunnel {
         Tunnel::Raw => {
             resp = resp
                 .header("connection", "Upgrade")
                 .header("upgrade", "SPDY/3.1")
-                .header("x-stream-protocol-version", "portforward.k8s.io");
+                .header("x-stream-protocol-version", protocol);
         }
         Tunnel::WebSocket => {
             let Some(key) = req.headers().get("sec-websocket-key") else {
@@ -397,7 +443,7 @@ fn spdy_session(
         let io = TokioIo::new(io);
         let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(256);
-        let session = tokio::spawn(crate::portforward::session(k, sandbox_id, in_rx, out_tx));
+        let session = tokio::spawn(session(in_rx, out_tx));
         match tunnel {
             Tunnel::Raw => {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};

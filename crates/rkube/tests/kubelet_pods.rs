@@ -489,6 +489,37 @@ spec:
         .kubectl
         .ok(&["exec", "talk", "-c", "main", "--", "cat", "/etc/hostname"]);
     assert_eq!(out, "talk\n");
+    // The same over SPDY (kubectl's fallback when WebSockets are off).
+    let kc = c.dir.path().join("kubeconfig.yaml");
+    let mut child = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "exec",
+            "-i",
+            "talk",
+            "-c",
+            "main",
+            "--",
+        ])
+        .args(["sh", "-c", "read x; echo spdy-$x; echo err >&2; exit 5"])
+        .env("HOME", c.dir.path())
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hi\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "spdy-hi\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    assert_eq!(out.status.code(), Some(5));
     // exec -it under a pseudo-terminal (script(1) gives kubectl one).
     let kc = c.dir.path().join("kubeconfig.yaml");
     let cmd = format!(

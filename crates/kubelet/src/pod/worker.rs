@@ -58,13 +58,8 @@ struct Worker {
 
 /// Runs the worker of pod `uid` until the pod is gone from the API (`None` arrives).
 pub async fn run(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
-    let runtime_name = k
-        .cri
-        .version()
-        .await
-        .map(|v| v.0)
-        .unwrap_or_else(|_| "cri".into());
-    let memory_capacity = crate::node::Machine::read(&k.config.data_dir).memory_ki as i64 * 1024;
+    let runtime_name = k.runtime_name.clone();
+    let memory_capacity = k.memory_capacity;
     let mut w = Worker {
         k: k.clone(),
         uid,
