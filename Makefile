@@ -7,9 +7,10 @@ TARGET   := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 # Debian packages the build and the tests need: protoc and its well-known protos
 # (libprotobuf-dev) for the etcd-client and CRI crates' builds; a real etcd for the etcd
 # backend's tests; runc, CNI plugins and nftables for the container runtime; busybox (test
-# images), a registry and htpasswd (its basic auth) for the runtime's tests.
+# images), a registry and htpasswd (its basic auth) for the runtime's tests; containerd
+# (CRI interop), curl and iproute2 for the kubelet's tests.
 APT_PACKAGES := protobuf-compiler libprotobuf-dev etcd-server runc containernetworking-plugins nftables \
-                busybox-static docker-registry apache2-utils
+                busybox-static docker-registry apache2-utils containerd curl iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps pyvenv build run test lint bench clean

@@ -53,6 +53,8 @@ pub async fn run(client: kube::Client, ranges: Ranges) {
     let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
     // node name → range index
     let mut held: HashMap<String, u32> = HashMap::new();
+    // Nodes told there is no range left (said once per node, not on every update).
+    let mut starved: std::collections::HashSet<String> = Default::default();
     let mut pending: Vec<Node> = Vec::new();
     let mut initializing = true;
     while let Some(ev) = stream.next().await {
@@ -69,7 +71,7 @@ pub async fn run(client: kube::Client, ranges: Ranges) {
                     note(&ranges, &mut held, n);
                 }
                 for n in std::mem::take(&mut pending) {
-                    allocate(&api, &ranges, &mut held, &n).await;
+                    allocate(&api, &ranges, &mut held, &mut starved, &n).await;
                 }
             }
             Ok(watcher::Event::Apply(n)) => {
@@ -77,12 +79,13 @@ pub async fn run(client: kube::Client, ranges: Ranges) {
                     pending.push(n);
                 } else {
                     note(&ranges, &mut held, &n);
-                    allocate(&api, &ranges, &mut held, &n).await;
+                    allocate(&api, &ranges, &mut held, &mut starved, &n).await;
                 }
             }
             Ok(watcher::Event::Delete(n)) => {
                 if let Some(name) = &n.metadata.name {
                     held.remove(name);
+                    starved.remove(name);
                 }
             }
             Err(e) => {
@@ -100,7 +103,13 @@ fn note(ranges: &Ranges, held: &mut HashMap<String, u32>, n: &Node) {
     }
 }
 
-async fn allocate(api: &Api<Node>, ranges: &Ranges, held: &mut HashMap<String, u32>, n: &Node) {
+async fn allocate(
+    api: &Api<Node>,
+    ranges: &Ranges,
+    held: &mut HashMap<String, u32>,
+    starved: &mut std::collections::HashSet<String>,
+    n: &Node,
+) {
     let Some(name) = n.metadata.name.clone() else {
         return;
     };
@@ -109,7 +118,9 @@ async fn allocate(api: &Api<Node>, ranges: &Ranges, held: &mut HashMap<String, u
     }
     let used: BTreeSet<u32> = held.values().copied().collect();
     let Some(i) = (0..ranges.count()).find(|i| !used.contains(i)) else {
-        tracing::error!(node = %name, "node IPAM: the cluster CIDR has no free range left for this node");
+        if starved.insert(name.clone()) {
+            tracing::warn!(node = %name, "node IPAM: the cluster CIDR has no free range left for this node (a larger --cluster-cidr gives room for more nodes)");
+        }
         return;
     };
     let cidr = ranges.nth(i);

@@ -160,6 +160,13 @@ impl Kubelet {
         }))
     }
 
+    /// Whether the runtime is rkube's built-in one, whose streaming server speaks the
+    /// WebSocket protocols only (SPDY clients are translated for it; other runtimes'
+    /// streaming servers get SPDY relayed as is).
+    pub fn builtin_runtime(&self) -> bool {
+        self.runtime_name == "rkube"
+    }
+
     /// The kubelet port reported to the apiserver.
     pub fn port(&self) -> u16 {
         self.port

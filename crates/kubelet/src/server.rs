@@ -305,7 +305,17 @@ async fn stream(
                     format!("pod {ns}/{pod} has no running sandbox on this node"),
                 );
             };
-            if let Some(tunnel) = spdy_tunnel(&req) {
+            if !k.builtin_runtime() {
+                // Another runtime's streaming server speaks SPDY itself: a plain SPDY
+                // upgrade is relayed; WebSocket tunnels are refused so the client falls
+                // back to SPDY.
+                if spdy_tunnel(&req) == Some(Tunnel::WebSocket) {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "port-forward over WebSocket is not available with this container runtime; use SPDY",
+                    );
+                }
+            } else if let Some(tunnel) = spdy_tunnel(&req) {
                 let k = k.clone();
                 return spdy_session(req, tunnel, "portforward.k8s.io", move |i, o| {
                     crate::portforward::session(k, s.id, i, o)
@@ -330,7 +340,7 @@ async fn stream(
     };
     // exec and attach over SPDY: the kubelet carries the streams to the runtime's
     // WebSocket; WebSocket clients are relayed as they are.
-    if what != "portforward" && spdy_tunnel(&req) == Some(Tunnel::Raw) {
+    if what != "portforward" && k.builtin_runtime() && spdy_tunnel(&req) == Some(Tunnel::Raw) {
         let offered: Vec<String> = req
             .headers()
             .get_all("x-stream-protocol-version")

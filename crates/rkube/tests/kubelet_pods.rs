@@ -177,6 +177,51 @@ spec:
         pods.contains("1/1") && pods.contains("Running") && pods.contains(&ip),
         "{pods}"
     );
+
+    // An image pulled from a registry on loopback (IfNotPresent: not there, so pulled).
+    let reg = rkube_testkit::images::Registry::start(false).unwrap();
+    let img = rkube_testkit::images::busybox_image(
+        "pulled-marker",
+        rkube_testkit::images::Compression::Gzip,
+    )
+    .unwrap();
+    reg.push("busybox", "pulled", &img).unwrap();
+    let image = format!("{}/busybox:pulled", reg.host());
+    c.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "pulled"}},
+           "spec": {{"containers": [{{"name": "main", "image": "{image}", "command": ["sh", "-c", "cat /hello.txt; sleep 3600"]}}]}}}}"#
+    ));
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/pulled",
+        "--timeout=60s",
+    ]);
+    assert_eq!(c.kubectl.ok(&["logs", "pulled"]), "pulled-marker\n");
+    let ev = c.events("pulled");
+    assert!(
+        ev.contains(&format!("Pulling: Pulling image \"{image}\"")),
+        "{ev}"
+    );
+    assert!(
+        ev.contains(&format!(
+            "Pulled: Successfully pulled image \"{image}\" in "
+        )),
+        "{ev}"
+    );
+    // A Guaranteed pod (its OOM score of -997 is clamped where CAP_SYS_RESOURCE is withheld).
+    c.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "exact"}},
+           "spec": {{"containers": [{{"name": "main", "image": "{IMAGE}", "command": ["sleep", "3600"],
+             "resources": {{"limits": {{"cpu": "100m", "memory": "32Mi"}}}}}}]}}}}"#
+    ));
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/exact",
+        "--timeout=60s",
+    ]);
+    assert_eq!(c.jsonpath("pod exact", "{.status.qosClass}"), "Guaranteed");
 }
 
 #[test]

@@ -48,3 +48,30 @@ mod tests {
         assert!(super::runc_problem(std::path::Path::new("/bin/sh")).is_none());
     }
 }
+
+/// The OOM score adjustment a container may be given. Lowering it below this process's
+/// own needs CAP_SYS_RESOURCE, which some hosts (containers, restricted VMs) withhold; there
+/// our own score is the floor (containerd's `restrict_oom_score_adj` does the same), so a
+/// Guaranteed pod still starts instead of failing in runc.
+pub fn allowed_oom_score_adj(requested: i64) -> i64 {
+    static OWN: std::sync::OnceLock<(i64, bool)> = std::sync::OnceLock::new();
+    let (own, may_lower) = *OWN.get_or_init(|| {
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = caps
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        const CAP_SYS_RESOURCE: u64 = 24;
+        (own, eff & (1 << CAP_SYS_RESOURCE) != 0)
+    });
+    if may_lower {
+        requested
+    } else {
+        requested.max(own)
+    }
+}

@@ -284,7 +284,9 @@ pub fn build(input: &Input) -> Result<Value, Error> {
         "cwd": cwd,
         "capabilities": capset,
         "noNewPrivileges": sec.no_new_privs,
-        "oomScoreAdj": linux.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0),
+        "oomScoreAdj": crate::host::allowed_oom_score_adj(
+            linux.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0)
+        ),
     });
     spec["root"] = json!({"path": input.rootfs, "readonly": sec.readonly_rootfs});
     spec["hostname"] = json!(hostname);

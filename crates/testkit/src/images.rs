@@ -176,10 +176,22 @@ pub fn busybox_image(marker: &str, compression: Compression) -> Result<TestImage
 
 /// An image over `layers` for `arch`.
 pub fn image_of(layers: Vec<Layer>, arch: &str) -> TestImage {
+    image_with_cmd(layers, arch, &["sh"])
+}
+
+/// The busybox image whose default command sleeps forever: a pod sandbox ("pause")
+/// image for CRI runtimes that run one (containerd).
+pub fn pause_image() -> Result<TestImage, String> {
+    let bb = busybox_image("pause", Compression::Gzip)?;
+    Ok(image_with_cmd(bb.layers, "amd64", &["sleep", "2147483647"]))
+}
+
+/// An image over `layers` for `arch` whose default command is `cmd`.
+pub fn image_with_cmd(layers: Vec<Layer>, arch: &str, cmd: &[&str]) -> TestImage {
     let config = serde_json::to_vec(&json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
     }))
     .expect("json");
