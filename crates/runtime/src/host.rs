@@ -39,16 +39,6 @@ pub fn overlay_problem() -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_missing_runc_names_the_package() {
-        let msg = super::runc_problem(std::path::Path::new("/nonexistent/runc")).unwrap();
-        assert!(msg.contains("apt-get install runc"), "{msg}");
-        assert!(super::runc_problem(std::path::Path::new("/bin/sh")).is_none());
-    }
-}
-
 /// The OOM score adjustment a container may be given. Lowering it below this process's
 /// own needs CAP_SYS_RESOURCE, which some hosts (containers, restricted VMs) withhold; there
 /// our own score is the floor (containerd's `restrict_oom_score_adj` does the same), so a
@@ -73,5 +63,15 @@ pub fn allowed_oom_score_adj(requested: i64) -> i64 {
         requested
     } else {
         requested.max(own)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_runc_names_the_package() {
+        let msg = super::runc_problem(std::path::Path::new("/nonexistent/runc")).unwrap();
+        assert!(msg.contains("apt-get install runc"), "{msg}");
+        assert!(super::runc_problem(std::path::Path::new("/bin/sh")).is_none());
     }
 }
