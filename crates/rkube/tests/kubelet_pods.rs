@@ -432,6 +432,11 @@ spec:
   - name: web
     image: {IMAGE}
     command: ["sh", "-c", "mkdir -p /www; echo hello-pf > /www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www"]
+  - name: chat
+    image: {IMAGE}
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "read x; echo got-$x; sleep 3600"]
 "#
     ));
     c.kubectl.ok(&[
@@ -447,7 +452,7 @@ spec:
         .fails(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"]);
     assert!(
         err.contains(
-            "a container name must be specified for pod talk, choose one of: [main side web]"
+            "a container name must be specified for pod talk, choose one of: [main side web chat]"
         ),
         "{err}"
     );
@@ -565,6 +570,24 @@ spec:
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
     assert_eq!(out.status.code(), Some(5));
+    // attach: stdin reaches the container's process, its output comes back.
+    let mut child = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", kc.to_str().unwrap(), "attach", "-i", "talk", "-c", "chat"])
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"attached\n").unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut got = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut got).unwrap();
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, "got-attached\n");
     // exec -it under a pseudo-terminal (script(1) gives kubectl one).
     let kc = c.dir.path().join("kubeconfig.yaml");
     let cmd = format!(
