@@ -572,7 +572,15 @@ spec:
     assert_eq!(out.status.code(), Some(5));
     // attach: stdin reaches the container's process, its output comes back.
     let mut child = std::process::Command::new("kubectl")
-        .args(["--kubeconfig", kc.to_str().unwrap(), "attach", "-i", "talk", "-c", "chat"])
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "attach",
+            "-i",
+            "talk",
+            "-c",
+            "chat",
+        ])
         .env("HOME", c.dir.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
