@@ -177,7 +177,7 @@ async fn forward(
             .await
         }
     };
-    let ws = match connect(&url).await {
+    let ws = match connect(&url, "v4.channel.k8s.io").await {
         Ok(ws) => ws,
         Err(e) => {
             return fail(format!(
@@ -239,10 +239,10 @@ async fn forward(
         .await;
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// A WebSocket client connection to the runtime's streaming URL (`v4.channel.k8s.io`).
-async fn connect(url: &str) -> Result<Ws, String> {
+/// A WebSocket client connection to the runtime's streaming URL speaking `protocol`.
+pub(crate) async fn connect(url: &str, protocol: &'static str) -> Result<Ws, String> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let rest = url
         .strip_prefix("http://")
@@ -256,7 +256,7 @@ async fn connect(url: &str) -> Result<Ws, String> {
         .map_err(|e| e.to_string())?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        http::HeaderValue::from_static("v4.channel.k8s.io"),
+        http::HeaderValue::from_static(protocol),
     );
     let (ws, _) = tokio_tungstenite::client_async(req, tcp)
         .await

@@ -152,7 +152,7 @@ pub async fn session(
         }
         // Every expected stream is there: connect the runtime and start.
         if ws_tx.is_none() && streams.len() >= wanted {
-            let ws = match connect(&url).await {
+            let ws = match crate::portforward::connect(&url, "v5.channel.k8s.io").await {
                 Ok(ws) => ws,
                 Err(e) => {
                     if let Some(&err) = by_channel.get(&3) {
@@ -208,30 +208,6 @@ pub async fn session(
             }));
         }
     }
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn connect(url: &str) -> Result<Ws, String> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("unsupported URL {url}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let tcp = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("ws://{rest}")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        http::HeaderValue::from_static("v5.channel.k8s.io"),
-    );
-    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ws)
 }
 
 #[cfg(test)]

@@ -115,38 +115,35 @@ async fn contents(
     let mut files = Files::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
-        let cm = get::<ConfigMap>(ctx.client, ns, &c.name).await?;
-        match cm {
-            Some(cm) => add_keys(
-                &mut files,
-                cm_data(&cm),
-                c.items.as_deref(),
-                mode,
-                c.optional.unwrap_or(false),
-                &c.name,
-                "configmap",
-            )?,
-            None if c.optional.unwrap_or(false) => {}
-            None => return Err(format!("configmap {:?} not found", c.name)),
-        }
+        let optional = c.optional.unwrap_or(false);
+        add_source(
+            &mut files,
+            ctx,
+            ns,
+            "configmap",
+            &c.name,
+            c.items.as_deref(),
+            mode,
+            optional,
+        )
+        .await?;
         return Ok(Some((files, mode)));
     }
     if let Some(s) = &v.secret {
         let mode = s.default_mode.unwrap_or(0o644) as u32;
         let name = s.secret_name.clone().unwrap_or_default();
-        match get::<Secret>(ctx.client, ns, &name).await? {
-            Some(sec) => add_keys(
-                &mut files,
-                secret_data(&sec),
-                s.items.as_deref(),
-                mode,
-                s.optional.unwrap_or(false),
-                &name,
-                "secret",
-            )?,
-            None if s.optional.unwrap_or(false) => {}
-            None => return Err(format!("secret {name:?} not found")),
-        }
+        let optional = s.optional.unwrap_or(false);
+        add_source(
+            &mut files,
+            ctx,
+            ns,
+            "secret",
+            &name,
+            s.items.as_deref(),
+            mode,
+            optional,
+        )
+        .await?;
         return Ok(Some((files, mode)));
     }
     if let Some(d) = &v.downward_api {
@@ -165,35 +162,31 @@ async fn contents(
         for src in p.sources.iter().flatten() {
             if let Some(c) = &src.config_map {
                 let optional = c.optional.unwrap_or(false);
-                match get::<ConfigMap>(ctx.client, ns, &c.name).await? {
-                    Some(cm) => add_keys(
-                        &mut files,
-                        cm_data(&cm),
-                        c.items.as_deref(),
-                        mode,
-                        optional,
-                        &c.name,
-                        "configmap",
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("configmap {:?} not found", c.name)),
-                }
+                add_source(
+                    &mut files,
+                    ctx,
+                    ns,
+                    "configmap",
+                    &c.name,
+                    c.items.as_deref(),
+                    mode,
+                    optional,
+                )
+                .await?;
             }
             if let Some(s) = &src.secret {
                 let optional = s.optional.unwrap_or(false);
-                match get::<Secret>(ctx.client, ns, &s.name).await? {
-                    Some(sec) => add_keys(
-                        &mut files,
-                        secret_data(&sec),
-                        s.items.as_deref(),
-                        mode,
-                        optional,
-                        &s.name,
-                        "secret",
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("secret {:?} not found", s.name)),
-                }
+                add_source(
+                    &mut files,
+                    ctx,
+                    ns,
+                    "secret",
+                    &s.name,
+                    s.items.as_deref(),
+                    mode,
+                    optional,
+                )
+                .await?;
             }
             if let Some(d) = &src.downward_api {
                 add_downward(
@@ -214,6 +207,35 @@ async fn contents(
         return Ok(Some((files, mode)));
     }
     Ok(None)
+}
+
+/// Adds the keys of the configMap or secret `name` (`kind` says which); a missing one is
+/// an error unless optional.
+#[allow(clippy::too_many_arguments)]
+async fn add_source(
+    files: &mut Files,
+    ctx: &env::Context<'_>,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    mode: u32,
+    optional: bool,
+) -> Result<(), String> {
+    let data = if kind == "secret" {
+        get::<Secret>(ctx.client, ns, name)
+            .await?
+            .map(|s| secret_data(&s))
+    } else {
+        get::<ConfigMap>(ctx.client, ns, name)
+            .await?
+            .map(|c| cm_data(&c))
+    };
+    match data {
+        Some(d) => add_keys(files, d, items, mode, optional, name, kind),
+        None if optional => Ok(()),
+        None => Err(format!("{kind} {name:?} not found")),
+    }
 }
 
 async fn get<K>(client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, String>

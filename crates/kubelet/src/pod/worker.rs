@@ -554,20 +554,7 @@ impl Worker {
         let ctx = self.env_context(pod_ip);
         let env = match env::resolve(&ctx, pod, c).await {
             Ok(e) => e,
-            Err(msg) => {
-                k.recorder
-                    .pod(
-                        pod,
-                        Some(&c.name),
-                        Warning,
-                        "Failed",
-                        &format!("Error: {msg}"),
-                    )
-                    .await;
-                self.waiting
-                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
-                return false;
-            }
+            Err(msg) => return self.failed(pod, c, "CreateContainerConfigError", msg).await,
         };
         let pod_dir = k.config.pod_dir(&self.uid);
         let input = config::ContainerInput {
@@ -579,20 +566,7 @@ impl Worker {
         };
         let cfg = match config::container(pod, c, &input) {
             Ok(cfg) => cfg,
-            Err(msg) => {
-                k.recorder
-                    .pod(
-                        pod,
-                        Some(&c.name),
-                        Warning,
-                        "Failed",
-                        &format!("Error: {msg}"),
-                    )
-                    .await;
-                self.waiting
-                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
-                return false;
-            }
+            Err(msg) => return self.failed(pod, c, "CreateContainerConfigError", msg).await,
         };
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.into(),
@@ -603,18 +577,7 @@ impl Worker {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
                 let msg = e.message().to_string();
-                k.recorder
-                    .pod(
-                        pod,
-                        Some(&c.name),
-                        Warning,
-                        "Failed",
-                        &format!("Error: {msg}"),
-                    )
-                    .await;
-                self.waiting
-                    .insert(c.name.clone(), ("CreateContainerError".into(), msg));
-                return false;
+                return self.failed(pod, c, "CreateContainerError", msg).await;
             }
         };
         k.recorder
@@ -636,18 +599,7 @@ impl Worker {
             .await;
         if let Err(e) = started {
             let msg = e.message().to_string();
-            k.recorder
-                .pod(
-                    pod,
-                    Some(&c.name),
-                    Warning,
-                    "Failed",
-                    &format!("Error: {msg}"),
-                )
-                .await;
-            self.waiting
-                .insert(c.name.clone(), ("RunContainerError".into(), msg));
-            return false;
+            return self.failed(pod, c, "RunContainerError", msg).await;
         }
         k.recorder
             .pod(
@@ -681,6 +633,17 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Records why a container could not start: a Failed event and its waiting reason.
+    async fn failed(&mut self, pod: &Pod, c: &Container, reason: &str, msg: String) -> bool {
+        let ev = format!("Error: {msg}");
+        self.k
+            .recorder
+            .pod(pod, Some(&c.name), Warning, "Failed", &ev)
+            .await;
+        self.waiting.insert(c.name.clone(), (reason.into(), msg));
+        false
     }
 
     /// The image reference to create the container from, once present per the pull

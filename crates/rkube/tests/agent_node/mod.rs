@@ -41,27 +41,7 @@ impl Cluster {
     pub fn start(n: u8, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let tar = dir.path().join("busybox.tar");
-        write_oci_layout(
-            &busybox_image("kubelet", Compression::Gzip).unwrap(),
-            IMAGE,
-            &tar,
-        );
-        let out = Command::new(env!("CARGO_BIN_EXE_rkube"))
-            .args([
-                "images",
-                "import",
-                tar.to_str().unwrap(),
-                "--data-dir",
-                data.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import_image(&data, &dir.path().join("busybox.tar"));
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let mut c = Cluster {
             kubectl: Kubectl::new(&kubeconfig).expect("kubectl"),
