@@ -70,6 +70,33 @@ impl Config {
         }
     }
 
+    /// Adds a `cpu=100m,memory=256Mi` reservation (the kubelet's --kube-reserved and
+    /// --system-reserved syntax) to what allocatable holds back.
+    pub fn reserve(&mut self, spec: &str) -> Result<(), String> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, q) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?}: expected NAME=QUANTITY (cpu=100m,memory=256Mi)")
+            })?;
+            let bad = || format!("{part:?}: {q:?} is not a quantity");
+            match name {
+                "cpu" => {
+                    let m = rkube_api::quantity::parse_milli(q)
+                        .filter(|v| *v >= 0)
+                        .ok_or_else(bad)?;
+                    self.reserved_cpu_millis += m as u64;
+                }
+                "memory" => {
+                    let b = rkube_api::quantity::parse_units(q)
+                        .filter(|v| *v >= 0)
+                        .ok_or_else(bad)?;
+                    self.reserved_memory_ki += (b as u64).div_ceil(1024);
+                }
+                other => return Err(format!("{other:?}: only cpu and memory can be reserved")),
+            }
+        }
+        Ok(())
+    }
+
     /// Where pod `uid`'s volumes and other files live.
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.data_dir.join("pods").join(uid)
@@ -262,5 +289,29 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_add_up() {
+        let mut c = Config::new(
+            "n".into(),
+            "127.0.0.1".parse().unwrap(),
+            "/x".into(),
+            "/s".into(),
+        );
+        c.reserve("cpu=100m,memory=256Mi").unwrap();
+        c.reserve("cpu=1").unwrap();
+        assert_eq!(
+            (c.reserved_cpu_millis, c.reserved_memory_ki),
+            (1100, 256 * 1024)
+        );
+        assert!(c.reserve("gpu=1").is_err());
+        assert!(c.reserve("cpu").is_err());
+        assert!(c.reserve("memory=lots").is_err());
     }
 }

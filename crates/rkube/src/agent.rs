@@ -54,6 +54,8 @@ pub struct LocalAgent<'a> {
     pub kubeconfig: String,
     /// The kubelet's HTTPS server certificate and the CA of its clients.
     pub tls: rkube_kubelet::server::Tls,
+    /// Resources held back from allocatable (`cpu=100m,memory=256Mi`, repeatable).
+    pub reserved: Vec<String>,
 }
 
 /// Starts the runtime (unless external) and the kubelet; both stop when the returned
@@ -90,6 +92,10 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     cfg.port = a.kubelet_port;
     cfg.cluster_dns = vec![a.cluster_dns.clone()];
     cfg.tls = Some(a.tls);
+    for r in &a.reserved {
+        cfg.reserve(r)
+            .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;
+    }
     let kubelet = rkube_kubelet::Kubelet::new(cfg, client)
         .await
         .map_err(anyhow::Error::msg)?;

@@ -33,6 +33,13 @@ pub struct AgentArgs {
     /// The Linux bridge the built-in runtime attaches pods to.
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
+    /// Resources held back from the node's allocatable for the system
+    /// (`cpu=100m,memory=256Mi`).
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Resources held back from the node's allocatable for Kubernetes' own daemons.
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
     /// The cluster DNS Service IP written into pods' resolv.conf.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: String,
@@ -165,6 +172,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns.clone(),
         kubeconfig,
         tls,
+        reserved: args
+            .system_reserved
+            .iter()
+            .chain(&args.kube_reserved)
+            .cloned()
+            .collect(),
     })
     .await
     .context("starting the node agent")?;

@@ -61,6 +61,13 @@ pub struct ServerArgs {
     /// The Linux bridge the built-in runtime attaches pods to.
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
+    /// Resources held back from the node's allocatable for the system
+    /// (`cpu=100m,memory=256Mi`).
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Resources held back from the node's allocatable for Kubernetes' own daemons.
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
     /// The secret agents join with (a full K10... token or its secret part; default: a
     /// random one, kept in DATA_DIR/server/token).
     #[arg(long, env = "RKUBE_TOKEN")]
@@ -219,6 +226,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             cluster_dns: args.service_cidr.nth(9).to_string(),
             kubeconfig,
             tls,
+            reserved: args
+                .system_reserved
+                .iter()
+                .chain(&args.kube_reserved)
+                .cloned()
+                .collect(),
         })
         .await
         .context("starting the node agent")?;

@@ -243,6 +243,8 @@ fn a_second_node_joins_with_the_token_and_runs_pods() {
             "10.253.7.2",
             "--pod-bridge",
             &bridge,
+            "--system-reserved",
+            "cpu=500m,memory=256Mi",
         ],
         "joined",
     );
@@ -257,6 +259,18 @@ fn a_second_node_joins_with_the_token_and_runs_pods() {
     assert_eq!(
         kubectl.ok(&["get", "node", "worker-1", "-o", "jsonpath={.spec.podCIDR}"]),
         "10.160.0.0/24"
+    );
+    // Allocatable holds back the reservation.
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(
+        kubectl.ok(&[
+            "get",
+            "node",
+            "worker-1",
+            "-o",
+            "jsonpath={.status.allocatable.cpu}"
+        ]),
+        format!("{}m", cores * 1000 - 500)
     );
     assert_eq!(
         kubectl.ok(&[
