@@ -16,16 +16,22 @@ use crate::auth::User;
 use crate::pki::Pki;
 use crate::{handler, State};
 
-/// Builds the TLS configuration: the serving certificate, and client certificates
-/// verified against the cluster CA when offered (tokens are the other way in).
-pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The cluster CA as a root store.
+fn ca_roots(pki: &Pki) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
         roots
             .add(c.map_err(|e| format!("CA certificate: {e}"))?)
             .map_err(|e| e.to_string())?;
     }
+    Ok(roots)
+}
+
+/// Builds the TLS configuration: the serving certificate, and client certificates
+/// verified against the cluster CA when offered (tokens are the other way in).
+pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = ca_roots(pki)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
@@ -50,12 +56,7 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
 /// root, the apiserver's kubelet-client certificate, HTTP/1.1 (upgrades).
 pub fn kubelet_client_config(pki: &Pki) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| format!("CA certificate: {e}"))?)
-            .map_err(|e| e.to_string())?;
-    }
+    let roots = ca_roots(pki)?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.kubelet_client.cert_pem.as_bytes())
             .collect::<Result<_, _>>()

@@ -40,33 +40,68 @@ pub async fn open_runtime(
         .context("opening the runtime state")
 }
 
-/// What the agent of `rkube server` needs to know.
+/// The flags that describe this machine as a node (`rkube server` and `rkube agent`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Name of this node (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's address (default: the host's first non-loopback IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Port of the kubelet's HTTPS server (logs, exec, attach, port-forward; 0 = pick).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Use this CRI runtime (unix:///run/containerd/containerd.sock) instead of the
+    /// built-in one.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+    /// The Linux bridge the built-in runtime attaches pods to.
+    #[arg(long, default_value = "rkube0")]
+    pub pod_bridge: String,
+    /// Resources held back from the node's allocatable for the system
+    /// (`cpu=100m,memory=256Mi`).
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Resources held back from the node's allocatable for Kubernetes' own daemons.
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
+}
+
+impl NodeArgs {
+    /// The node's name: the flag, else the host name.
+    pub fn name(&self) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(crate::server::hostname)
+    }
+
+    /// The node's address: the flag, else the first non-loopback IPv4 of this host.
+    pub fn ip(&self) -> IpAddr {
+        node_ip(self.node_ip)
+    }
+}
+
+/// What the node agent needs besides its flags.
 pub struct LocalAgent<'a> {
     pub data_dir: &'a Path,
-    pub node_name: String,
-    pub node_ip: IpAddr,
-    pub kubelet_port: u16,
-    /// An external CRI runtime's socket; None runs the built-in one.
-    pub runtime_endpoint: Option<String>,
-    pub pod_bridge: String,
+    pub node: &'a NodeArgs,
     pub cluster_dns: String,
     /// The kubeconfig the kubelet uses (node credentials).
     pub kubeconfig: String,
     /// The kubelet's HTTPS server certificate and the CA of its clients.
     pub tls: rkube_kubelet::server::Tls,
-    /// Resources held back from allocatable (`cpu=100m,memory=256Mi`, repeatable).
-    pub reserved: Vec<String>,
 }
 
 /// Starts the runtime (unless external) and the kubelet; both stop when the returned
 /// tasks are dropped (containers keep running, as they outlive an agent restart).
 pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     let mut tasks = Vec::new();
-    let socket = match &a.runtime_endpoint {
+    let socket = match &a.node.container_runtime_endpoint {
         Some(e) => rkube_kubelet::cri::socket_path(e),
         None => {
             let options = rkube_runtime::cri::Options {
-                bridge: a.pod_bridge.clone(),
+                bridge: a.node.pod_bridge.clone(),
                 ..Default::default()
             };
             let rt = open_runtime(a.data_dir, Path::new("runc"), options).await?;
@@ -83,16 +118,12 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     let kc = kube::config::Kubeconfig::from_yaml(&a.kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
-    let mut cfg = rkube_kubelet::Config::new(
-        a.node_name.clone(),
-        a.node_ip,
-        a.data_dir.join("agent"),
-        socket,
-    );
-    cfg.port = a.kubelet_port;
+    let mut cfg =
+        rkube_kubelet::Config::new(a.node.name(), a.node.ip(), a.data_dir.join("agent"), socket);
+    cfg.port = a.node.kubelet_port;
     cfg.cluster_dns = vec![a.cluster_dns.clone()];
     cfg.tls = Some(a.tls);
-    for r in &a.reserved {
+    for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;
     }

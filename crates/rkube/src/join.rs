@@ -18,28 +18,9 @@ pub struct AgentArgs {
     /// Where the agent keeps its state (images, pods, credentials under DIR/agent).
     #[arg(long, default_value_os_t = crate::default_data_dir())]
     pub data_dir: PathBuf,
-    /// Name of this node (default: the host name).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// This node's address (default: its first non-loopback IPv4 address).
-    #[arg(long)]
-    pub node_ip: Option<IpAddr>,
-    /// Port of the kubelet's HTTPS server (0 = pick).
-    #[arg(long, default_value_t = 10250)]
-    pub kubelet_port: u16,
-    /// Use this CRI runtime instead of the built-in one.
-    #[arg(long)]
-    pub container_runtime_endpoint: Option<String>,
-    /// The Linux bridge the built-in runtime attaches pods to.
-    #[arg(long, default_value = "rkube0")]
-    pub pod_bridge: String,
-    /// Resources held back from the node's allocatable for the system
-    /// (`cpu=100m,memory=256Mi`).
-    #[arg(long)]
-    pub system_reserved: Option<String>,
-    /// Resources held back from the node's allocatable for Kubernetes' own daemons.
-    #[arg(long)]
-    pub kube_reserved: Option<String>,
+    /// This machine as a node.
+    #[command(flatten)]
+    pub node: crate::agent::NodeArgs,
     /// The cluster DNS Service IP written into pods' resolv.conf.
     #[arg(long, default_value = "10.43.0.10")]
     pub cluster_dns: String,
@@ -142,11 +123,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("the agent runs containers: run it as root");
     }
-    let node_name = args
-        .node_name
-        .clone()
-        .unwrap_or_else(crate::server::hostname);
-    let node_ip = crate::agent::node_ip(args.node_ip);
+    let node_name = args.node.name();
+    let node_ip = args.node.ip();
     let creds = fetch_credentials(&args.server, &args.token, &node_name, &[node_ip]).await?;
     let pair = rkube_apiserver::pki::CertPair {
         cert_pem: creds.client.0,
@@ -164,20 +142,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     let _tasks = crate::agent::start(crate::agent::LocalAgent {
         data_dir: &args.data_dir,
-        node_name: node_name.clone(),
-        node_ip,
-        kubelet_port: args.kubelet_port,
-        runtime_endpoint: args.container_runtime_endpoint.clone(),
-        pod_bridge: args.pod_bridge.clone(),
+        node: &args.node,
         cluster_dns: args.cluster_dns.clone(),
         kubeconfig,
         tls,
-        reserved: args
-            .system_reserved
-            .iter()
-            .chain(&args.kube_reserved)
-            .cloned()
-            .collect(),
     })
     .await
     .context("starting the node agent")?;

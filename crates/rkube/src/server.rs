@@ -45,29 +45,9 @@ pub struct ServerArgs {
     /// The scheduler's KubeSchedulerConfiguration (profiles, plugins, weights, args).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
-    /// Name of this node (default: the host name).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// This node's address (default: the host's first non-loopback IPv4 address).
-    #[arg(long)]
-    pub node_ip: Option<IpAddr>,
-    /// Port of the kubelet's HTTPS server (logs, exec, attach, port-forward; 0 = pick).
-    #[arg(long, default_value_t = 10250)]
-    pub kubelet_port: u16,
-    /// Use this CRI runtime (unix:///run/containerd/containerd.sock) instead of the
-    /// built-in one.
-    #[arg(long)]
-    pub container_runtime_endpoint: Option<String>,
-    /// The Linux bridge the built-in runtime attaches pods to.
-    #[arg(long, default_value = "rkube0")]
-    pub pod_bridge: String,
-    /// Resources held back from the node's allocatable for the system
-    /// (`cpu=100m,memory=256Mi`).
-    #[arg(long)]
-    pub system_reserved: Option<String>,
-    /// Resources held back from the node's allocatable for Kubernetes' own daemons.
-    #[arg(long)]
-    pub kube_reserved: Option<String>,
+    /// This machine as a node (the agent of the server).
+    #[command(flatten)]
+    pub node: crate::agent::NodeArgs,
     /// The secret agents join with (a full K10... token or its secret part; default: a
     /// random one, kept in DATA_DIR/server/token).
     #[arg(long, env = "RKUBE_TOKEN")]
@@ -169,7 +149,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
         // A stable identity: a restarted server renews its own lease at once.
-        let identity = args.node_name.clone().unwrap_or_else(hostname);
+        let identity = args.node.name();
         let lock = rkube_scheduler::leader::LeaseLock::scheduler(identity);
         let task = scheduling(kc, args.scheduler_config.as_deref(), Some(lock)).await?;
         Some(AbortOnDrop(tokio::spawn(task)))
@@ -192,13 +172,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         eprintln!("rkube server: not root, so no node agent (containers need root); running the control plane only");
         Vec::new()
     } else {
-        let node_name = args.node_name.clone().unwrap_or_else(hostname);
+        let node_name = args.node.name();
         let node = server
             .pki
             .issue_client(&format!("system:node:{node_name}"), &["system:nodes"])?;
         let kubeconfig =
             rkube_apiserver::pki::kubeconfig(&server.url(), &server.pki.ca.cert_pem, &node);
-        let node_ip = crate::agent::node_ip(args.node_ip);
+        let node_ip = args.node.ip();
         let serving = server.pki.issue_serving(
             &node_name,
             &[
@@ -218,20 +198,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         rkube_apiserver::pki::write_private(&agent_dir.join("kubelet.kubeconfig"), &kubeconfig)?;
         let tasks = crate::agent::start(crate::agent::LocalAgent {
             data_dir: &args.data_dir,
-            node_name: node_name.clone(),
-            node_ip,
-            kubelet_port: args.kubelet_port,
-            runtime_endpoint: args.container_runtime_endpoint.clone(),
-            pod_bridge: args.pod_bridge.clone(),
+            node: &args.node,
             cluster_dns: args.service_cidr.nth(9).to_string(),
             kubeconfig,
             tls,
-            reserved: args
-                .system_reserved
-                .iter()
-                .chain(&args.kube_reserved)
-                .cloned()
-                .collect(),
         })
         .await
         .context("starting the node agent")?;
