@@ -4,6 +4,7 @@
 pub mod cri;
 pub mod env;
 pub mod events;
+pub mod image_gc;
 pub mod logs;
 pub mod node;
 pub mod pod;
@@ -44,6 +45,8 @@ pub struct Config {
     pub node_labels: BTreeMap<String, String>,
     /// The HTTPS server's certificate and the CA of its clients; None serves nothing.
     pub tls: Option<server::Tls>,
+    /// When unused images are removed.
+    pub image_gc: image_gc::Policy,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             cluster_domain: "cluster.local".into(),
             node_labels: BTreeMap::new(),
             tls: None,
+            image_gc: image_gc::Policy::default(),
         }
     }
 
@@ -212,7 +216,8 @@ impl Kubelet {
             )))),
             _ => None,
         };
-        let _guard = (AbortOnDrop(node), AbortOnDrop(pods), server);
+        let gc = AbortOnDrop(tokio::spawn(image_gc::run(self.clone())));
+        let _guard = (AbortOnDrop(node), AbortOnDrop(pods), server, gc);
         std::future::pending::<()>().await;
     }
 
@@ -283,6 +288,39 @@ impl Kubelet {
     }
 }
 
+/// A Go-style duration (`90s`, `2m`, `1h30m`, `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (like 30s, 2m, 1h30m)");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(n * secs);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
 /// A task that ends with its owner.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
@@ -295,6 +333,16 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5").is_err());
+    }
 
     #[test]
     fn reservations_add_up() {

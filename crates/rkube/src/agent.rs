@@ -66,6 +66,18 @@ pub struct NodeArgs {
     /// Resources held back from the node's allocatable for Kubernetes' own daemons.
     #[arg(long)]
     pub kube_reserved: Option<String>,
+    /// Image filesystem usage (percent) above which unused images are removed.
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) that image garbage collection frees down to.
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
+    /// How long an unused image is kept before it may be collected.
+    #[arg(long, default_value = "2m")]
+    pub minimum_image_ttl_duration: String,
+    /// How often image garbage collection looks.
+    #[arg(long, default_value = "5m")]
+    pub image_gc_period: String,
 }
 
 impl NodeArgs {
@@ -123,6 +135,21 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     cfg.port = a.node.kubelet_port;
     cfg.cluster_dns = vec![a.cluster_dns.clone()];
     cfg.tls = Some(a.tls);
+    let n = a.node;
+    anyhow::ensure!(
+        n.image_gc_low_threshold <= n.image_gc_high_threshold && n.image_gc_high_threshold <= 100,
+        "--image-gc-low-threshold must not exceed --image-gc-high-threshold (at most 100)"
+    );
+    let duration = |flag: &str, v: &str| {
+        rkube_kubelet::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    cfg.image_gc = rkube_kubelet::image_gc::Policy {
+        high_percent: n.image_gc_high_threshold,
+        low_percent: n.image_gc_low_threshold,
+        min_age: duration("minimum-image-ttl-duration", &n.minimum_image_ttl_duration)?,
+        period: duration("image-gc-period", &n.image_gc_period)?
+            .max(std::time::Duration::from_millis(100)),
+    };
     for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;

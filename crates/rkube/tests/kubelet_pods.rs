@@ -812,3 +812,78 @@ fn a_killed_agent_adopts_its_running_pods() {
     let logs = c.kubectl.ok(&["logs", "keep"]);
     assert_eq!(logs, "started\n");
 }
+
+#[test]
+fn unused_images_are_garbage_collected() {
+    if !root_or_skip("unused_images_are_garbage_collected") {
+        return;
+    }
+    // Thresholds that always apply (the disk is more than 1% full), checked every second;
+    // the minimum age keeps the node's image until the first pod uses it.
+    let c = Cluster::start(
+        7,
+        &[
+            "--image-gc-high-threshold",
+            "1",
+            "--image-gc-low-threshold",
+            "0",
+            "--minimum-image-ttl-duration",
+            "20s",
+            "--image-gc-period",
+            "1s",
+        ],
+    );
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{}", c.name),
+        "--timeout=60s",
+    ]);
+    let reg = rkube_testkit::images::Registry::start(false).unwrap();
+    let img =
+        rkube_testkit::images::busybox_image("extra", rkube_testkit::images::Compression::Gzip)
+            .unwrap();
+    reg.push("busybox", "extra", &img).unwrap();
+    let extra = format!("{}/busybox:extra", reg.host());
+    c.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "keeper"}},
+           "spec": {{"containers": [{{"name": "main", "image": "{IMAGE}", "command": ["sleep", "3600"]}}]}}}}"#
+    ));
+    c.apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "once"}},
+           "spec": {{"restartPolicy": "Never", "containers": [{{"name": "main", "image": "{extra}", "command": ["true"]}}]}}}}"#
+    ));
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/keeper",
+        "--timeout=60s",
+    ]);
+    c.wait_for(60, "once to finish", || {
+        (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(())
+    });
+    // Whether `rkube images list` shows a busybox image with this tag.
+    let has = |list: &str, tag: &str| {
+        list.lines()
+            .any(|l| l.contains("busybox") && l.split_whitespace().nth(1) == Some(tag))
+    };
+    let images = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkube"))
+            .args(["images", "list", "--data-dir", c.data().to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The finished pod's container still refers to its image: kept.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(has(&images(), "extra"), "{}", images());
+    c.kubectl.ok(&["delete", "pod", "once", "--timeout=60s"]);
+    c.wait_for(
+        60,
+        "the unused image to be collected, the used one kept",
+        || {
+            let list = images();
+            (!has(&list, "extra") && has(&list, "1")).then_some(())
+        },
+    );
+}

@@ -1,0 +1,169 @@
+//! Image garbage collection by upstream's thresholds: when the image filesystem is fuller
+//! than the high threshold, unused images (no container refers to them) that are older than
+//! the minimum age go, least recently used first, until usage is back at the low threshold.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use crate::Kubelet;
+
+/// The thresholds (upstream's defaults: 85%, 80%, 2 minutes, checked every 5 minutes).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub high_percent: u8,
+    pub low_percent: u8,
+    pub min_age: Duration,
+    pub period: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            high_percent: 85,
+            low_percent: 80,
+            min_age: Duration::from_secs(120),
+            period: Duration::from_secs(300),
+        }
+    }
+}
+
+/// When each image was first seen, and last seen in use.
+#[derive(Default)]
+struct Seen {
+    first: HashMap<String, Instant>,
+    last_used: HashMap<String, Instant>,
+}
+
+/// Runs until dropped.
+pub async fn run(k: Arc<Kubelet>) {
+    let policy = k.config.image_gc.clone();
+    let mut seen = Seen::default();
+    loop {
+        tokio::time::sleep(policy.period).await;
+        if let Err(e) = collect(&k, &policy, &mut seen).await {
+            tracing::warn!(error = %e, "image garbage collection");
+        }
+    }
+}
+
+/// Used and total bytes of the filesystem holding `path`.
+fn fs_usage(path: &str) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let f = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * f;
+    Some((total - st.f_bavail as u64 * f, total))
+}
+
+/// One pass: returns how many bytes were freed.
+async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, String> {
+    let msg = |e: tonic::Status| e.message().to_string();
+    let now = Instant::now();
+    let images = k
+        .cri
+        .images
+        .clone()
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .map_err(msg)?
+        .into_inner()
+        .images;
+    let containers = k.cri.containers(None).await.map_err(msg)?;
+    let used: HashSet<String> = containers
+        .iter()
+        .flat_map(|c| {
+            [
+                c.image_ref.clone(),
+                c.image
+                    .as_ref()
+                    .map(|i| i.image.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    let in_use = |img: &cri::Image| {
+        used.contains(&img.id)
+            || img.repo_tags.iter().any(|t| used.contains(t))
+            || img.repo_digests.iter().any(|d| used.contains(d))
+    };
+    for img in &images {
+        seen.first.entry(img.id.clone()).or_insert(now);
+        if in_use(img) {
+            seen.last_used.insert(img.id.clone(), now);
+        }
+    }
+    let present: HashSet<&String> = images.iter().map(|i| &i.id).collect();
+    seen.first.retain(|id, _| present.contains(id));
+    seen.last_used.retain(|id, _| present.contains(id));
+
+    let fs = k
+        .cri
+        .images
+        .clone()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .map_err(msg)?
+        .into_inner();
+    let mount = fs
+        .image_filesystems
+        .first()
+        .and_then(|f| f.fs_id.as_ref())
+        .map(|i| i.mountpoint.clone())
+        .unwrap_or_else(|| k.config.data_dir.display().to_string());
+    let Some((used_bytes, total)) = fs_usage(&mount) else {
+        return Err(format!("cannot measure the image filesystem at {mount}"));
+    };
+    if total == 0 || used_bytes * 100 < total * policy.high_percent as u64 {
+        return Ok(0);
+    }
+    let target = total * policy.low_percent as u64 / 100;
+    let to_free = used_bytes.saturating_sub(target);
+    let mut candidates: Vec<&cri::Image> = images
+        .iter()
+        .filter(|i| !in_use(i) && !i.pinned)
+        .filter(|i| {
+            seen.first
+                .get(&i.id)
+                .is_some_and(|t| now.duration_since(*t) >= policy.min_age)
+        })
+        .collect();
+    // Least recently used first (never used: by when first seen).
+    candidates.sort_by_key(|i| seen.last_used.get(&i.id).or(seen.first.get(&i.id)).copied());
+    let mut freed = 0u64;
+    for img in candidates {
+        if freed >= to_free {
+            break;
+        }
+        let req = cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: img.id.clone(),
+                ..Default::default()
+            }),
+        };
+        match k.cri.images.clone().remove_image(req).await {
+            Ok(_) => {
+                freed += img.size;
+                tracing::info!(image = %img.id, tags = ?img.repo_tags, bytes = img.size, "image garbage collection removed an unused image");
+            }
+            Err(e) => {
+                tracing::warn!(image = %img.id, error = %e.message(), "removing an unused image")
+            }
+        }
+    }
+    if freed < to_free {
+        tracing::warn!(
+            wanted = to_free,
+            freed,
+            "image garbage collection could not free enough space (images in use, or younger than the minimum age)"
+        );
+    }
+    Ok(freed)
+}
