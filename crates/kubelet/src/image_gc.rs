@@ -49,19 +49,6 @@ pub async fn run(k: Arc<Kubelet>) {
     }
 }
 
-/// Used and total bytes of the filesystem holding `path`.
-fn fs_usage(path: &str) -> Option<(u64, u64)> {
-    let c = std::ffi::CString::new(path).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let f = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * f;
-    Some((total - st.f_bavail as u64 * f, total))
-}
-
 /// One pass: returns how many bytes were freed.
 async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, String> {
     let msg = |e: tonic::Status| e.message().to_string();
@@ -118,7 +105,9 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, S
         .and_then(|f| f.fs_id.as_ref())
         .map(|i| i.mountpoint.clone())
         .unwrap_or_else(|| k.config.data_dir.display().to_string());
-    let Some((used_bytes, total)) = fs_usage(&mount) else {
+    let Some((used_bytes, total)) = crate::node::statvfs(std::path::Path::new(&mount))
+        .map(|(total, avail)| (total - avail, total))
+    else {
         return Err(format!("cannot measure the image filesystem at {mount}"));
     };
     if total == 0 || used_bytes * 100 < total * policy.high_percent as u64 {

@@ -45,7 +45,9 @@ impl Machine {
                 .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let (storage_ki, storage_available_ki) = statvfs_ki(data_dir).unwrap_or((0, 0));
+        let (storage_ki, storage_available_ki) = statvfs(data_dir)
+            .map(|(t, a)| (t / 1024, a / 1024))
+            .unwrap_or((0, 0));
         let pids_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -76,7 +78,8 @@ impl Machine {
     }
 }
 
-fn statvfs_ki(path: &std::path::Path) -> Option<(u64, u64)> {
+/// Total and available bytes of the filesystem holding `path`.
+pub(crate) fn statvfs(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
@@ -85,10 +88,7 @@ fn statvfs_ki(path: &std::path::Path) -> Option<(u64, u64)> {
         return None;
     }
     let frsize = st.f_frsize as u64;
-    Some((
-        st.f_blocks as u64 * frsize / 1024,
-        st.f_bavail as u64 * frsize / 1024,
-    ))
+    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
 }
 
 /// One node condition as computed now.
