@@ -74,6 +74,17 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// Whether the init containers are done (a pod without any always is).
+    fn initialized(&self) -> bool {
+        self.init_done
+            || self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .is_none_or(|i| i.is_empty())
+    }
+
     fn current(&self, name: &str) -> Option<&Instance> {
         self.instances
             .get(name)
@@ -136,7 +147,7 @@ fn container_status(v: &View<'_>, c: &Container, init: bool) -> (Value, Outcome)
             (json!({"waiting": w}), last, outcome)
         }
         _ => {
-            let reason = if init || v.init_done {
+            let reason = if init || v.initialized() {
                 "ContainerCreating"
             } else {
                 "PodInitializing"
@@ -228,7 +239,7 @@ pub fn build(
     }
     let phase = if v.init_failed {
         "Failed"
-    } else if !v.init_done || waiting > 0 {
+    } else if !v.initialized() || waiting > 0 {
         "Pending"
     } else if running > 0 {
         "Running"
@@ -260,7 +271,7 @@ pub fn build(
         .collect();
     let mut conds: Vec<(&str, bool, Option<String>, Option<String>)> = Vec::new();
     conds.push(("PodReadyToStartContainers", v.sandbox_ready, None, None));
-    conds.push(if v.init_done || terminal && !v.init_failed {
+    conds.push(if v.initialized() || terminal && !v.init_failed {
         (
             "Initialized",
             true,
@@ -395,7 +406,7 @@ mod tests {
             waiting: &waiting,
             ready: &ready,
             started: &HashMap::new(),
-            init_done: true,
+            init_done: false, // none of these pods has init containers
             init_failed: false,
             terminating: false,
         };
@@ -478,6 +489,13 @@ mod tests {
         assert_eq!(ready["reason"], "PodCompleted");
 
         let s = build_for(&never, vec![], HashMap::new());
+        let init = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Initialized")
+            .unwrap();
+        assert_eq!(init["status"], "True", "no init containers: initialized");
         assert_eq!(s["phase"], "Pending");
         assert_eq!(
             s["containerStatuses"][0]["state"]["waiting"]["reason"],
