@@ -64,11 +64,15 @@ pub enum BenchCommand {
     /// Node agent (root): pod startup latency (create → Running seen through a watch) for
     /// pods created at once on one node, and the agent's memory holding them.
     Kubelet {
-        /// Where the server's data directory goes.
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        /// Where the server's data directory goes: by default beside rkube's own
+        /// (/var/lib/rkube), on the filesystem a node keeps its state on.
+        #[arg(long, default_value = "/var/lib")]
         dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         pods: usize,
+        /// Batches of `pods`, one after the other (each deleted before the next).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -84,7 +88,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             crate::bench_scheduler::scheduler(dir, nodes, pods).await
         }
         BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
-        BenchCommand::Kubelet { dir, pods } => crate::bench_kubelet::kubelet(dir, pods).await,
+        BenchCommand::Kubelet { dir, pods, rounds } => {
+            crate::bench_kubelet::kubelet(dir, pods, rounds.max(1)).await
+        }
     }
 }
 

@@ -66,8 +66,9 @@ pub struct RuntimeArgs {
     /// connects to it; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub stream_address: String,
-    /// Where CNI plugin binaries are looked for (repeatable; default /usr/lib/cni and
-    /// /opt/cni/bin). Without them, built-in bridge and host-local plugins are used.
+    /// Where CNI plugin binaries are looked for (repeatable; Debian's are in /usr/lib/cni).
+    /// Without it, rkube's built-in bridge and host-local plugins run in-process (same
+    /// configuration, results and allocation files, no process per pod).
     #[arg(long = "cni-bin-dir")]
     pub cni_bin_dirs: Vec<PathBuf>,
 }
@@ -119,11 +120,7 @@ pub async fn serve(args: RuntimeArgs) -> anyhow::Result<()> {
     let options = rkube_runtime::cri::Options {
         bridge: args.bridge,
         stream_address: args.stream_address,
-        cni_dirs: if args.cni_bin_dirs.is_empty() {
-            defaults.cni_dirs.clone()
-        } else {
-            args.cni_bin_dirs
-        },
+        cni_dirs: args.cni_bin_dirs,
         ..defaults
     };
     let rt = crate::agent::open_runtime(&args.data_dir, &args.runc, options).await?;

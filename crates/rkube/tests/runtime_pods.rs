@@ -218,6 +218,81 @@ fn exit_codes_logs_limits_oom_and_stop() {
         .unwrap();
         assert_eq!(status(&mut c, &polite).await.exit_code, 42);
         let _ = limited;
+
+        // Created, never started (runc runs only at StartContainer): stopping it ends it
+        // as a killed one, and removal leaves nothing.
+        let create = |name: &str| cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(name, "sleep 30")),
+            sandbox_config: Some(cfg.clone()),
+        };
+        let idle = c
+            .create_container(create("idle"))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        assert_eq!(
+            status(&mut c, &idle).await.state,
+            cri::ContainerState::ContainerCreated as i32
+        );
+        c.stop_container(cri::StopContainerRequest {
+            container_id: idle.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+        let st = status(&mut c, &idle).await;
+        assert_eq!(
+            (st.state, st.exit_code),
+            (cri::ContainerState::ContainerExited as i32, 137),
+            "{st:?}"
+        );
+        c.remove_container(cri::RemoveContainerRequest {
+            container_id: idle.clone(),
+        })
+        .await
+        .unwrap();
+        assert!(!node
+            .data()
+            .join("agent/runtime/containers")
+            .join(&idle)
+            .exists());
+        // Limits changed between create and start are in force once it runs.
+        let late = c
+            .create_container(create("late"))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        c.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: late.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 80 << 20,
+                ..Default::default()
+            }),
+            windows: None,
+            annotations: Default::default(),
+        })
+        .await
+        .unwrap();
+        c.start_container(cri::StartContainerRequest {
+            container_id: late.clone(),
+        })
+        .await
+        .unwrap();
+        let st = status(&mut c, &late).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        let cg = format!("rkube-test/jobs-{}/{late}", std::process::id());
+        let limit = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+            format!("/sys/fs/cgroup/memory/{cg}/memory.limit_in_bytes")
+        } else {
+            format!("/sys/fs/cgroup/{cg}/memory.max")
+        };
+        assert_eq!(
+            std::fs::read_to_string(&limit).unwrap().trim(),
+            (80u64 << 20).to_string()
+        );
     });
 }
 
@@ -359,28 +434,33 @@ fn runtime_restart_and_clean_removal() {
         .exists());
 }
 
-/// Without the CNI plugin binaries the built-in bridge and host-local take over: pods get
-/// addresses, reach each other and the host, and removal releases everything.
+/// With `--cni-bin-dir`, Debian's bridge and host-local binaries replace the built-in
+/// plugins the other tests use: pods get addresses, reach each other and the host, and
+/// removal releases everything.
 #[test]
-fn built_in_network_without_plugin_binaries() {
-    if !root_or_skip("built_in_network_without_plugin_binaries") {
+fn plugin_binaries_network() {
+    if !root_or_skip("plugin_binaries_network") {
         return;
     }
-    let node = Node::with_args(15, &["--cni-bin-dir", "/nonexistent-cni-bin"]);
+    assert!(
+        std::path::Path::new("/usr/lib/cni/bridge").exists(),
+        "Debian's containernetworking-plugins are missing: run make deps"
+    );
+    let node = Node::with_args(15, &["--cni-bin-dir", "/usr/lib/cni"]);
     node.rt.block_on(async {
         let mut c = node.client().await;
         let st = c.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
         let net = st.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
         assert!(net.status, "{net:?}");
-        let a_cfg = sandbox_config(&node, "builtin-a");
+        let a_cfg = sandbox_config(&node, "plugins-a");
         let a = run_pod(&mut c, &a_cfg).await;
         let a_ip = pod_ip(&mut c, &a).await;
         assert_eq!(a_ip, "10.199.15.2");
         run_container(&mut c, &a, &a_cfg, container_config(
             "web",
-            "echo built-in > /var/www/index.html; exec httpd -f -p 8080 -h /var/www",
+            "echo plugins > /var/www/index.html; exec httpd -f -p 8080 -h /var/www",
         )).await;
-        let b_cfg = sandbox_config(&node, "builtin-b");
+        let b_cfg = sandbox_config(&node, "plugins-b");
         let b = run_pod(&mut c, &b_cfg).await;
         assert_eq!(pod_ip(&mut c, &b).await, "10.199.15.3");
         let fetch = run_container(&mut c, &b, &b_cfg, container_config(
@@ -389,10 +469,10 @@ fn built_in_network_without_plugin_binaries() {
         )).await;
         let st = wait_exit(&mut c, &fetch).await;
         assert_eq!(st.exit_code, 0, "{st:?}");
-        let text: Vec<String> = log_lines(&node.logs().join("builtin-b/fetch/0.log")).into_iter().map(|l| l.2).collect();
-        assert_eq!(text.first().map(String::as_str), Some("built-in"), "{text:?}");
+        let text: Vec<String> = log_lines(&node.logs().join("plugins-b/fetch/0.log")).into_iter().map(|l| l.2).collect();
+        assert_eq!(text.first().map(String::as_str), Some("plugins"), "{text:?}");
         assert!(text.iter().any(|l| l.starts_with("default via 10.199.15.1")), "{text:?}");
-        assert!(retry_http(&format!("{a_ip}:8080")).contains("built-in"));
+        assert!(retry_http(&format!("{a_ip}:8080")).contains("plugins"));
         assert_eq!(count_veths(&node.bridge), 2);
         for pod in [a, b] {
             c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();

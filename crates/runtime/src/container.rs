@@ -1,7 +1,12 @@
-//! Containers: an overlay root over the image's snapshots, an OCI bundle, and a shim
-//! (`rkube shim`) that runs it under runc. State lives in `ROOT/containers/<id>/`
-//! (`container.json` from the runtime, `started`, `exit.json` from the shim), so a
-//! restarted runtime reports exactly what it did before.
+//! Containers: an overlay root over the image's snapshots, an OCI bundle, and, once
+//! started, a shim (`rkube shim`) that runs it under runc. State lives in
+//! `ROOT/containers/<id>/` (`container.json` from the runtime, `started`; `shim.pid` and
+//! `exit.json` from the shim), so a restarted runtime reports exactly what it did before.
+//!
+//! CreateContainer prepares the root filesystem and the bundle only; StartContainer
+//! starts the shim, which runs the container with one `runc run --detach`. (A runc
+//! `create` then `start` costs a third Go process per container, a large share of a
+//! pod's start-up on a small machine.)
 
 use std::ffi::CString;
 use std::fs;
@@ -138,6 +143,13 @@ impl Containers {
         let started: i64 = fs::read_to_string(dir.join("started"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
+            // A runtime that stopped between the shim's start and this record: the shim's
+            // own file tells when.
+            .or_else(|| {
+                let m = fs::metadata(dir.join("shim.pid")).ok()?.modified().ok()?;
+                let d = m.duration_since(std::time::UNIX_EPOCH).ok()?;
+                i64::try_from(d.as_nanos()).ok()
+            })
             .unwrap_or(0);
         let exit: Option<Exit> = fs::read(dir.join("exit.json"))
             .ok()
@@ -150,8 +162,7 @@ impl Containers {
         (state, started, exit)
     }
 
-    /// Creates a container in `sandbox` from `config`: root filesystem, bundle, and a
-    /// shim with the container created (not started) under runc.
+    /// Creates a container in `sandbox` from `config`: its root filesystem and bundle.
     pub fn create(
         &self,
         sandbox: &Sandbox,
@@ -287,11 +298,10 @@ impl Containers {
                 .unwrap_or_else(|| "SIGTERM".into()),
         };
         self.records.save(id, &c)?;
-        self.start_shim(&c)?;
         Ok(c)
     }
 
-    /// Starts `rkube shim` in its own session and waits for its report.
+    /// Starts `rkube shim` in its own session and waits for its report: the container runs.
     fn start_shim(&self, c: &Container) -> Result<(), Error> {
         let dir = self.dir(&c.id);
         let shim_log = fs::File::create(dir.join("shim.log")).map_err(io_err(&dir))?;
@@ -335,7 +345,7 @@ impl Containers {
         });
         match line.trim().split_once(' ') {
             Some(("ok", _)) => Ok(()),
-            Some(("error", msg)) => Err(Error::Format(format!("creating the container: {msg}"))),
+            Some(("error", msg)) => Err(Error::Format(format!("starting the container: {msg}"))),
             _ => Err(Error::Format(format!(
                 "the shim exited without a report; see {}",
                 dir.join("shim.log").display()
@@ -388,8 +398,25 @@ impl Containers {
         }
         let mut res = serde_json::json!({});
         crate::spec::limits(&r, &mut res);
-        let input = serde_json::to_vec(&res).expect("json");
-        self.runc_with(&["update", "--resources", "-", &c.id], Some(&input))?;
+        if self.has_shim(&c.id) {
+            let input = serde_json::to_vec(&res).expect("json");
+            self.runc_with(&["update", "--resources", "-", &c.id], Some(&input))?;
+        } else {
+            // Not running yet: the bundle's spec carries the limits to `runc run`.
+            let p = self.dir(&c.id).join("bundle/config.json");
+            let mut spec: serde_json::Value = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| Error::Format(format!("{}: unreadable spec", p.display())))?;
+            let linux = &mut spec["linux"]["resources"];
+            if !linux.is_object() {
+                *linux = serde_json::json!({});
+            }
+            for (k, v) in res.as_object().into_iter().flatten() {
+                linux[k] = v.clone();
+            }
+            fs::write(&p, serde_json::to_vec_pretty(&spec).expect("json")).map_err(io_err(&p))?;
+        }
         c.config
             .linux
             .get_or_insert_with(Default::default)
@@ -415,12 +442,24 @@ impl Containers {
                 )))
             }
         }
-        // Taken before the start: a quick container may be finished by the time runc
-        // returns, and startedAt must not come after finishedAt.
+        if self.has_shim(&c.id) {
+            return Err(Error::Format(format!(
+                "container {} is being started",
+                c.id
+            )));
+        }
+        // Taken before the start: a quick container may be finished by the time the shim
+        // reports, and startedAt must not come after finishedAt.
         let started = crate::now_nanos();
-        self.runc(&["start", &c.id])?;
+        self.start_shim(&c)?;
         let p = self.dir(&c.id).join("started");
         fs::write(&p, started.to_string()).map_err(io_err(&p))
+    }
+
+    /// Whether the container's shim was started (its `shim.pid`): from then on runc
+    /// knows the container.
+    fn has_shim(&self, id: &str) -> bool {
+        self.dir(id).join("shim.pid").exists()
     }
 
     /// Stops a container: its stop signal, up to `timeout` for it to exit, then SIGKILL.
@@ -428,6 +467,17 @@ impl Containers {
         let c = self.get(id)?;
         if self.state(&c).0 == State::Exited {
             return Ok(());
+        }
+        if !self.has_shim(&c.id) {
+            // Created, never started: nothing runs; it ends as a killed one would.
+            let exit = Exit {
+                exit_code: 137,
+                finished_at: crate::now_nanos(),
+                reason: "Error".into(),
+                message: "stopped before it was started".into(),
+            };
+            let p = self.dir(&c.id).join("exit.json");
+            return fs::write(&p, serde_json::to_vec(&exit).expect("json")).map_err(io_err(&p));
         }
         let exited = |limit: Duration| {
             let start = Instant::now();
@@ -488,8 +538,9 @@ impl Containers {
 
     fn cleanup(&self, id: &str, images: &ImageStore) {
         let dir = self.dir(id);
-        // The shim deletes the runc container before it records the exit.
-        if !dir.join("exit.json").exists() {
+        // The shim deletes the runc container before it records the exit; without a shim
+        // runc never knew it.
+        if self.has_shim(id) && !dir.join("exit.json").exists() {
             let _ = self.runc(&["delete", "--force", id]);
         }
         unmount(&dir.join("bundle/rootfs"));

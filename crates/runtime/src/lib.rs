@@ -7,6 +7,7 @@ pub mod container;
 pub mod cri;
 pub mod digest;
 pub mod exec;
+pub mod gate;
 pub mod host;
 pub mod hostport;
 pub mod images;

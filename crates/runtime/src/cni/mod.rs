@@ -3,8 +3,9 @@
 //! reverse order, with the cached result) when it stops.
 //!
 //! The default network is a bridge with host-local IPAM on the node's pod CIDR, the
-//! bridge being the pods' gateway. Without the plugin binaries, a built-in implementation
-//! of those two plugins takes their place.
+//! bridge being the pods' gateway. Unless plugin directories are given, a built-in
+//! implementation of those two plugins runs in-process: the same configuration, result
+//! and on-disk allocations, without two Go processes per pod.
 
 mod builtin;
 
@@ -16,9 +17,6 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::Error;
-
-/// Where plugins are looked for (`CNI_PATH`).
-pub const PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
 
 /// A network configuration list and the plugin directories.
 #[derive(Clone, Debug)]
@@ -36,7 +34,7 @@ pub struct Attachment {
 
 impl Network {
     /// rkube's default: bridge `bridge` with host-local addresses from `pod_cidr`
-    /// (allocations kept in `state/networks`).
+    /// (allocations kept in `state/networks`), run by the built-in plugins.
     pub fn default_bridge(bridge: &str, pod_cidr: &str, state: &Path) -> Network {
         Network {
             conflist: json!({
@@ -56,7 +54,7 @@ impl Network {
                     },
                 }],
             }),
-            plugin_dirs: PLUGIN_DIRS.iter().map(PathBuf::from).collect(),
+            plugin_dirs: Vec::new(),
         }
     }
 
@@ -74,7 +72,7 @@ impl Network {
             return Ok(());
         }
         Err(Error::HostMissing(format!(
-            "CNI plugin {kind:?} is neither built in nor found in {}: install Debian's containernetworking-plugins package",
+            "CNI plugin {kind:?} is neither built in nor found in the plugin directories ({}): install Debian's containernetworking-plugins package and pass --cni-bin-dir /usr/lib/cni",
             self.dirs()
         )))
     }

@@ -25,7 +25,8 @@ pub struct Options {
     pub shim: std::path::PathBuf,
     /// The pod network's bridge.
     pub bridge: String,
-    /// Where CNI plugins are looked for.
+    /// Where CNI plugin binaries are looked for (`CNI_PATH`); a plugin found there runs
+    /// instead of its built-in implementation. Empty by default.
     pub cni_dirs: Vec<std::path::PathBuf>,
     /// Where the streaming server (exec, attach, port-forward) listens.
     pub stream_address: String,
@@ -37,7 +38,7 @@ impl Default for Options {
             runc: which("runc").unwrap_or_else(|| "/usr/sbin/runc".into()),
             shim: std::env::current_exe().unwrap_or_else(|_| "rkube".into()),
             bridge: "rkube0".into(),
-            cni_dirs: crate::cni::PLUGIN_DIRS.iter().map(Into::into).collect(),
+            cni_dirs: Vec::new(),
             stream_address: "127.0.0.1:0".into(),
         }
     }
@@ -68,6 +69,8 @@ pub struct Runtime {
     /// Held while host-port rules sync; whether their table may exist (true until the
     /// first sync, which clears what an earlier run may have left).
     host_ports: std::sync::Mutex<bool>,
+    /// Orders the CPU-heavy start steps of pods: two per core, oldest pod first.
+    pub start_gate: crate::gate::Gate,
 }
 
 impl Runtime {
@@ -93,6 +96,7 @@ impl Runtime {
             pod_cidr: std::sync::Mutex::new(pod_cidr),
             cpu_rates: Default::default(),
             host_ports: std::sync::Mutex::new(true),
+            start_gate: crate::gate::Gate::per_core(),
         }))
     }
 

@@ -189,6 +189,7 @@ impl RuntimeService for Containers {
         let sb = self
             .blocking(move |rt| {
                 crate::hostport::check_free(&config, &rt.sandboxes.list())?;
+                let _pass = rt.start_gate.enter(crate::now_nanos());
                 let net = rt.network();
                 let sb = rt.sandboxes.run(config, net.as_ref())?;
                 if let Err(e) = rt.sync_host_ports() {
@@ -319,6 +320,7 @@ impl RuntimeService for Containers {
         let c = self
             .blocking(move |rt| {
                 let sb = rt.sandboxes.get(&req.pod_sandbox_id)?;
+                let _pass = rt.start_gate.enter(sb.created_at);
                 rt.containers
                     .create(&sb, &rt.sandboxes.dir(&sb.id), config, &rt.images)
             })
@@ -333,7 +335,15 @@ impl RuntimeService for Containers {
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let id = req.into_inner().container_id;
-        self.blocking(move |rt| rt.containers.start(&id)).await?;
+        self.blocking(move |rt| {
+            let c = rt.containers.get(&id)?;
+            let age = rt.sandboxes.get(&c.sandbox_id).map(|s| s.created_at);
+            let _pass = rt
+                .start_gate
+                .enter(age.unwrap_or_else(|_| crate::now_nanos()));
+            rt.containers.start(&c.id)
+        })
+        .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 

@@ -1,6 +1,6 @@
 //! `rkube shim`: one small process per container, as containerd's shim. It asks the OCI
-//! runtime to create the container (so the container's init becomes its child, through
-//! the subreaper bit), owns the container's stdio (pipes, or the terminal's master for a
+//! runtime to run the container detached (`runc run -d`: one runc process, and the
+//! container's init becomes the shim's child through the subreaper bit), owns the container's stdio (pipes, or the terminal's master for a
 //! TTY container) and writes the output to the CRI log and to attached clients, waits for
 //! the exit and records it in `exit.json`, then deletes the container. It is started in
 //! its own session, so the runtime can restart without touching it.
@@ -70,7 +70,7 @@ pub fn run(a: ShimArgs) -> i32 {
         return 1;
     }
     let _ = fs::write("shim.pid", std::process::id().to_string());
-    match create(&a) {
+    match run_container(&a) {
         Ok((pid, hub, copiers)) => {
             report(&format!("ok {pid}"));
             let code = wait_for(pid, &hub);
@@ -148,9 +148,9 @@ fn wants(dir: &Path) -> (bool, bool, bool) {
         .unwrap_or_default()
 }
 
-/// `runc create` with the container's stdio on our pipes (or a terminal received over the
-/// console socket); starts the output copiers and the attach socket.
-fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
+/// `runc run --detach` with the container's stdio on our pipes (or a terminal received
+/// over the console socket); starts the output copiers and the attach socket.
+fn run_container(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
     let (tty, stdin, stdin_once) = wants(&a.dir);
     let pid_file = a.dir.join("init.pid");
     let runc_log = a.dir.join("runc.log");
@@ -159,7 +159,8 @@ fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
         .arg(&a.runc_root)
         .arg("--log")
         .arg(&runc_log)
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(a.dir.join("bundle"))
         .arg("--pid-file")
@@ -206,7 +207,7 @@ fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
             .rev()
             .find(|l| l.contains("level=error") || l.contains("\"error\""))
             .unwrap_or(log.lines().last().unwrap_or(""));
-        return Err(format!("runc create failed ({status}): {last}"));
+        return Err(format!("runc run failed ({status}): {last}"));
     }
     let pid: i32 = fs::read_to_string(&pid_file)
         .ok()
@@ -214,7 +215,7 @@ fn create(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
         .ok_or("runc wrote no pid file")?;
     let mut pty = None;
     if let Some(l) = console {
-        // runc has connected and sent the master before `create` returned.
+        // runc has connected and sent the master before it returned.
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         let (conn, _) = l
             .accept()
