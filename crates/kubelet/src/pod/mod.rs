@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod manager;
+pub mod netprobe;
 pub mod probe;
 pub mod status;
 pub mod worker;

@@ -1,13 +1,14 @@
-//! Probes (liveness, readiness, startup) and lifecycle hooks: exec through CRI ExecSync,
-//! httpGet and tcpSocket against the pod's IP, with upstream's result messages.
+//! Probes (liveness, readiness, startup) and lifecycle hooks: exec through CRI ExecSync;
+//! httpGet, tcpSocket and grpc against the pod's IP (`netprobe`), with upstream's result
+//! messages.
 
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{Container, ExecAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::netprobe;
 use crate::cri::Cri;
 
 /// Which probe.
@@ -97,13 +98,18 @@ pub async fn run(t: &Target<'_>, p: &Probe) -> Result<(), String> {
         return exec(t, e, timeout).await;
     }
     if let Some(h) = &p.http_get {
-        return http_get(t, h, timeout).await;
+        return netprobe::http_get(t.pod_ip, port(t.container, &h.port)?, h, timeout).await;
     }
     if let Some(s) = &p.tcp_socket {
-        return tcp(t, s, timeout).await;
+        let host = s.host.clone().unwrap_or_else(|| t.pod_ip.to_string());
+        return netprobe::tcp(&host, port(t.container, &s.port)?, timeout).await;
     }
-    if p.grpc.is_some() {
-        return Err("gRPC probes are not supported by rkube's kubelet yet".into());
+    if let Some(g) = &p.grpc {
+        let port = u16::try_from(g.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("invalid port number: {}", g.port))?;
+        return netprobe::grpc(t.pod_ip, port, g.service.as_deref().unwrap_or(""), timeout).await;
     }
     Err("the probe has no handler".into())
 }
@@ -118,7 +124,7 @@ pub async fn hook(
         return exec(t, e, timeout).await;
     }
     if let Some(g) = &h.http_get {
-        return http_get(t, g, timeout).await;
+        return netprobe::http_get(t.pod_ip, port(t.container, &g.port)?, g, timeout).await;
     }
     if let Some(s) = &h.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
@@ -180,107 +186,6 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
             .map(|cp| cp.container_port as u16)
             .or_else(|| name.parse().ok())
             .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name)),
-    }
-}
-
-async fn tcp(t: &Target<'_>, s: &TCPSocketAction, timeout: Duration) -> Result<(), String> {
-    let host = s.host.clone().unwrap_or_else(|| t.pod_ip.to_string());
-    let port = port(t.container, &s.port)?;
-    let addr = format!("{host}:{port}");
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_reason(&e))),
-        Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
-    }
-}
-
-async fn http_get(t: &Target<'_>, h: &HTTPGetAction, timeout: Duration) -> Result<(), String> {
-    let host = h
-        .host
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| t.pod_ip.to_string());
-    let port = port(t.container, &h.port)?;
-    let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
-    let mut path = h.path.clone().unwrap_or_else(|| "/".into());
-    if !path.starts_with('/') {
-        path.insert(0, '/');
-    }
-    let url = format!("{scheme}://{host}:{port}{path}");
-    if scheme != "http" {
-        return Err(format!(
-            "Get {url:?}: HTTPS probes are not supported by rkube's kubelet yet"
-        ));
-    }
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| {
-                format!(
-                    "Get {url:?}: dial tcp {host}:{port}: connect: {}",
-                    io_reason(&e)
-                )
-            })?;
-        let mut req =
-            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n");
-        let mut has_ua = false;
-        let mut has_accept = false;
-        for hd in h.http_headers.iter().flatten() {
-            has_ua |= hd.name.eq_ignore_ascii_case("user-agent");
-            has_accept |= hd.name.eq_ignore_ascii_case("accept");
-            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
-        }
-        if !has_ua {
-            req.push_str("User-Agent: kube-probe/1.33\r\n");
-        }
-        if !has_accept {
-            req.push_str("Accept: */*\r\n");
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("Get {url:?}: {e}"))?;
-        let mut buf = vec![0u8; 1024];
-        let mut got = 0;
-        while got < buf.len() {
-            let n = s
-                .read(&mut buf[got..])
-                .await
-                .map_err(|e| format!("Get {url:?}: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-            if buf[..got].windows(2).any(|w| w == b"\r\n") {
-                break;
-            }
-        }
-        let line = String::from_utf8_lossy(&buf[..got]);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("Get {url:?}: malformed HTTP response"))?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-        )),
-    }
-}
-
-/// Go's wording for common connect errors.
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::TimedOut => "i/o timeout".into(),
-        _ => e.to_string(),
     }
 }
 
