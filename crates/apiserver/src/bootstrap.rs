@@ -100,6 +100,15 @@ pub async fn run(state: &Arc<State>, advertise: IpAddr, port: u16) -> Result<(),
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         ensure(state, ("", "v1", "namespaces"), obj, None).await?;
     }
+    for class in crate::priority::system_classes() {
+        ensure(
+            state,
+            ("scheduling.k8s.io", "v1", "priorityclasses"),
+            class,
+            None,
+        )
+        .await?;
+    }
     let ip = state.service_cidr.nth(0);
     crate::alloc::reserve_ip(state, ip, "default", "kubernetes").await?;
     let mut m = meta("kubernetes", Some("default"));

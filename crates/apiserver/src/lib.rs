@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod output;
 pub mod pki;
+mod priority;
 mod request;
 mod respond;
 mod rest;

@@ -218,7 +218,7 @@ async fn pods_land_where_they_fit_and_wait_for_room() {
     pod(c, "intolerant", json!({"nodeSelector": {"zone": "b"}})).await;
     assert_eq!(
         unschedulable(c, "intolerant").await,
-        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector."
+        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
     );
     let failed = events(c, "intolerant", "FailedScheduling").await;
     assert!(
@@ -353,7 +353,7 @@ async fn anti_affinity_spreads_replicas_and_topology_spread_keeps_skew() {
         .unwrap();
     assert_eq!(
         unschedulable(c, "db-3").await,
-        "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+        "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
     );
 
     let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
@@ -485,4 +485,149 @@ async fn leader_election_fails_over() {
     assert!(transitions >= 1, "{transitions}");
     let _ = second.kill();
     let _ = second.wait();
+}
+
+/// PriorityClasses resolve at admission; a high-priority pod that fits nowhere preempts
+/// the lower-priority pods on the node where that breaks no PodDisruptionBudget, is
+/// nominated there and binds once they are gone.
+#[tokio::test]
+async fn a_high_priority_pod_preempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let c = &srv.client;
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(c.clone());
+    let critical = classes.get("system-cluster-critical").await.unwrap();
+    assert_eq!(critical.value, 2_000_000_000);
+    for (name, value, policy) in [
+        ("low", 10, "PreemptLowerPriority"),
+        ("high", 1000, "PreemptLowerPriority"),
+        ("polite", 1000, "Never"),
+    ] {
+        let pc = serde_json::from_value(json!({"metadata": {"name": name}, "value": value,
+            "preemptionPolicy": policy}))
+        .unwrap();
+        classes.create(&PostParams::default(), &pc).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    // Admission: an unknown class, or a priority that disagrees with the class, is refused.
+    let bad = |spec: Value| -> Pod {
+        let mut spec = spec;
+        spec["containers"] = requests("1");
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "spec": spec})).unwrap()
+    };
+    let err = pods
+        .create(
+            &PostParams::default(),
+            &bad(json!({"priorityClassName": "nope"})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        s.message,
+        "pods \"bad\" is forbidden: no PriorityClass with name nope was found"
+    );
+    let err = pods
+        .create(
+            &PostParams::default(),
+            &bad(json!({"priorityClassName": "high", "priority": 5})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(s.code, 403);
+    assert!(s.message.contains("the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000"), "{}", s.message);
+
+    // Two full nodes: n1's pods are protected by a budget that allows no disruption.
+    node(c, "n1", "2", json!({}), json!([])).await;
+    node(c, "n2", "2", json!({}), json!([])).await;
+    for (name, node, app) in [
+        ("l1", "n1", "protected"),
+        ("l2", "n1", "protected"),
+        ("l3", "n2", "plain"),
+        ("l4", "n2", "plain"),
+    ] {
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": node, "priorityClassName": "low", "terminationGracePeriodSeconds": 0,
+                "containers": requests("1")}})).unwrap();
+        let p = pods.create(&PostParams::default(), &p).await.unwrap();
+        assert_eq!(p.spec.unwrap().priority, Some(10), "the class's value");
+    }
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(c.clone(), "default");
+    let pdb = serde_json::from_value(json!({"metadata": {"name": "keep"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "protected"}}}}))
+    .unwrap();
+    pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    // What the disruption controller (not in rkube yet) would report for it.
+    let status = json!({"status": {"disruptionsAllowed": 0, "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2}});
+    pdbs.patch_status("keep", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+
+    // Lower or equal priority, or a class that never preempts: they wait, and say why.
+    pod(
+        c,
+        "meek",
+        json!({"priorityClassName": "low", "containers": requests("1")}),
+    )
+    .await;
+    assert_eq!(
+        unschedulable(c, "meek").await,
+        "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+    );
+    pod(
+        c,
+        "waits",
+        json!({"priorityClassName": "polite", "containers": requests("2")}),
+    )
+    .await;
+    assert_eq!(
+        unschedulable(c, "waits").await,
+        "0/2 nodes are available: 2 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+    );
+    pods.delete("waits", &Default::default()).await.unwrap();
+
+    pod(
+        c,
+        "vip",
+        json!({"priorityClassName": "high", "containers": requests("2")}),
+    )
+    .await;
+    assert_eq!(
+        bound(c, "vip").await,
+        "n2",
+        "the node whose victims break no budget"
+    );
+    let vip = pods.get("vip").await.unwrap();
+    let status = vip.status.unwrap();
+    assert_eq!(status.nominated_node_name.as_deref(), Some("n2"));
+    let left: Vec<String> = pods
+        .list(&ListParams::default().labels("app"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["l1", "l2"], "only n2's pods were evicted");
+    let uid = vip.metadata.uid.unwrap();
+    assert_eq!(
+        events(c, "l3", "Preempted").await,
+        [format!("Preempted by pod {uid} on node n2")]
+    );
+    // The lower-priority pod still waits: the freed room went to the preemptor.
+    assert!(pods
+        .get("meek")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .is_none());
 }

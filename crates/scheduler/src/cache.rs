@@ -83,7 +83,7 @@ pub fn key(pod: &Pod) -> String {
 }
 
 /// A node and what is placed on it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct NodeInfo {
     pub node: Arc<Node>,
     pub name: String,
@@ -109,7 +109,7 @@ impl NodeInfo {
         }
     }
 
-    fn add(&mut self, p: Arc<PodInfo>) {
+    pub(crate) fn add(&mut self, p: Arc<PodInfo>) {
         if let Some(old) = self.pods.insert(p.key.clone(), p.clone()) {
             self.take_away(&old);
         }
@@ -119,7 +119,7 @@ impl NodeInfo {
         self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
     }
 
-    fn remove(&mut self, key: &str) {
+    pub(crate) fn remove(&mut self, key: &str) {
         if let Some(old) = self.pods.remove(key) {
             self.take_away(&old);
         }
@@ -156,6 +156,9 @@ pub struct Cache {
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// Placed pods with required anti-affinity terms, cluster-wide.
     anti_affinity_pods: usize,
+    /// Pods that preemption nominated to a node and that are not bound yet: node → pods.
+    /// Pods of lower or equal priority must leave them the room.
+    nominated: HashMap<String, Vec<Arc<PodInfo>>>,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -260,6 +263,22 @@ impl Cache {
     /// Whether this pod is assumed or bound here.
     pub fn is_placed(&self, key: &str) -> bool {
         self.placed.contains_key(key)
+    }
+
+    /// Records the pod `key`'s nomination (`Some((pod, node))`), or forgets it.
+    pub fn nominate(&mut self, key: &str, nomination: Option<(Arc<PodInfo>, &str)>) {
+        self.nominated.retain(|_, pods| {
+            pods.retain(|p| p.key != key);
+            !pods.is_empty()
+        });
+        if let Some((p, node)) = nomination {
+            self.nominated.entry(node.to_string()).or_default().push(p);
+        }
+    }
+
+    /// The pods nominated to each node.
+    pub fn nominated(&self) -> &HashMap<String, Vec<Arc<PodInfo>>> {
+        &self.nominated
     }
 }
 

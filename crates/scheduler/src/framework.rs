@@ -143,12 +143,14 @@ pub fn nodes_to_find(all: usize, percentage: u32) -> usize {
 }
 
 impl Profile {
-    /// Runs the filters on `nodes` (starting at `start`, wrapping, as upstream rotates);
-    /// the feasible ones, or the diagnosis.
+    /// Runs the filters on `nodes` (starting at `start`, wrapping, as upstream rotates),
+    /// each with the pods nominated to it that are at least as important as `pod`; the
+    /// feasible ones, or the diagnosis.
     pub fn find_feasible<'a>(
         &self,
         pod: &PodInfo,
         nodes: &'a [NodeInfo],
+        nominated: &HashMap<String, Vec<Arc<PodInfo>>>,
         start: usize,
         state: &CycleState,
     ) -> Result<Vec<&'a NodeInfo>, Diagnosis> {
@@ -160,7 +162,7 @@ impl Profile {
         };
         for i in 0..nodes.len() {
             let n = &nodes[(start + i) % nodes.len()];
-            match self.filter(pod, n, state) {
+            match self.filter_with_nominated(pod, n, nominated, state) {
                 Ok(()) => {
                     feasible.push(n);
                     if feasible.len() >= want {
@@ -179,6 +181,32 @@ impl Profile {
         } else {
             Ok(feasible)
         }
+    }
+
+    /// The filters on `node` plus the pods nominated to it that are at least as important
+    /// as `pod` (upstream's RunFilterPluginsWithNominatedPods, the pass that counts them).
+    pub fn filter_with_nominated(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        nominated: &HashMap<String, Vec<Arc<PodInfo>>>,
+        state: &CycleState,
+    ) -> Result<(), Vec<String>> {
+        let mine = crate::preemption::priority(pod);
+        let ahead: Vec<&Arc<PodInfo>> = nominated
+            .get(&node.name)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.key != pod.key && crate::preemption::priority(p) >= mine)
+            .collect();
+        if ahead.is_empty() {
+            return self.filter(pod, node, state);
+        }
+        let mut with = node.clone();
+        for p in ahead {
+            with.add(p.clone());
+        }
+        self.filter(pod, &with, state)
     }
 
     /// Every plugin's PreFilter: the cycle's state.

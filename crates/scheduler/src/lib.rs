@@ -1,14 +1,16 @@
 //! kube-scheduler as an API client: it watches nodes and pods, queues the pods that name
 //! this scheduler and have no node, filters and scores the cached nodes through the
 //! framework's plugins, assumes the pod on the best node and binds it through
-//! `pods/binding`; when no node fits, it says why in the pod's `PodScheduled` condition and
-//! a `FailedScheduling` event, and retries when the cluster changes.
+//! `pods/binding`; when no node fits, it tries preemption (evicting lower-priority pods
+//! and nominating the node), says why in the pod's `PodScheduled` condition and a
+//! `FailedScheduling` event, and retries when the cluster changes.
 
 pub mod cache;
 pub mod config;
 pub mod framework;
 pub mod leader;
 pub mod plugins;
+pub mod preemption;
 pub use rkube_api::quantity;
 pub mod queue;
 pub mod resources;
@@ -19,8 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
@@ -52,6 +55,8 @@ pub struct Scheduler {
     /// Where the next filter pass starts (upstream rotates through the nodes).
     next_start: AtomicUsize,
     binds: Arc<tokio::sync::Semaphore>,
+    /// PodDisruptionBudgets by `namespace/name`, which preemption tries not to break.
+    pdbs: Mutex<std::collections::BTreeMap<String, PodDisruptionBudget>>,
 }
 
 impl Scheduler {
@@ -63,6 +68,7 @@ impl Scheduler {
             profiles,
             next_start: AtomicUsize::new(0),
             binds: Arc::new(tokio::sync::Semaphore::new(MAX_BINDS)),
+            pdbs: Mutex::default(),
         })
     }
 
@@ -71,6 +77,7 @@ impl Scheduler {
         let _watches = AbortOnDrop(vec![
             tokio::spawn(self.clone().watch_nodes()),
             tokio::spawn(self.clone().watch_pods()),
+            tokio::spawn(self.clone().watch_pdbs()),
         ]);
         loop {
             let pod = self.queue.pop().await;
@@ -109,7 +116,10 @@ impl Scheduler {
                 Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => self.pod_seen(p),
                 Ok(watcher::Event::Delete(p)) => {
                     let k = key(&p);
-                    self.cache.lock().expect("cache lock").remove_pod(&k);
+                    let mut cache = self.cache.lock().expect("cache lock");
+                    cache.remove_pod(&k);
+                    cache.nominate(&k, None);
+                    drop(cache);
                     self.queue.remove(&k);
                     self.queue.move_all();
                 }
@@ -117,6 +127,33 @@ impl Scheduler {
                 Err(e) => {
                     tracing::debug!(error = %e, "pod watch");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_pdbs(self: Arc<Self>) {
+        let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
+        let mut w = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = w.next().await {
+            let key = |b: &PodDisruptionBudget| {
+                format!(
+                    "{}/{}",
+                    b.metadata.namespace.as_deref().unwrap_or(""),
+                    b.metadata.name.as_deref().unwrap_or("")
+                )
+            };
+            match ev {
+                Ok(watcher::Event::Apply(b)) | Ok(watcher::Event::InitApply(b)) => {
+                    self.pdbs.lock().expect("pdb lock").insert(key(&b), b);
+                }
+                Ok(watcher::Event::Delete(b)) => {
+                    self.pdbs.lock().expect("pdb lock").remove(&key(&b));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "pod disruption budget watch");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
         }
@@ -131,6 +168,21 @@ impl Scheduler {
             .filter(|n| !n.is_empty());
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let finished = matches!(phase, Some("Succeeded") | Some("Failed"));
+        let nominated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.clone())
+            .filter(|n| !n.is_empty() && node.is_none() && !finished);
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            match &nominated {
+                Some(n) => {
+                    let info = Arc::new(PodInfo::new(Arc::new(pod.clone())));
+                    cache.nominate(&k, Some((info, n)));
+                }
+                None => cache.nominate(&k, None),
+            }
+        }
         if finished {
             self.cache.lock().expect("cache lock").remove_pod(&k);
             self.queue.remove(&k);
@@ -186,8 +238,28 @@ impl Scheduler {
             let mut cache = self.cache.lock().expect("cache lock");
             let start = self.next_start.load(Ordering::Relaxed);
             let state = profile.pre_filter(&info, &cache.snapshot());
-            match profile.find_feasible(&info, cache.all(), start, &state) {
-                Err(d) => Err(d),
+            match profile.find_feasible(&info, cache.all(), cache.nominated(), start, &state) {
+                Err(d) if cache.all().is_empty() => Err((d, Err(String::new()))),
+                Err(d) => {
+                    // PostFilter: DefaultPreemption.
+                    let preemption = preemption::eligible(&info, &cache)
+                        .map_err(String::from)
+                        .and_then(|()| {
+                            let pdbs: Vec<PodDisruptionBudget> = self
+                                .pdbs
+                                .lock()
+                                .expect("pdb lock")
+                                .values()
+                                .cloned()
+                                .collect();
+                            preemption::select(profile, &info, &cache, &state, &pdbs)
+                        });
+                    if let Ok(c) = &preemption {
+                        // Held for it from now on, before the nomination is written.
+                        cache.nominate(&info.key, Some((info.clone(), &c.node)));
+                    }
+                    Err((d, preemption))
+                }
                 Ok(feasible) => {
                     let n = cache.all().len().max(1);
                     self.next_start
@@ -213,11 +285,18 @@ impl Scheduler {
                     me.bind(info, node).await;
                 });
             }
-            Err(diagnosis) => {
+            Err((diagnosis, preemption)) => {
                 self.queue.unschedulable(&info.key);
-                let msg = diagnosis.message();
+                let mut msg = diagnosis.message();
                 let me = self.clone();
-                tokio::spawn(async move { me.report_unschedulable(&pod, &msg).await });
+                tokio::spawn(async move {
+                    match preemption {
+                        Ok(candidate) => me.preempt(&pod, candidate).await,
+                        Err(why) if !why.is_empty() => msg = format!("{msg} preemption: {why}"),
+                        Err(_) => {}
+                    }
+                    me.report_unschedulable(&pod, &msg).await
+                });
             }
         }
     }
@@ -259,6 +338,59 @@ impl Scheduler {
                 tracing::warn!(pod = %info.key, %node, error = %e, "binding failed");
                 self.cache.lock().expect("cache lock").remove_pod(&info.key);
                 self.queue.backoff(pod.clone(), &info.key);
+            }
+        }
+    }
+
+    /// Nominates the candidate's node for `pod` and evicts the victims there: each gets
+    /// the `DisruptionTarget` condition, a `Preempted` event, and is deleted.
+    async fn preempt(&self, pod: &Pod, c: preemption::Candidate) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let nominate = serde_json::json!({"status": {"nominatedNodeName": c.node}});
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(nominate))
+            .await
+        {
+            tracing::warn!(pod = %name, error = %e, "nominating a node");
+            return;
+        }
+        let scheduler = self
+            .profile_of(pod)
+            .map(|p| p.scheduler_name.clone())
+            .unwrap_or_else(|| "default-scheduler".into());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for v in &c.victims {
+            let victim = &v.pod;
+            let vns = victim.metadata.namespace.clone().unwrap_or_default();
+            let vname = victim.metadata.name.clone().unwrap_or_default();
+            let vapi: Api<Pod> = Api::namespaced(self.client.clone(), &vns);
+            let condition = serde_json::json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+                "lastTransitionTime": Time(jiff::Timestamp::now()),
+            }]}});
+            let _ = vapi
+                .patch_status(
+                    &vname,
+                    &PatchParams::default(),
+                    &Patch::Strategic(condition),
+                )
+                .await;
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: victim.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match vapi.delete(&vname, &dp).await {
+                Ok(_) => {
+                    let msg = format!("Preempted by pod {uid} on node {}", c.node);
+                    self.event(victim, "Normal", "Preempted", &msg).await;
+                }
+                Err(e) => tracing::warn!(pod = %vname, error = %e, "deleting a victim"),
             }
         }
     }

@@ -116,6 +116,10 @@ pub(super) async fn create_object(
     generated: bool,
 ) -> Result<Value, ApiError> {
     let ns = ctx.ns().to_string();
+    let mut obj = obj;
+    if ctx.info.group.is_empty() && ctx.info.plural == "pods" {
+        crate::priority::admit_pod(ctx.state, &mut obj).await?;
+    }
     let obj = prepare_create(ctx, obj)?;
     check_namespace(ctx, obj.name()).await?;
     let mut obj = obj;
