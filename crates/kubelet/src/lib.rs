@@ -1,6 +1,7 @@
 //! The kubelet: registers its node, keeps the node's status and Lease true, and runs the
 //! pods bound to it through CRI (pod workers), reporting their status and events.
 
+pub mod cgroups;
 pub mod cri;
 pub mod env;
 pub mod events;
@@ -134,6 +135,8 @@ pub struct Kubelet {
     /// The HTTPS server's socket until `run` takes it, and its port.
     listener: Mutex<Option<tokio::net::TcpListener>>,
     port: u16,
+    /// The QoS-level cgroups' shares, from the pods started here.
+    pub qos_cgroups: cgroups::QosCgroups,
 }
 
 impl Kubelet {
@@ -182,6 +185,7 @@ impl Kubelet {
             _services_watch: services_watch,
             listener: Mutex::new(listener),
             port,
+            qos_cgroups: Default::default(),
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,
             client,

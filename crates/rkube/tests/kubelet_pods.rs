@@ -222,6 +222,39 @@ spec:
         "--timeout=60s",
     ]);
     assert_eq!(c.jsonpath("pod exact", "{.status.qosClass}"), "Guaranteed");
+    // Its pod-level cgroup holds the pod's limits (cgroup v1 here), and the container's
+    // own cgroup is inside it.
+    let uid = c.jsonpath("pod exact", "{.metadata.uid}");
+    let memory = std::path::PathBuf::from(format!("/sys/fs/cgroup/memory/kubepods/pod{uid}"));
+    if memory.is_dir() {
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            read(memory.join("memory.limit_in_bytes")),
+            (32u64 << 20).to_string()
+        );
+        let cpu = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/kubepods/pod{uid}"));
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "10000");
+        assert_eq!(read(cpu.join("cpu.shares")), "102");
+        let nested = std::fs::read_dir(&memory)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count();
+        assert!(nested >= 1, "the container's cgroup is in the pod's");
+        assert_eq!(
+            read(std::path::PathBuf::from(
+                "/sys/fs/cgroup/cpu/kubepods/besteffort/cpu.shares"
+            )),
+            "2"
+        );
+    } else {
+        eprintln!("no cgroup v1 memory hierarchy: the pod cgroup check is skipped");
+    }
 }
 
 #[test]

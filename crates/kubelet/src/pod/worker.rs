@@ -298,6 +298,12 @@ impl Worker {
                         .await;
                     let _ = k.cri.stop_sandbox(&old.id).await;
                 }
+                // The pod's cgroup, with its limits, before anything runs in it.
+                k.qos_cgroups.pod_starting(&self.uid, pod);
+                crate::cgroups::apply(
+                    &super::cgroup_parent(pod),
+                    &crate::cgroups::pod_resources(pod),
+                );
                 let req = cri::RunPodSandboxRequest {
                     config: Some(sandbox_cfg.clone()),
                     runtime_handler: String::new(),
@@ -1143,6 +1149,7 @@ pub async fn remove_pod(k: &Kubelet, uid: &str, name: Option<(String, String)>) 
     for qos in ["", "burstable/", "besteffort/"] {
         super::remove_cgroups(&format!("/kubepods/{qos}pod{uid}"));
     }
+    k.qos_cgroups.pod_removed(uid);
 }
 
 /// The attempt number for the next instance of container `name`.
