@@ -39,16 +39,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
-    /// Scheduler: upstream's SchedulingBasic shape (fake nodes, then pods), from the first
-    /// pod created to the last bound, with the scheduler's and the API server's CPU and RSS.
+    /// Scheduler: upstream's scheduler_perf shapes (fake nodes, pods placed first, then the
+    /// measured pods), from the first measured pod created to the last bound, with the
+    /// scheduler's and the API server's CPU and RSS.
     Scheduler {
         /// Where the server's data directory goes.
         #[arg(long, default_value_os_t = std::env::temp_dir())]
         dir: PathBuf,
-        #[arg(long, default_value_t = 5000)]
-        nodes: usize,
-        #[arg(long, default_value_t = 10000)]
-        pods: usize,
+        /// The workload: basic (SchedulingBasic), topology-spreading, anti-affinity
+        /// (SchedulingPodAntiAffinity) or preemption (PreemptionBasic).
+        #[arg(long, value_enum, default_value = "basic")]
+        shape: crate::bench_scheduler::Shape,
+        /// Nodes (default: upstream's, 5,000; 500 for preemption).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Measured pods (default: 10,000 for basic, 5,000 for spreading, 1,000 for
+        /// anti-affinity, 500 for preemption).
+        #[arg(long)]
+        pods: Option<usize>,
     },
     /// Container runtime (root): pod sandbox setup, sandbox + first container running,
     /// container create+start+stop+remove beside bare `runc run` of the same bundle
@@ -84,9 +92,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             scale,
         } => datastore(dir, etcd_endpoint, scale).await,
         BenchCommand::Apiserver { dir, scale } => crate::bench_api::apiserver(dir, scale).await,
-        BenchCommand::Scheduler { dir, nodes, pods } => {
-            crate::bench_scheduler::scheduler(dir, nodes, pods).await
-        }
+        BenchCommand::Scheduler {
+            dir,
+            shape,
+            nodes,
+            pods,
+        } => crate::bench_scheduler::scheduler(dir, shape, nodes, pods).await,
         BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
         BenchCommand::Kubelet { dir, pods, rounds } => {
             crate::bench_kubelet::kubelet(dir, pods, rounds.max(1)).await

@@ -1,7 +1,16 @@
-//! `rkube bench scheduler`: upstream scheduler_perf's SchedulingBasic shape through the
-//! real API: fake nodes, then pods created as fast as the API takes them, timed from the
-//! first pod created to the last pod bound, with a `rkube scheduler` process of its own so
-//! its CPU and memory are measured apart from the API server's.
+//! `rkube bench scheduler`: upstream scheduler_perf's shapes through the real API: fake
+//! nodes, pods already placed (`init`), then the measured pods created as fast as the API
+//! takes them, timed from the first measured pod created to the last one bound, with a
+//! `rkube scheduler` process of its own so its CPU and memory are measured apart from the
+//! API server's.
+//!
+//! - `basic` (SchedulingBasic): plain pods.
+//! - `topology-spreading` (TopologySpreading): nodes in three zones, pods spread by host
+//!   and zone with `maxSkew: 5`, DoNotSchedule.
+//! - `anti-affinity` (SchedulingPodAntiAffinity): pods that must not share a host with
+//!   another of their kind, 1,000 of them placed first.
+//! - `preemption` (PreemptionBasic): nodes full of low-priority pods; each measured pod
+//!   has a high priority and fits only by preempting.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,6 +24,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
+use serde_json::Value;
 
 use crate::bench_api::{rss_of, start_server};
 
@@ -45,15 +55,123 @@ where
     Ok(())
 }
 
-pub async fn scheduler(dir: PathBuf, nodes: usize, pods: usize) -> anyhow::Result<()> {
+/// A scheduler_perf workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    Basic,
+    TopologySpreading,
+    AntiAffinity,
+    Preemption,
+}
+
+impl Shape {
+    /// Upstream's name, and its CI floor in pods/s where the issue quotes one.
+    fn upstream(self) -> (&'static str, Option<f64>) {
+        match self {
+            Shape::Basic => ("SchedulingBasic", Some(680.0)),
+            Shape::TopologySpreading => ("TopologySpreading", Some(85.0)),
+            Shape::AntiAffinity => ("SchedulingPodAntiAffinity", None),
+            Shape::Preemption => ("PreemptionBasic", Some(18.0)),
+        }
+    }
+
+    /// Node labels: a hostname, and for spreading one of three zones.
+    fn node_labels(self, i: usize) -> Value {
+        let mut l = json!({"kubernetes.io/hostname": format!("node-{i}")});
+        if self == Shape::TopologySpreading {
+            l["topology.kubernetes.io/zone"] = json!(format!("zone-{}", i % 3));
+        }
+        l
+    }
+
+    /// Pods placed before the measurement (created, then all bound).
+    fn init_pods(self, nodes: usize) -> usize {
+        match self {
+            Shape::Basic | Shape::TopologySpreading => 0,
+            Shape::AntiAffinity => 1000.min(nodes / 2),
+            // Four 900m pods fill a 4-CPU node.
+            Shape::Preemption => 4 * nodes,
+        }
+    }
+
+    fn init_pod(self, name: &str) -> anyhow::Result<Pod> {
+        let spec = match self {
+            Shape::Preemption => json!({"priority": 1, "terminationGracePeriodSeconds": 0,
+                "containers": [container("900m")]}),
+            Shape::AntiAffinity => anti_affinity_spec(),
+            _ => json!({"containers": [container("100m")]}),
+        };
+        pod_of(name, self.labels(), spec)
+    }
+
+    fn measured_pod(self, name: &str) -> anyhow::Result<Pod> {
+        let spec = match self {
+            Shape::Basic => json!({"containers": [container("100m")]}),
+            Shape::TopologySpreading => {
+                let sel = json!({"matchLabels": {"color": "blue"}});
+                json!({"containers": [container("100m")], "topologySpreadConstraints": [
+                    {"maxSkew": 5, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": sel},
+                    {"maxSkew": 5, "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": sel}]})
+            }
+            Shape::AntiAffinity => anti_affinity_spec(),
+            Shape::Preemption => json!({"priority": 10, "containers": [container("3")]}),
+        };
+        pod_of(name, self.labels(), spec)
+    }
+
+    fn labels(self) -> Value {
+        match self {
+            Shape::TopologySpreading => json!({"color": "blue"}),
+            Shape::AntiAffinity => json!({"color": "green"}),
+            _ => json!({}),
+        }
+    }
+}
+
+fn container(cpu: &str) -> Value {
+    json!({"name": "pause", "image": "registry.k8s.io/pause:3.10",
+        "resources": {"requests": {"cpu": cpu, "memory": "500Mi"}}})
+}
+
+fn anti_affinity_spec() -> Value {
+    json!({"containers": [container("100m")], "affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"color": "green"}},
+            "topologyKey": "kubernetes.io/hostname"}]}}})
+}
+
+fn pod_of(name: &str, labels: Value, spec: Value) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": spec,
+    }))?)
+}
+
+pub async fn scheduler(
+    dir: PathBuf,
+    shape: Shape,
+    nodes: Option<usize>,
+    pods: Option<usize>,
+) -> anyhow::Result<()> {
+    let (default_nodes, default_pods) = match shape {
+        Shape::Basic => (5000, 10_000),
+        Shape::TopologySpreading => (5000, 5000),
+        Shape::AntiAffinity => (5000, 1000),
+        Shape::Preemption => (500, 500),
+    };
+    let (nodes, pods) = (nodes.unwrap_or(default_nodes), pods.unwrap_or(default_pods));
     let tmp = tempfile::Builder::new()
         .prefix("rkube-bench-")
         .tempdir_in(&dir)
         .context("bench dir")?;
     let srv = start_server(tmp.path()).await?;
     let client = srv.client.clone();
+    let init = shape.init_pods(nodes);
     println!(
-        "scheduler benchmark (SchedulingBasic): {nodes} nodes, {pods} pods, {} cores",
+        "scheduler benchmark ({}): {nodes} nodes, {init} pods placed first, {pods} measured pods, {} cores",
+        shape.upstream().0,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -64,7 +182,7 @@ pub async fn scheduler(dir: PathBuf, nodes: usize, pods: usize) -> anyhow::Resul
         let api = node_api.clone();
         async move {
             let n: Node = serde_json::from_value(json!({
-                "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}")}},
+                "metadata": {"name": format!("node-{i}"), "labels": shape.node_labels(i)},
                 "status": {
                     "capacity": {"cpu": "4", "memory": "32Gi", "pods": "110"},
                     "allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"},
@@ -89,24 +207,78 @@ pub async fn scheduler(dir: PathBuf, nodes: usize, pods: usize) -> anyhow::Resul
         .spawn()
         .context("starting the scheduler")?;
     let sched_pid = sched.id();
-    let res = measure(&client, pods, sched_pid, srv.child.id()).await;
+    let res = measure(&client, shape, init, pods, sched_pid, srv.child.id()).await;
     let _ = sched.kill();
     let _ = sched.wait();
     res
 }
 
-fn pod(name: &str) -> anyhow::Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"containers": [{
-            "name": "pause", "image": "registry.k8s.io/pause:3.10",
-            "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}},
-        }]},
-    }))?)
+/// Creates `n` pods named `PREFIX-i` from `make`, 64 in flight, and waits until a watch
+/// has seen them all bound; (creation time, first create → last bound).
+async fn create_and_bind(
+    client: &kube::Client,
+    prefix: &'static str,
+    n: usize,
+    make: impl Fn(&str) -> anyhow::Result<Pod>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let watch_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let counter = tokio::spawn(async move {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut w = watcher(watch_api, watcher::Config::default()).boxed();
+        let mut done_tx = Some(done_tx);
+        let mut ready_tx = Some(ready_tx);
+        while let Some(ev) = w.next().await {
+            let p = match ev {
+                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let ours = name
+                .strip_prefix(prefix)
+                .is_some_and(|r| r.starts_with('-'));
+            if ours && p.spec.and_then(|s| s.node_name).is_some() {
+                seen.insert(name);
+                if seen.len() == n {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(Instant::now());
+                    }
+                }
+            }
+        }
+    });
+    let _ = ready_rx.await;
+    let api = Arc::new(Api::<Pod>::namespaced(client.clone(), "default"));
+    let make = &make;
+    let t0 = Instant::now();
+    create_all(n, 64, |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &make(&format!("{prefix}-{i}"))?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let created = t0.elapsed();
+    let done = tokio::time::timeout(Duration::from_secs(900), done_rx)
+        .await
+        .with_context(|| format!("not every {prefix} pod was bound within 15 min"))??;
+    counter.abort();
+    Ok((created, done.duration_since(t0)))
 }
 
 async fn measure(
     client: &kube::Client,
+    shape: Shape,
+    init: usize,
     pods: usize,
     sched_pid: u32,
     server_pid: u32,
@@ -114,7 +286,12 @@ async fn measure(
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     // The scheduler is ready once it binds a first pod (its node cache is then full:
     // the watch lists every node before it reports).
-    api.create(&PostParams::default(), &pod("warm-up")?).await?;
+    let warm = pod_of(
+        "warm-up",
+        json!({}),
+        json!({"containers": [container("10m")]}),
+    )?;
+    api.create(&PostParams::default(), &warm).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let p = api.get("warm-up").await?;
@@ -127,50 +304,13 @@ async fn measure(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Count bindings as the watch reports them.
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
-    let watch_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let counter = tokio::spawn(async move {
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut w = watcher(watch_api, watcher::Config::default()).boxed();
-        let mut done_tx = Some(done_tx);
-        while let Some(ev) = w.next().await {
-            let p = match ev {
-                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
-                _ => continue,
-            };
-            let name = p.metadata.name.clone().unwrap_or_default();
-            if name.starts_with("pod-") && p.spec.and_then(|s| s.node_name).is_some() {
-                seen.insert(name);
-                if seen.len() == pods {
-                    if let Some(tx) = done_tx.take() {
-                        let _ = tx.send(Instant::now());
-                    }
-                }
-            }
-        }
-    });
+    if init > 0 {
+        let (_, took) = create_and_bind(client, "init", init, |n| shape.init_pod(n)).await?;
+        println!("{init} pods placed first in {:.1} s", took.as_secs_f64());
+    }
     let (cpu_s0, cpu_a0) = (cpu_seconds(sched_pid), cpu_seconds(server_pid));
-    let api = Arc::new(api);
-    let t0 = Instant::now();
-    create_all(pods, 64, |i| {
-        let api = api.clone();
-        async move {
-            api.create(&PostParams::default(), &pod(&format!("pod-{i}"))?)
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let created = t0.elapsed();
-    let mut peak = (0u64, 0u64);
-    let done = tokio::time::timeout(Duration::from_secs(600), done_rx)
-        .await
-        .context("not every pod was bound within 10 min")??;
-    peak.0 = peak.0.max(rss_of(sched_pid));
-    peak.1 = peak.1.max(rss_of(server_pid));
-    counter.abort();
-    let took = done.duration_since(t0);
+    let (created, took) = create_and_bind(client, "pod", pods, |n| shape.measured_pod(n)).await?;
+    let peak = (rss_of(sched_pid), rss_of(server_pid));
     let (cpu_s, cpu_a) = (
         cpu_seconds(sched_pid) - cpu_s0,
         cpu_seconds(server_pid) - cpu_a0,
@@ -180,11 +320,17 @@ async fn measure(
         created.as_secs_f64(),
         pods as f64 / created.as_secs_f64()
     );
+    let rate = pods as f64 / took.as_secs_f64();
     println!(
-        "first pod created → last pod bound: {:.2} s = {:.0} pods/s",
+        "first pod created → last pod bound: {:.2} s = {rate:.0} pods/s",
         took.as_secs_f64(),
-        pods as f64 / took.as_secs_f64()
     );
+    if let (name, Some(floor)) = shape.upstream() {
+        println!(
+            "upstream's CI floor for {name}: {floor:.0} pods/s; this run: {:.1}x (target 10x)",
+            rate / floor
+        );
+    }
     println!(
         "scheduler: {cpu_s:.1} CPU s ({:.0}% of a core), RSS {:.0} MiB; apiserver: {cpu_a:.1} CPU s ({:.0}%), RSS {:.0} MiB",
         100.0 * cpu_s / took.as_secs_f64(),

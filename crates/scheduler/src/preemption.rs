@@ -4,7 +4,7 @@
 //! lowest priority sum, the fewest victims. The scheduler then nominates the node in the
 //! pod's `status.nominatedNodeName` and deletes the victims.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -128,6 +128,7 @@ fn victims_on(
     profile: &Profile,
     pod: &PodInfo,
     node: &NodeInfo,
+    nominated: &HashMap<String, Vec<Arc<PodInfo>>>,
     state: &CycleState,
     pdbs: &[PodDisruptionBudget],
 ) -> Option<Candidate> {
@@ -145,7 +146,15 @@ fn victims_on(
     for p in &lower {
         trial.remove(&p.key);
     }
-    profile.filter(pod, &trial, state).ok()?;
+    // Room held for pods nominated here counts, as in a normal filter pass.
+    let fits = |trial: &NodeInfo| {
+        profile
+            .filter_with_nominated(pod, trial, nominated, state)
+            .is_ok()
+    };
+    if !fits(&trial) {
+        return None;
+    }
     more_important_first(&mut lower);
     let (violating, fine) = split_by_pdb(lower, pdbs);
     let mut victims = Vec::new();
@@ -157,7 +166,7 @@ fn victims_on(
         .chain(fine.into_iter().map(|p| (p, false)))
     {
         trial.add(p.clone());
-        if profile.filter(pod, &trial, state).is_err() {
+        if !fits(&trial) {
             trial.remove(&p.key);
             pdb_violations += protected as usize;
             victims.push(p);
@@ -190,7 +199,7 @@ pub fn select(
                 continue;
             }
         }
-        let Some(c) = victims_on(profile, pod, n, state, pdbs) else {
+        let Some(c) = victims_on(profile, pod, n, cache.nominated(), state, pdbs) else {
             *reasons
                 .entry("No preemption victims found for incoming pod")
                 .or_default() += 1;
