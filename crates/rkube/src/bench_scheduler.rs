@@ -96,8 +96,8 @@ impl Shape {
 
     fn init_pod(self, name: &str) -> anyhow::Result<Pod> {
         let spec = match self {
-            Shape::Preemption => json!({"priority": 1, "terminationGracePeriodSeconds": 0,
-                "containers": [container("900m")]}),
+            Shape::Preemption => json!({"priorityClassName": "bench-low",
+                "terminationGracePeriodSeconds": 0, "containers": [container("900m")]}),
             Shape::AntiAffinity => anti_affinity_spec(),
             _ => json!({"containers": [container("100m")]}),
         };
@@ -116,7 +116,9 @@ impl Shape {
                         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": sel}]})
             }
             Shape::AntiAffinity => anti_affinity_spec(),
-            Shape::Preemption => json!({"priority": 10, "containers": [container("3")]}),
+            Shape::Preemption => {
+                json!({"priorityClassName": "bench-high", "containers": [container("3")]})
+            }
         };
         pod_of(name, self.labels(), spec)
     }
@@ -198,6 +200,14 @@ pub async fn scheduler(
         "{nodes} nodes created in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if shape == Shape::Preemption {
+        let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> =
+            Api::all(client.clone());
+        for (name, value) in [("bench-low", 1), ("bench-high", 10)] {
+            let pc = serde_json::from_value(json!({"metadata": {"name": name}, "value": value}))?;
+            classes.create(&PostParams::default(), &pc).await?;
+        }
+    }
 
     let mut sched = Command::new(std::env::current_exe()?)
         .args(["scheduler", "--kubeconfig"])
@@ -311,6 +321,25 @@ async fn measure(
     let (cpu_s0, cpu_a0) = (cpu_seconds(sched_pid), cpu_seconds(server_pid));
     let (created, took) = create_and_bind(client, "pod", pods, |n| shape.measured_pod(n)).await?;
     let peak = (rss_of(sched_pid), rss_of(server_pid));
+    if shape == Shape::Preemption {
+        let left = api
+            .list(&kube::api::ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("init-"))
+            })
+            .count();
+        println!(
+            "{} low-priority pods preempted ({:.1} per measured pod)",
+            init - left,
+            (init - left) as f64 / pods as f64
+        );
+    }
     let (cpu_s, cpu_a) = (
         cpu_seconds(sched_pid) - cpu_s0,
         cpu_seconds(server_pid) - cpu_a0,

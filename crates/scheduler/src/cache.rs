@@ -159,6 +159,8 @@ pub struct Cache {
     /// Pods that preemption nominated to a node and that are not bound yet: node → pods.
     /// Pods of lower or equal priority must leave them the room.
     nominated: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Pod key → the node it is nominated to.
+    nominated_to: HashMap<String, String>,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -267,11 +269,16 @@ impl Cache {
 
     /// Records the pod `key`'s nomination (`Some((pod, node))`), or forgets it.
     pub fn nominate(&mut self, key: &str, nomination: Option<(Arc<PodInfo>, &str)>) {
-        self.nominated.retain(|_, pods| {
-            pods.retain(|p| p.key != key);
-            !pods.is_empty()
-        });
+        if let Some(old) = self.nominated_to.remove(key) {
+            if let Some(pods) = self.nominated.get_mut(&old) {
+                pods.retain(|p| p.key != key);
+                if pods.is_empty() {
+                    self.nominated.remove(&old);
+                }
+            }
+        }
         if let Some((p, node)) = nomination {
+            self.nominated_to.insert(key.to_string(), node.to_string());
             self.nominated.entry(node.to_string()).or_default().push(p);
         }
     }

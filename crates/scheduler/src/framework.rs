@@ -193,17 +193,16 @@ impl Profile {
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
         let mine = crate::preemption::priority(pod);
-        let ahead: Vec<&Arc<PodInfo>> = nominated
-            .get(&node.name)
-            .into_iter()
-            .flatten()
-            .filter(|p| p.key != pod.key && crate::preemption::priority(p) >= mine)
-            .collect();
-        if ahead.is_empty() {
+        let ahead = |p: &&Arc<PodInfo>| p.key != pod.key && crate::preemption::priority(p) >= mine;
+        let here = match nominated.is_empty() {
+            true => None,
+            false => nominated.get(&node.name),
+        };
+        let Some(here) = here.filter(|h| h.iter().any(|p| ahead(&p))) else {
             return self.filter(pod, node, state);
-        }
+        };
         let mut with = node.clone();
-        for p in ahead {
+        for p in here.iter().filter(ahead) {
             with.add(p.clone());
         }
         self.filter(pod, &with, state)

@@ -179,7 +179,15 @@ fn victims_on(
     })
 }
 
-/// The best candidate over all nodes, or upstream's "preemption: …" explanation.
+/// How many candidate nodes to find before choosing (upstream's DefaultPreemptionArgs:
+/// 10% of the nodes, at least 100).
+fn candidates_wanted(nodes: usize) -> usize {
+    (nodes / 10).max(100).min(nodes)
+}
+
+/// The best candidate among the first nodes found with victims (walked from an offset
+/// that depends on the pod, as upstream starts at a random one), or upstream's
+/// "preemption: …" explanation.
 pub fn select(
     profile: &Profile,
     pod: &PodInfo,
@@ -190,7 +198,19 @@ pub fn select(
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut best: Option<(Candidate, (usize, i32, i64, usize))> = None;
     let nodes = cache.all();
-    for n in nodes {
+    let want = candidates_wanted(nodes.len());
+    let offset = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pod.key.hash(&mut h);
+        h.finish() as usize % nodes.len().max(1)
+    };
+    let mut found = 0;
+    for i in 0..nodes.len() {
+        if found >= want {
+            break;
+        }
+        let n = &nodes[(offset + i) % nodes.len()];
         if let Err(why) = profile.filter(pod, n, state) {
             if why.iter().any(|r| unresolvable(r)) {
                 *reasons
@@ -216,6 +236,7 @@ pub fn select(
             .iter()
             .map(|p| priority(p) as i64 + i32::MAX as i64 + 1)
             .sum();
+        found += 1;
         let rank = (c.pdb_violations, highest, sum, c.victims.len());
         if best.as_ref().is_none_or(|(_, r)| rank < *r) {
             best = Some((c, rank));

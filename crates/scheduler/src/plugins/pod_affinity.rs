@@ -1,7 +1,7 @@
 //! InterPodAffinity: required pod affinity and anti-affinity of the incoming pod, and the
 //! required anti-affinity of the pods already placed, by topology domain.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodAffinityTerm;
 
@@ -45,11 +45,22 @@ fn required_affinity(pod: &PodInfo) -> Vec<PodAffinityTerm> {
         .unwrap_or_default()
 }
 
+/// Topology values by topology key (a node is in them if its label for a key is).
+type Domains = HashMap<String, HashSet<String>>;
+
+fn add(d: &mut Domains, key: &str, value: &str) {
+    if let Some(values) = d.get_mut(key) {
+        values.insert(value.to_string());
+    } else {
+        d.insert(key.to_string(), HashSet::from([value.to_string()]));
+    }
+}
+
 struct State {
-    /// (topology key, value) where the incoming pod's anti-affinity finds a pod.
-    anti: HashSet<(String, String)>,
-    /// (topology key, value) where a placed pod's anti-affinity rejects the incoming pod.
-    existing: HashSet<(String, String)>,
+    /// Domains where the incoming pod's anti-affinity finds a pod.
+    anti: Domains,
+    /// Domains where a placed pod's anti-affinity rejects the incoming pod.
+    existing: Domains,
     /// Per affinity term: the values holding a matching pod.
     affinity: Vec<(PodAffinityTerm, HashSet<String>)>,
     /// The incoming pod matches all its own affinity terms (it may start a group alone).
@@ -69,8 +80,8 @@ impl Plugin for InterPodAffinity {
         let anti_terms = &pod.required_anti;
         let aff_terms = required_affinity(pod);
         let mut st = State {
-            anti: HashSet::new(),
-            existing: HashSet::new(),
+            anti: Domains::new(),
+            existing: Domains::new(),
             affinity: aff_terms
                 .iter()
                 .map(|t| (t.clone(), HashSet::new()))
@@ -91,14 +102,14 @@ impl Plugin for InterPodAffinity {
                 for t in &other.required_anti {
                     if let Some(v) = n.label(&t.topology_key) {
                         if term_selects(t, other_ns, pod) {
-                            st.existing.insert((t.topology_key.clone(), v.clone()));
+                            add(&mut st.existing, &t.topology_key, v);
                         }
                     }
                 }
                 for t in anti_terms {
                     if let Some(v) = n.label(&t.topology_key) {
                         if term_selects(t, &own_ns, other) {
-                            st.anti.insert((t.topology_key.clone(), v.clone()));
+                            add(&mut st.anti, &t.topology_key, v);
                         }
                     }
                 }
@@ -123,8 +134,11 @@ impl Plugin for InterPodAffinity {
         let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
             return Ok(());
         };
-        let holds =
-            |set: &HashSet<(String, String)>| set.iter().any(|(k, v)| node.label(k) == Some(v));
+        // One lookup per topology key, however many pods hold domains.
+        let holds = |d: &Domains| {
+            d.iter()
+                .any(|(k, values)| node.label(k).is_some_and(|v| values.contains(v)))
+        };
         if holds(&st.existing) {
             return Err(vec![
                 "node(s) didn't satisfy existing pods anti-affinity rules".into(),
