@@ -50,11 +50,14 @@ test: lint pyvenv
 	$(CARGO) test --workspace
 
 ## bench: datastore figures (embedded store vs a real etcd on the same disk), API server
-## figures, container runtime and kubelet figures (root: namespaces, mounts, runc)
+## figures, scheduler_perf shapes, container runtime and kubelet figures (root:
+## namespaces, mounts, runc)
 bench: deps
 	$(CARGO) build --release -p rkube
 	$(TARGET)/release/rkube bench datastore
 	$(TARGET)/release/rkube bench apiserver
+	for shape in basic topology-spreading anti-affinity preemption; do \
+		$(SUDO) $(TARGET)/release/rkube bench scheduler --shape $$shape --dir /var/lib || exit 1; done
 	$(SUDO) $(TARGET)/release/rkube bench runtime
 	$(SUDO) $(TARGET)/release/rkube bench kubelet
 
