@@ -293,6 +293,37 @@ fn exit_codes_logs_limits_oom_and_stop() {
             std::fs::read_to_string(&limit).unwrap().trim(),
             (80u64 << 20).to_string()
         );
+        // A command that cannot run fails StartContainer; the container is then exited
+        // with 128 and StartError, as containerd reports it.
+        let mut missing = container_config("missing", "");
+        missing.command = vec!["/no/such/binary".into()];
+        let bad = c
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(missing),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        let err = c
+            .start_container(cri::StartContainerRequest {
+                container_id: bad.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("no/such/binary"), "{err:?}");
+        let st = status(&mut c, &bad).await;
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_str()),
+            (
+                cri::ContainerState::ContainerExited as i32,
+                128,
+                "StartError"
+            ),
+            "{st:?}"
+        );
     });
 }
 

@@ -451,7 +451,18 @@ impl Containers {
         // Taken before the start: a quick container may be finished by the time the shim
         // reports, and startedAt must not come after finishedAt.
         let started = crate::now_nanos();
-        self.start_shim(&c)?;
+        if let Err(e) = self.start_shim(&c) {
+            // As containerd reports it: exited with 128, reason StartError.
+            let exit = Exit {
+                exit_code: 128,
+                finished_at: crate::now_nanos(),
+                reason: "StartError".into(),
+                message: e.to_string(),
+            };
+            let p = self.dir(&c.id).join("exit.json");
+            let _ = fs::write(&p, serde_json::to_vec(&exit).expect("json"));
+            return Err(e);
+        }
         let p = self.dir(&c.id).join("started");
         fs::write(&p, started.to_string()).map_err(io_err(&p))
     }

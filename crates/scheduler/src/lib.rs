@@ -172,15 +172,18 @@ impl Scheduler {
             .status
             .as_ref()
             .and_then(|s| s.nominated_node_name.clone())
-            .filter(|n| !n.is_empty() && node.is_none() && !finished);
+            .filter(|n| !n.is_empty());
         {
+            // A nomination ends when the pod is bound, finished or deleted; an event
+            // without one (older than this scheduler's own write) does not end it.
             let mut cache = self.cache.lock().expect("cache lock");
             match &nominated {
+                _ if node.is_some() || finished => cache.nominate(&k, None),
                 Some(n) => {
                     let info = Arc::new(PodInfo::new(Arc::new(pod.clone())));
                     cache.nominate(&k, Some((info, n)));
                 }
-                None => cache.nominate(&k, None),
+                None => {}
             }
         }
         if finished {
