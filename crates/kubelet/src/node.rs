@@ -21,6 +21,32 @@ const STATUS_REPORT: Duration = Duration::from_secs(60);
 /// Upstream's default hard eviction thresholds: what allocatable leaves free.
 const EVICTION_MEMORY_KI: u64 = 100 * 1024;
 const EVICTION_NODEFS_PERCENT: u64 = 10;
+/// Upstream's nodeStatusMaxImages.
+const MAX_IMAGES: usize = 50;
+
+/// `status.images`: the runtime's images, largest first, at most `MAX_IMAGES`, each with
+/// its digests and tags as names (the scheduler's ImageLocality reads them).
+async fn images(k: &Kubelet) -> Value {
+    let Ok(list) = k
+        .cri
+        .images
+        .clone()
+        .list_images(k8s_cri::v1::ListImagesRequest { filter: None })
+        .await
+    else {
+        return Value::Array(Vec::new());
+    };
+    let mut images = list.into_inner().images;
+    images.sort_by(|a, b| b.size.cmp(&a.size).then(a.id.cmp(&b.id)));
+    images
+        .into_iter()
+        .take(MAX_IMAGES)
+        .map(|i| {
+            let names: Vec<String> = i.repo_digests.into_iter().chain(i.repo_tags).collect();
+            json!({"names": names, "sizeBytes": i.size})
+        })
+        .collect()
+}
 
 /// What the machine has, in the units Node capacity uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -274,6 +300,7 @@ pub async fn run(k: std::sync::Arc<Kubelet>) {
             }
         }
         let mut status = static_status(&k, &machine, &runtime);
+        status["images"] = images(&k).await;
         let summary: Vec<Value> = conds
             .iter()
             .map(|c| json!([c.type_, c.status, c.reason, c.message]))

@@ -209,6 +209,20 @@ spec:
         )),
         "{ev}"
     );
+    // The node reports its images (names and sizes) for the scheduler's ImageLocality.
+    let node_name = c.name.clone();
+    c.wait_for(30, "the pulled image in the node's status.images", || {
+        let names = c.jsonpath(&format!("node {node_name}"), "{.status.images[*].names}");
+        let sizes = c.jsonpath(
+            &format!("node {node_name}"),
+            "{.status.images[*].sizeBytes}",
+        );
+        (names.contains(&image)
+            && sizes
+                .split_whitespace()
+                .all(|s| s.parse::<u64>().is_ok_and(|n| n > 0)))
+        .then_some(())
+    });
     // A Guaranteed pod (its OOM score of -997 is clamped where CAP_SYS_RESOURCE is withheld).
     c.apply(&format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "exact"}},

@@ -94,6 +94,20 @@ pub struct NodeInfo {
     pub pods: HashMap<String, Arc<PodInfo>>,
     /// How many of those pods carry required anti-affinity terms.
     pub anti_affinity_pods: usize,
+    /// The images the node reports (`status.images`): every name → size in bytes.
+    pub images: HashMap<String, i64>,
+}
+
+/// A node's images by name (tags and digests alike) with their sizes.
+fn node_images(node: &Node) -> HashMap<String, i64> {
+    node.status
+        .iter()
+        .flat_map(|s| s.images.iter().flatten())
+        .flat_map(|i| {
+            let size = i.size_bytes.unwrap_or(0);
+            i.names.iter().flatten().map(move |n| (n.clone(), size))
+        })
+        .collect()
 }
 
 impl NodeInfo {
@@ -101,6 +115,7 @@ impl NodeInfo {
         NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
+            images: node_images(&node),
             node,
             requested: Resource::default(),
             non_zero: (0, 0),
@@ -161,6 +176,8 @@ pub struct Cache {
     nominated: HashMap<String, Vec<Arc<PodInfo>>>,
     /// Pod key → the node it is nominated to.
     nominated_to: HashMap<String, String>,
+    /// Image name → how many nodes have it (ImageLocality's spread).
+    image_nodes: HashMap<String, usize>,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -168,6 +185,8 @@ pub struct Snapshot<'a> {
     pub nodes: &'a [NodeInfo],
     /// Placed pods with required anti-affinity terms (none: nothing to check for them).
     pub anti_affinity_pods: usize,
+    /// Image name → how many nodes have it.
+    pub image_nodes: &'a HashMap<String, usize>,
 }
 
 impl Cache {
@@ -176,6 +195,7 @@ impl Cache {
         Snapshot {
             nodes: &self.nodes,
             anti_affinity_pods: self.anti_affinity_pods,
+            image_nodes: &self.image_nodes,
         }
     }
 
@@ -198,7 +218,8 @@ impl Cache {
     pub fn set_node(&mut self, node: Node) -> bool {
         let name = node.metadata.name.clone().unwrap_or_default();
         let node = Arc::new(node);
-        match self.node_mut(&name) {
+        let images = node_images(&node);
+        let (changed, old_images) = match self.node_mut(&name) {
             Some(n) => {
                 let alloc = allocatable(&node);
                 let changed = alloc != n.allocatable
@@ -206,7 +227,10 @@ impl Cache {
                     || node.spec != n.node.spec;
                 n.allocatable = alloc;
                 n.node = node;
-                changed
+                if n.images == images {
+                    return changed;
+                }
+                (changed, std::mem::replace(&mut n.images, images.clone()))
             }
             None => {
                 let mut n = NodeInfo::new(node);
@@ -215,7 +239,24 @@ impl Cache {
                 }
                 self.index.insert(name, self.nodes.len());
                 self.nodes.push(n);
-                true
+                (true, HashMap::new())
+            }
+        };
+        self.count_images(&old_images, false);
+        self.count_images(&images, true);
+        changed
+    }
+
+    /// Adds or takes away one node's images from the image index.
+    fn count_images(&mut self, images: &HashMap<String, i64>, add: bool) {
+        for name in images.keys() {
+            if add {
+                *self.image_nodes.entry(name.clone()).or_default() += 1;
+            } else if let Some(c) = self.image_nodes.get_mut(name) {
+                *c -= 1;
+                if *c == 0 {
+                    self.image_nodes.remove(name);
+                }
             }
         }
     }
@@ -228,6 +269,7 @@ impl Cache {
         if let Some(moved) = self.nodes.get(i) {
             self.index.insert(moved.name.clone(), i);
         }
+        self.count_images(&n.images, false);
         self.orphans
             .insert(name.to_string(), n.pods.into_values().collect());
     }

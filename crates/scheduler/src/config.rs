@@ -198,7 +198,7 @@ mod tests {
         .is_err());
         // Not-yet plugins are skipped, not fatal.
         assert!(profiles(&cfg(
-            json!([{"plugins": {"score": {"enabled": [{"name": "ImageLocality"}]}}}])
+            json!([{"plugins": {"score": {"enabled": [{"name": "VolumeBinding"}]}}}])
         ))
         .is_ok());
     }

@@ -1,6 +1,7 @@
 //! The default plugins, with upstream's behaviour and weights.
 
 mod fit;
+mod image_locality;
 mod node;
 mod node_affinity;
 mod pod_affinity;
@@ -10,6 +11,7 @@ mod taints;
 use std::sync::Arc;
 
 pub use fit::{BalancedAllocation, NodeResourcesFit};
+pub use image_locality::ImageLocality;
 pub use node::{NodeName, NodePorts, NodeUnschedulable};
 pub use node_affinity::NodeAffinity;
 pub use pod_affinity::InterPodAffinity;
@@ -31,6 +33,7 @@ pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>,
         "PodTopologySpread" => (Arc::new(PodTopologySpread), 2),
         "InterPodAffinity" => (Arc::new(InterPodAffinity), 2),
         "NodeResourcesBalancedAllocation" => (Arc::new(BalancedAllocation), 1),
+        "ImageLocality" => (Arc::new(ImageLocality), 1),
         _ => return None,
     };
     Some(p)
@@ -43,7 +46,6 @@ pub const NOT_YET: &[&str] = &[
     "SchedulingGates",
     "DefaultBinder",
     "DefaultPreemption",
-    "ImageLocality",
     "VolumeBinding",
     "VolumeRestrictions",
     "VolumeZone",
@@ -66,6 +68,7 @@ pub const DEFAULT: &[&str] = &[
     "PodTopologySpread",
     "InterPodAffinity",
     "NodeResourcesBalancedAllocation",
+    "ImageLocality",
 ];
 
 /// The default profile (`default-scheduler`): filters in upstream's order, scorers with
