@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::pod::config::resource as milli;
 use crate::pod::{qos, Qos};
 
 /// Upstream's MinShares and the CFS period it uses.
@@ -24,18 +25,6 @@ pub struct PodResources {
     /// Microseconds per `PERIOD_US`.
     pub cpu_quota: Option<i64>,
     pub memory_limit: Option<i64>,
-}
-
-/// A container's resource in milli-units (`cpu` in millicores, `memory` in millibytes).
-fn milli(c: &Container, which: &str, name: &str) -> Option<i64> {
-    let r = c.resources.as_ref()?;
-    let m = if which == "limits" {
-        r.limits.as_ref()
-    } else {
-        r.requests.as_ref()
-    };
-    m?.get(name)
-        .and_then(|q| rkube_api::quantity::parse_milli(&q.0))
 }
 
 /// The pod's total of `name` as upstream computes it: app containers and sidecars added

@@ -178,7 +178,7 @@ fn dns(cfg: &Config, pod: &Pod) -> cri::DnsConfig {
 }
 
 /// Milli-units of a container's resource (`requests` or `limits`), if set.
-fn resource(c: &Container, which: &str, name: &str) -> Option<i64> {
+pub(crate) fn resource(c: &Container, which: &str, name: &str) -> Option<i64> {
     let r = c.resources.as_ref()?;
     let m = if which == "limits" {
         r.limits.as_ref()
