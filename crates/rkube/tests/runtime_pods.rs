@@ -221,17 +221,7 @@ fn exit_codes_logs_limits_oom_and_stop() {
 
         // Created, never started (runc runs only at StartContainer): stopping it ends it
         // as a killed one, and removal leaves nothing.
-        let create = |name: &str| cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config(name, "sleep 30")),
-            sandbox_config: Some(cfg.clone()),
-        };
-        let idle = c
-            .create_container(create("idle"))
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
+        let idle = create_container(&mut c, &pod, &cfg, container_config("idle", "sleep 30")).await;
         assert_eq!(
             status(&mut c, &idle).await.state,
             cri::ContainerState::ContainerCreated as i32
@@ -259,12 +249,7 @@ fn exit_codes_logs_limits_oom_and_stop() {
             .join(&idle)
             .exists());
         // Limits changed between create and start are in force once it runs.
-        let late = c
-            .create_container(create("late"))
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
+        let late = create_container(&mut c, &pod, &cfg, container_config("late", "sleep 30")).await;
         c.update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: late.clone(),
             linux: Some(cri::LinuxContainerResources {
@@ -297,16 +282,7 @@ fn exit_codes_logs_limits_oom_and_stop() {
         // with 128 and StartError, as containerd reports it.
         let mut missing = container_config("missing", "");
         missing.command = vec!["/no/such/binary".into()];
-        let bad = c
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(missing),
-                sandbox_config: Some(cfg.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
+        let bad = create_container(&mut c, &pod, &cfg, missing).await;
         let err = c
             .start_container(cri::StartContainerRequest {
                 container_id: bad.clone(),

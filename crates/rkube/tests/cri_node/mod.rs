@@ -219,22 +219,31 @@ pub fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
     }
 }
 
+/// Creates a container (not started); its ID.
+pub async fn create_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    c.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(sandbox.clone()),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .container_id
+}
+
 pub async fn run_container(
     c: &mut RuntimeServiceClient<Channel>,
     pod: &str,
     sandbox: &cri::PodSandboxConfig,
     config: cri::ContainerConfig,
 ) -> String {
-    let id = c
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let id = create_container(c, pod, sandbox, config).await;
     c.start_container(cri::StartContainerRequest {
         container_id: id.clone(),
     })
