@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -427,6 +428,103 @@ profiles:
     }
     let ev = events(c, "packed-0", "Scheduled").await;
     assert_eq!(ev.len(), 1, "{ev:?}");
+}
+
+/// Preferred pod affinity gathers and preferred anti-affinity avoids; a ReplicaSet's pods
+/// without constraints of their own are spread over the hosts by the default constraints.
+/// Each profile scores with that one plugin, so nothing else decides.
+#[tokio::test]
+async fn preferred_affinity_and_default_spreading_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("scheduler.yaml");
+    let only = |name: &str, plugin: &str| {
+        format!(
+            "- schedulerName: {name}
+  plugins:
+    score:
+      disabled: [{{name: \"*\"}}]
+      enabled: [{{name: {plugin}}}]
+"
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+{}{}",
+            only("affine", "InterPodAffinity"),
+            only("spreader", "PodTopologySpread")
+        ),
+    )
+    .unwrap();
+    let s = start_with(dir.path(), &["--scheduler-config", cfg.to_str().unwrap()]).await;
+    let c = &s.client;
+    for n in ["h1", "h2", "h3"] {
+        node(c, n, "8", json!({"kubernetes.io/hostname": n}), json!([])).await;
+    }
+    let api: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let create = |name: &str, meta: Value, spec: Value| {
+        let mut spec = spec;
+        spec["containers"] = json!([{"name": "c", "image": "busybox"}]);
+        let mut meta = meta;
+        meta["name"] = name.into();
+        let p: Pod = serde_json::from_value(json!({"metadata": meta, "spec": spec})).unwrap();
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &p).await.unwrap() }
+    };
+    create(
+        "cache",
+        json!({"labels": {"app": "cache"}}),
+        json!({"nodeName": "h2"}),
+    )
+    .await;
+    let term = json!([{"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": {"app": "cache"}}}}]);
+    for i in 0..3 {
+        let name = format!("near-{i}");
+        let spec = json!({"schedulerName": "affine",
+            "affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": term}}});
+        create(&name, json!({}), spec).await;
+        assert_eq!(bound(c, &name).await, "h2", "{name} goes next to the cache");
+    }
+    for i in 0..3 {
+        let name = format!("far-{i}");
+        let spec = json!({"schedulerName": "affine",
+            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": term}}});
+        create(&name, json!({}), spec).await;
+        assert_ne!(
+            bound(c, &name).await,
+            "h2",
+            "{name} stays away from the cache"
+        );
+    }
+
+    // A ReplicaSet object (no controller runs here): its selector is what spreads its pods.
+    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}))
+    .unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(c.clone(), "default")
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap();
+    let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+        "uid": rs.metadata.uid, "controller": true}]);
+    let mut per_host: std::collections::BTreeMap<String, i32> = Default::default();
+    for i in 0..6 {
+        let name = format!("web-{i}");
+        let meta = json!({"labels": {"app": "web"}, "ownerReferences": owner});
+        create(&name, meta, json!({"schedulerName": "spreader"})).await;
+        *per_host.entry(bound(c, &name).await).or_default() += 1;
+    }
+    assert_eq!(
+        per_host,
+        [("h1".into(), 2), ("h2".into(), 2), ("h3".into(), 2)].into(),
+        "the default constraints spread the ReplicaSet's pods over the hosts"
+    );
 }
 
 /// Two `rkube scheduler` processes share one Lease: one schedules; when it dies, the other

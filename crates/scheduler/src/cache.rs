@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 
 use crate::resources::{allocatable, non_zero_requests, pod_requests, Resource};
 
@@ -35,7 +35,12 @@ pub struct PodInfo {
     pub non_zero: (i64, i64),
     pub ports: Vec<HostPort>,
     /// The pod's required anti-affinity terms (other pods must respect them).
-    pub required_anti: Vec<k8s_openapi::api::core::v1::PodAffinityTerm>,
+    pub required_anti: Vec<PodAffinityTerm>,
+    /// The pod's required affinity terms.
+    pub required_affinity: Vec<PodAffinityTerm>,
+    /// The pod's preferred affinity and anti-affinity terms, with their weights.
+    pub preferred_affinity: Vec<WeightedPodAffinityTerm>,
+    pub preferred_anti: Vec<WeightedPodAffinityTerm>,
 }
 
 impl PodInfo {
@@ -52,24 +57,49 @@ impl PodInfo {
                 port: p.host_port.unwrap_or(0),
             })
             .collect();
-        let required_anti = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|p| {
-                p.required_during_scheduling_ignored_during_execution
-                    .clone()
-            })
-            .unwrap_or_default();
+        let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+        let pa = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
         PodInfo {
-            required_anti,
+            required_anti: anti
+                .and_then(|p| {
+                    p.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+            required_affinity: pa
+                .and_then(|p| {
+                    p.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+            preferred_affinity: pa
+                .and_then(|p| {
+                    p.preferred_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+            preferred_anti: anti
+                .and_then(|p| {
+                    p.preferred_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
             key: key(&pod),
             requests: pod_requests(&pod),
             non_zero: non_zero_requests(&pod),
             ports,
             pod,
         }
+    }
+
+    /// Whether the pod has any pod affinity or anti-affinity term (upstream's
+    /// PodsWithAffinity: the pods whose terms score other pods' nodes).
+    pub fn has_affinity(&self) -> bool {
+        !(self.required_anti.is_empty()
+            && self.required_affinity.is_empty()
+            && self.preferred_affinity.is_empty()
+            && self.preferred_anti.is_empty())
     }
 }
 
@@ -94,6 +124,8 @@ pub struct NodeInfo {
     pub pods: HashMap<String, Arc<PodInfo>>,
     /// How many of those pods carry required anti-affinity terms.
     pub anti_affinity_pods: usize,
+    /// How many of those pods carry any pod affinity or anti-affinity term.
+    pub affinity_pods: usize,
     /// The images the node reports (`status.images`): every name → size in bytes.
     pub images: HashMap<String, i64>,
 }
@@ -121,6 +153,7 @@ impl NodeInfo {
             non_zero: (0, 0),
             pods: HashMap::new(),
             anti_affinity_pods: 0,
+            affinity_pods: 0,
         }
     }
 
@@ -132,6 +165,7 @@ impl NodeInfo {
         self.non_zero.0 += p.non_zero.0;
         self.non_zero.1 += p.non_zero.1;
         self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
+        self.affinity_pods += p.has_affinity() as usize;
     }
 
     pub(crate) fn remove(&mut self, key: &str) {
@@ -145,6 +179,7 @@ impl NodeInfo {
         self.non_zero.0 -= p.non_zero.0;
         self.non_zero.1 -= p.non_zero.1;
         self.anti_affinity_pods -= !p.required_anti.is_empty() as usize;
+        self.affinity_pods -= p.has_affinity() as usize;
     }
 
     /// The node's label `key`.
@@ -171,6 +206,10 @@ pub struct Cache {
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// Placed pods with required anti-affinity terms, cluster-wide.
     anti_affinity_pods: usize,
+    /// Placed pods with any pod affinity or anti-affinity term, cluster-wide.
+    affinity_pods: usize,
+    /// The selectors of Services and workload controllers (default spreading).
+    pub owners: crate::owners::Owners,
     /// Pods that preemption nominated to a node and that are not bound yet: node → pods.
     /// Pods of lower or equal priority must leave them the room.
     nominated: HashMap<String, Vec<Arc<PodInfo>>>,
@@ -185,6 +224,10 @@ pub struct Snapshot<'a> {
     pub nodes: &'a [NodeInfo],
     /// Placed pods with required anti-affinity terms (none: nothing to check for them).
     pub anti_affinity_pods: usize,
+    /// Placed pods with any pod affinity or anti-affinity term.
+    pub affinity_pods: usize,
+    /// The selectors of Services and workload controllers.
+    pub owners: &'a crate::owners::Owners,
     /// Image name → how many nodes have it.
     pub image_nodes: &'a HashMap<String, usize>,
 }
@@ -195,6 +238,8 @@ impl Cache {
         Snapshot {
             nodes: &self.nodes,
             anti_affinity_pods: self.anti_affinity_pods,
+            affinity_pods: self.affinity_pods,
+            owners: &self.owners,
             image_nodes: &self.image_nodes,
         }
     }
@@ -280,6 +325,7 @@ impl Cache {
         self.placed
             .insert(p.key.clone(), (node.to_string(), assumed));
         self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
+        self.affinity_pods += p.has_affinity() as usize;
         match self.node_mut(node) {
             Some(n) => n.add(p),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
@@ -298,8 +344,9 @@ impl Cache {
                     gone = Some(o.remove(i));
                 }
             }
-            if gone.is_some_and(|p| !p.required_anti.is_empty()) {
-                self.anti_affinity_pods -= 1;
+            if let Some(p) = gone {
+                self.anti_affinity_pods -= !p.required_anti.is_empty() as usize;
+                self.affinity_pods -= p.has_affinity() as usize;
             }
         }
     }

@@ -30,6 +30,16 @@ pub trait Plugin: Send + Sync {
         self.filter(pod, node)
     }
 
+    /// Computes what the plugin's Score needs, once the feasible nodes are known.
+    fn pre_score(
+        &self,
+        _pod: &PodInfo,
+        _feasible: &[&NodeInfo],
+        _cluster: &Snapshot,
+        _state: &mut CycleState,
+    ) {
+    }
+
     /// Score with the cycle's state (stateless plugins implement `score`).
     fn score_in(&self, pod: &PodInfo, node: &NodeInfo, _state: &CycleState) -> i64 {
         self.score(pod, node)
@@ -230,10 +240,21 @@ impl Profile {
         Ok(())
     }
 
-    /// Weighted, normalized scores of the feasible nodes.
-    pub fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo], state: &CycleState) -> Vec<i64> {
+    /// Weighted, normalized scores of the feasible nodes (after every scorer's PreScore).
+    pub fn score(
+        &self,
+        pod: &PodInfo,
+        nodes: &[&NodeInfo],
+        cluster: &Snapshot,
+        state: &mut CycleState,
+    ) -> Vec<i64> {
         let mut total = vec![0i64; nodes.len()];
-        for e in self.plugins.iter().filter(|e| e.score && e.plugin.scores()) {
+        let scorers = || self.plugins.iter().filter(|e| e.score && e.plugin.scores());
+        for e in scorers() {
+            e.plugin.pre_score(pod, nodes, cluster, state);
+        }
+        let state = &*state;
+        for e in scorers() {
             let mut s: Vec<i64> = nodes
                 .iter()
                 .map(|n| e.plugin.score_in(pod, n, state))

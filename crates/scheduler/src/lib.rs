@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod framework;
 pub mod leader;
+pub mod owners;
 pub mod plugins;
 pub mod preemption;
 pub use rkube_api::quantity;
@@ -20,9 +21,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Binding, Event, Node, ObjectReference, Pod, ReplicationController, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -33,6 +37,14 @@ use queue::Queue;
 
 /// How many bindings may be in flight at once.
 const MAX_BINDS: usize = 64;
+
+/// An object's namespace and name.
+fn namespaced_name(m: &ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or(""),
+    )
+}
 
 /// Tasks that end with their owner.
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -75,9 +87,26 @@ impl Scheduler {
     /// Watches and schedules until this future is dropped.
     pub async fn run(self: Arc<Self>) {
         let _watches = AbortOnDrop(vec![
-            tokio::spawn(self.clone().watch_nodes()),
-            tokio::spawn(self.clone().watch_pods()),
-            tokio::spawn(self.clone().watch_pdbs()),
+            self.watch(Scheduler::node_seen),
+            self.watch(Scheduler::pod_event),
+            self.watch(Scheduler::pdb_seen),
+            self.watch(Scheduler::service_seen),
+            self.watch(|s, rc: ReplicationController, gone| {
+                let sel = rc.spec.as_ref().and_then(|s| s.selector.clone());
+                let sel = sel.map(|m| LabelSelector {
+                    match_labels: Some(m),
+                    ..Default::default()
+                });
+                s.controller_seen(rc, gone, sel)
+            }),
+            self.watch(|s, rs: ReplicaSet, gone| {
+                let sel = rs.spec.as_ref().map(|s| s.selector.clone());
+                s.controller_seen(rs, gone, sel)
+            }),
+            self.watch(|s, ss: StatefulSet, gone| {
+                let sel = ss.spec.as_ref().map(|s| s.selector.clone());
+                s.controller_seen(ss, gone, sel)
+            }),
         ]);
         loop {
             let pod = self.queue.pop().await;
@@ -85,78 +114,90 @@ impl Scheduler {
         }
     }
 
-    async fn watch_nodes(self: Arc<Self>) {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut w = watcher(api, watcher::Config::default()).boxed();
-        while let Some(ev) = w.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
-                    if self.cache.lock().expect("cache lock").set_node(n) {
-                        self.queue.move_all();
+    /// Feeds every object of kind `K` the watch shows to `on` (`true`: deleted), for as
+    /// long as the scheduler runs.
+    fn watch<K>(self: &Arc<Self>, on: fn(&Scheduler, K, bool)) -> tokio::task::JoinHandle<()>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let api: Api<K> = Api::all(me.client.clone());
+            let mut w = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = w.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                        on(&me, o, false)
+                    }
+                    Ok(watcher::Event::Delete(o)) => on(&me, o, true),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(kind = %K::kind(&()), error = %e, "watch");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
                 }
-                Ok(watcher::Event::Delete(n)) => {
-                    let name = n.metadata.name.unwrap_or_default();
-                    self.cache.lock().expect("cache lock").remove_node(&name);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "node watch");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
             }
+        })
+    }
+
+    fn node_seen(&self, n: Node, deleted: bool) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        if deleted {
+            cache.remove_node(n.metadata.name.as_deref().unwrap_or_default());
+        } else if cache.set_node(n) {
+            drop(cache);
+            self.queue.move_all();
         }
     }
 
-    async fn watch_pods(self: Arc<Self>) {
-        let api: Api<Pod> = Api::all(self.client.clone());
-        let mut w = watcher(api, watcher::Config::default()).boxed();
-        while let Some(ev) = w.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => self.pod_seen(p),
-                Ok(watcher::Event::Delete(p)) => {
-                    let k = key(&p);
-                    let mut cache = self.cache.lock().expect("cache lock");
-                    cache.remove_pod(&k);
-                    cache.nominate(&k, None);
-                    drop(cache);
-                    self.queue.remove(&k);
-                    self.queue.move_all();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "pod watch");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            }
+    fn pod_event(&self, p: Pod, deleted: bool) {
+        if !deleted {
+            return self.pod_seen(p);
         }
+        let k = key(&p);
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.remove_pod(&k);
+        cache.nominate(&k, None);
+        drop(cache);
+        self.queue.remove(&k);
+        self.queue.move_all();
     }
 
-    async fn watch_pdbs(self: Arc<Self>) {
-        let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
-        let mut w = watcher(api, watcher::Config::default()).boxed();
-        while let Some(ev) = w.next().await {
-            let key = |b: &PodDisruptionBudget| {
-                format!(
-                    "{}/{}",
-                    b.metadata.namespace.as_deref().unwrap_or(""),
-                    b.metadata.name.as_deref().unwrap_or("")
-                )
-            };
-            match ev {
-                Ok(watcher::Event::Apply(b)) | Ok(watcher::Event::InitApply(b)) => {
-                    self.pdbs.lock().expect("pdb lock").insert(key(&b), b);
-                }
-                Ok(watcher::Event::Delete(b)) => {
-                    self.pdbs.lock().expect("pdb lock").remove(&key(&b));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "pod disruption budget watch");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }
-        }
+    fn pdb_seen(&self, b: PodDisruptionBudget, deleted: bool) {
+        let key = format!(
+            "{}/{}",
+            b.metadata.namespace.as_deref().unwrap_or(""),
+            b.metadata.name.as_deref().unwrap_or("")
+        );
+        let mut pdbs = self.pdbs.lock().expect("pdb lock");
+        match deleted {
+            true => pdbs.remove(&key),
+            false => pdbs.insert(key, b),
+        };
+    }
+
+    fn service_seen(&self, s: Service, deleted: bool) {
+        let sel = s.spec.and_then(|s| s.selector).filter(|_| !deleted);
+        let (ns, name) = namespaced_name(&s.metadata);
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.owners.set_service(ns, name, sel);
+    }
+
+    /// A ReplicationController's, ReplicaSet's or StatefulSet's selector.
+    fn controller_seen<K>(&self, o: K, deleted: bool, sel: Option<LabelSelector>)
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let (ns, name) = namespaced_name(o.meta());
+        let kind = K::kind(&());
+        let sel = sel.filter(|_| !deleted);
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.owners.set_controller(&kind, ns, name, sel);
     }
 
     /// A pod as the watch shows it: counted on its node, queued, or forgotten.
@@ -240,7 +281,7 @@ impl Scheduler {
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
             let start = self.next_start.load(Ordering::Relaxed);
-            let state = profile.pre_filter(&info, &cache.snapshot());
+            let mut state = profile.pre_filter(&info, &cache.snapshot());
             match profile.find_feasible(&info, cache.all(), cache.nominated(), start, &state) {
                 Err(d) if cache.all().is_empty() => Err((d, Err(String::new()))),
                 Err(d) => {
@@ -267,7 +308,7 @@ impl Scheduler {
                     let n = cache.all().len().max(1);
                     self.next_start
                         .store((start + feasible.len()) % n, Ordering::Relaxed);
-                    let scores = profile.score(&info, &feasible, &state);
+                    let scores = profile.score(&info, &feasible, &cache.snapshot(), &mut state);
                     let best = scores.iter().copied().max().unwrap_or(0);
                     let ties: Vec<usize> =
                         (0..scores.len()).filter(|i| scores[*i] == best).collect();

@@ -1,15 +1,18 @@
 //! InterPodAffinity: required pod affinity and anti-affinity of the incoming pod, and the
-//! required anti-affinity of the pods already placed, by topology domain.
+//! required anti-affinity of the pods already placed, by topology domain (Filter); the
+//! preferred terms of both, and the placed pods' required affinity, as scores.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodAffinityTerm;
 
 use crate::cache::{NodeInfo, PodInfo, Snapshot};
-use crate::framework::{CycleState, Plugin};
+use crate::framework::{CycleState, Plugin, MAX_SCORE};
 use crate::selector;
 
 const NAME: &str = "InterPodAffinity";
+/// PreScore's state (the filter's is under NAME).
+const SCORE: &str = "InterPodAffinity/score";
 
 /// Whether `term`, written by a pod in namespace `owner_ns`, selects `target`.
 fn term_selects(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo) -> bool {
@@ -29,20 +32,6 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo) -> boo
         && term.label_selector.as_ref().is_some_and(|s| {
             selector::matches(s, target.pod.metadata.labels.as_ref().unwrap_or(&empty))
         })
-}
-
-/// The pod's required affinity terms (its anti-affinity terms are in `PodInfo`).
-fn required_affinity(pod: &PodInfo) -> Vec<PodAffinityTerm> {
-    pod.pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.pod_affinity.as_ref())
-        .and_then(|p| {
-            p.required_during_scheduling_ignored_during_execution
-                .clone()
-        })
-        .unwrap_or_default()
 }
 
 /// Topology values by topology key (a node is in them if its label for a key is).
@@ -67,7 +56,64 @@ struct State {
     self_affine: bool,
 }
 
-pub struct InterPodAffinity;
+/// The plugin with its args.
+pub struct InterPodAffinity {
+    /// The score an incoming pod gets where a placed pod's required affinity selects it
+    /// (`hardPodAffinityWeight`, default 1; 0 turns it off).
+    hard_weight: i64,
+    /// `ignorePreferredTermsOfExistingPods`: placed pods' terms score nothing unless the
+    /// incoming pod has preferred terms of its own.
+    ignore_existing: bool,
+}
+
+impl Default for InterPodAffinity {
+    fn default() -> Self {
+        InterPodAffinity {
+            hard_weight: 1,
+            ignore_existing: false,
+        }
+    }
+}
+
+impl InterPodAffinity {
+    /// From the plugin's `pluginConfig` args.
+    pub fn from_args(args: &serde_json::Value) -> Self {
+        InterPodAffinity {
+            hard_weight: args["hardPodAffinityWeight"].as_i64().unwrap_or(1),
+            ignore_existing: args["ignorePreferredTermsOfExistingPods"]
+                .as_bool()
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// PreScore's sums: topology key → domain → score.
+struct Scores(HashMap<String, HashMap<String, i64>>);
+
+impl Scores {
+    /// Adds `weight` to the domain of `node` for `term`'s key, if `term` (written by a pod
+    /// in `owner_ns`) selects `target`.
+    fn add(
+        &mut self,
+        term: &PodAffinityTerm,
+        owner_ns: &str,
+        target: &PodInfo,
+        node: &NodeInfo,
+        weight: i64,
+    ) {
+        if weight == 0 || !term_selects(term, owner_ns, target) {
+            return;
+        }
+        if let Some(v) = node.label(&term.topology_key) {
+            *self
+                .0
+                .entry(term.topology_key.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default() += weight;
+        }
+    }
+}
 
 impl Plugin for InterPodAffinity {
     fn name(&self) -> &'static str {
@@ -78,7 +124,7 @@ impl Plugin for InterPodAffinity {
         let nodes = cluster.nodes;
         let own_ns = pod.pod.metadata.namespace.clone().unwrap_or_default();
         let anti_terms = &pod.required_anti;
-        let aff_terms = required_affinity(pod);
+        let aff_terms = &pod.required_affinity;
         let mut st = State {
             anti: Domains::new(),
             existing: Domains::new(),
@@ -159,6 +205,78 @@ impl Plugin for InterPodAffinity {
         }
         Ok(())
     }
+
+    fn scores(&self) -> bool {
+        true
+    }
+
+    fn pre_score(
+        &self,
+        pod: &PodInfo,
+        _feasible: &[&NodeInfo],
+        cluster: &Snapshot,
+        state: &mut CycleState,
+    ) {
+        let own = !pod.preferred_affinity.is_empty() || !pod.preferred_anti.is_empty();
+        if !own && (self.ignore_existing || cluster.affinity_pods == 0) {
+            return;
+        }
+        let own_ns = pod.pod.metadata.namespace.as_deref().unwrap_or("");
+        let mut sc = Scores(HashMap::new());
+        for n in cluster.nodes {
+            let unlabelled = n.node.metadata.labels.as_ref().is_none_or(|l| l.is_empty());
+            if unlabelled || (!own && n.affinity_pods == 0) {
+                continue;
+            }
+            for other in n.pods.values() {
+                if !own && !other.has_affinity() {
+                    continue;
+                }
+                for w in &pod.preferred_affinity {
+                    sc.add(&w.pod_affinity_term, own_ns, other, n, w.weight as i64);
+                }
+                for w in &pod.preferred_anti {
+                    sc.add(&w.pod_affinity_term, own_ns, other, n, -(w.weight as i64));
+                }
+                let other_ns = other.pod.metadata.namespace.as_deref().unwrap_or("");
+                for t in &other.required_affinity {
+                    sc.add(t, other_ns, pod, n, self.hard_weight);
+                }
+                for w in &other.preferred_affinity {
+                    sc.add(&w.pod_affinity_term, other_ns, pod, n, w.weight as i64);
+                }
+                for w in &other.preferred_anti {
+                    sc.add(&w.pod_affinity_term, other_ns, pod, n, -(w.weight as i64));
+                }
+            }
+        }
+        state.insert(SCORE, Box::new(sc));
+    }
+
+    /// The sums of the domains the node is in.
+    fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
+        let Some(sc) = state.get(SCORE).and_then(|s| s.downcast_ref::<Scores>()) else {
+            return 0;
+        };
+        sc.0.iter()
+            .filter_map(|(k, values)| values.get(node.label(k)?))
+            .sum()
+    }
+
+    /// Upstream's min-max scaling: the lowest sum gets 0, the highest MAX_SCORE.
+    fn normalize(&self, scores: &mut [i64]) {
+        let (min, max) = (
+            scores.iter().copied().min().unwrap_or(0),
+            scores.iter().copied().max().unwrap_or(0),
+        );
+        for s in scores.iter_mut() {
+            *s = if max > min {
+                MAX_SCORE * (*s - min) / (max - min)
+            } else {
+                0
+            };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,8 +304,9 @@ mod tests {
 
     fn check(c: &Cache, p: &PodInfo, node: &str) -> Result<(), Vec<String>> {
         let mut s = CycleState::new();
-        InterPodAffinity.pre_filter(p, &c.snapshot(), &mut s);
-        InterPodAffinity.filter_in(p, c.node(node).unwrap(), &s)
+        let plugin = InterPodAffinity::default();
+        plugin.pre_filter(p, &c.snapshot(), &mut s);
+        plugin.filter_in(p, c.node(node).unwrap(), &s)
     }
 
     #[test]
@@ -237,5 +356,76 @@ mod tests {
             vec!["node(s) didn't match pod affinity rules".to_string()]
         );
         assert!(check(&c3, &near("second"), "n2").is_ok());
+    }
+
+    /// Every node's normalized score for `p`.
+    fn scores(plugin: &InterPodAffinity, c: &Cache, p: &PodInfo) -> Vec<(String, i64)> {
+        let mut s = CycleState::new();
+        let snap = c.snapshot();
+        let nodes: Vec<&NodeInfo> = c.all().iter().collect();
+        plugin.pre_filter(p, &snap, &mut s);
+        plugin.pre_score(p, &nodes, &snap, &mut s);
+        let mut raw: Vec<i64> = nodes.iter().map(|n| plugin.score_in(p, n, &s)).collect();
+        plugin.normalize(&mut raw);
+        nodes.iter().map(|n| n.name.clone()).zip(raw).collect()
+    }
+
+    #[test]
+    fn preferred_terms_score_both_ways() {
+        let mut c = cache();
+        c.set_node(
+            serde_json::from_value(
+                json!({"metadata": {"name": "n3", "labels": {"kubernetes.io/hostname": "n3"}}}),
+            )
+            .unwrap(),
+        );
+        let labelled = |name: &str, app: &str| {
+            pod(json!({"metadata": {"name": name, "labels": {"app": app}}}))
+        };
+        c.add_pod(Arc::new(labelled("cache", "cache")), "n1", false);
+        c.add_pod(Arc::new(labelled("web", "web")), "n2", false);
+        let term = |app: &str, w: i32| {
+            json!({"weight": w, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": app}}}})
+        };
+        let p = pod(
+            json!({"metadata": {"name": "in", "labels": {"app": "in"}}, "spec": {"affinity": {
+            "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [term("cache", 80)]},
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [term("web", 50)]}}}}),
+        );
+        let plugin = InterPodAffinity::default();
+        let got = scores(&plugin, &c, &p);
+        // Raw sums 80, -50, 0: scaled between the lowest and the highest.
+        assert_eq!(
+            got,
+            vec![("n1".into(), 100), ("n2".into(), 0), ("n3".into(), 38)]
+        );
+        // A plain pod: no terms anywhere, no scores.
+        let plain = labelled("plain", "in");
+        assert!(scores(&plugin, &c, &plain).iter().all(|(_, s)| *s == 0));
+        // A placed pod whose preferred anti-affinity selects the incoming pod pushes it
+        // away; one whose required affinity selects it pulls (hardPodAffinityWeight).
+        let placed = pod(json!({"metadata": {"name": "picky"}, "spec": {"affinity": {
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [term("in", 10)]}}}}));
+        c.add_pod(Arc::new(placed), "n1", false);
+        let host = |n: &str| json!({"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": n}}});
+        let friend = pod(
+            json!({"metadata": {"name": "friend"}, "spec": {"affinity": {
+            "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [host("in")]}}}}),
+        );
+        c.add_pod(Arc::new(friend), "n3", false);
+        assert_eq!(
+            scores(&plugin, &c, &plain),
+            vec![("n1".into(), 0), ("n2".into(), 90), ("n3".into(), 100)],
+            "raw -10, 0, 1"
+        );
+        let ignoring =
+            InterPodAffinity::from_args(&json!({"ignorePreferredTermsOfExistingPods": true}));
+        assert!(scores(&ignoring, &c, &plain).iter().all(|(_, s)| *s == 0));
+        let no_hard = InterPodAffinity::from_args(&json!({"hardPodAffinityWeight": 0}));
+        assert_eq!(
+            scores(&no_hard, &c, &plain),
+            vec![("n1".into(), 0), ("n2".into(), 100), ("n3".into(), 100)]
+        );
     }
 }

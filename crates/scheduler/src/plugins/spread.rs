@@ -1,15 +1,21 @@
 //! PodTopologySpread: `DoNotSchedule` constraints filter nodes whose domain would exceed
-//! `maxSkew`; `ScheduleAnyway` ones score the emptier domains higher.
+//! `maxSkew`; `ScheduleAnyway` ones score the emptier domains higher. A pod without
+//! constraints of its own gets the cluster's default constraints over the pods of its
+//! Services and controller.
 
 use std::collections::{HashMap, HashSet};
 
+use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::cache::{NodeInfo, PodInfo, Snapshot};
-use crate::framework::{default_normalize, CycleState, Plugin};
+use crate::framework::{CycleState, Plugin, MAX_SCORE};
 use crate::selector;
 
 const NAME: &str = "PodTopologySpread";
+/// PreScore's state (the filter's is under NAME).
+const SCORE: &str = "PodTopologySpread/score";
+const HOSTNAME: &str = "kubernetes.io/hostname";
 
 /// FNV-1a: PreFilter hashes every node's domain value each cycle, where SipHash's
 /// flood resistance buys nothing (the values are node labels) and costs a third of it.
@@ -49,6 +55,9 @@ struct Constraint {
 /// Matching pods per domain, per constraint.
 struct State {
     constraints: Vec<Constraint>,
+    /// Nodes need every constraint's key to count (not so for the system defaults, which
+    /// name a zone key that many clusters lack).
+    require_all: bool,
     /// Matching pods per domain; a domain without any is absent (and counts 0).
     counts: Vec<HashMap<String, i64>>,
     /// Per constraint, the smallest domain count (0 below `minDomains` domains): computed
@@ -57,12 +66,11 @@ struct State {
     self_match: Vec<i64>,
 }
 
-fn constraints(pod: &PodInfo) -> Vec<Constraint> {
+/// The constraints of a spec (with the pod's `matchLabelKeys` values in the selectors).
+fn constraints(pod: &PodInfo, specs: &[TopologySpreadConstraint]) -> Vec<Constraint> {
     let labels = pod.pod.metadata.labels.clone().unwrap_or_default();
-    pod.pod
-        .spec
+    specs
         .iter()
-        .flat_map(|s| s.topology_spread_constraints.iter().flatten())
         .map(|c| {
             let mut sel = c.label_selector.clone();
             // matchLabelKeys: the pod's own values join the selector.
@@ -109,7 +117,66 @@ fn matching(pod: &PodInfo, node: &NodeInfo, sel: &Option<LabelSelector>) -> i64 
         .count() as i64
 }
 
-pub struct PodTopologySpread;
+/// The plugin with the cluster's default constraints.
+pub struct PodTopologySpread {
+    defaults: Vec<TopologySpreadConstraint>,
+    /// `defaultingType: System` (upstream's built-in defaults).
+    system: bool,
+}
+
+impl Default for PodTopologySpread {
+    /// `defaultingType: System`: spread over hosts (maxSkew 3) and zones (maxSkew 5),
+    /// `ScheduleAnyway`.
+    fn default() -> Self {
+        let soft = |key: &str, max_skew| TopologySpreadConstraint {
+            topology_key: key.into(),
+            max_skew,
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            ..Default::default()
+        };
+        PodTopologySpread {
+            defaults: vec![soft(HOSTNAME, 3), soft("topology.kubernetes.io/zone", 5)],
+            system: true,
+        }
+    }
+}
+
+impl PodTopologySpread {
+    /// From the plugin's `pluginConfig` args: `defaultingType: List` takes
+    /// `defaultConstraints` (none: no default spreading).
+    pub fn from_args(args: &serde_json::Value) -> Self {
+        if args["defaultingType"].as_str() != Some("List") {
+            return Self::default();
+        }
+        PodTopologySpread {
+            defaults: serde_json::from_value(args["defaultConstraints"].clone())
+                .unwrap_or_default(),
+            system: false,
+        }
+    }
+
+    /// The pod's own constraints, or else the defaults over the selector of its Services
+    /// and controller (none when nothing selects it); whether nodes need all their keys.
+    fn constraints_of(&self, pod: &PodInfo, cluster: &Snapshot) -> (Vec<Constraint>, bool) {
+        let own = pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_deref())
+            .unwrap_or(&[]);
+        if !own.is_empty() || self.defaults.is_empty() {
+            return (constraints(pod, own), true);
+        }
+        let Some(sel) = cluster.owners.default_selector(&pod.pod) else {
+            return (Vec::new(), true);
+        };
+        let mut cs = constraints(pod, &self.defaults);
+        for c in cs.iter_mut() {
+            c.selector = Some(sel.clone());
+        }
+        (cs, !self.system)
+    }
+}
 
 impl Plugin for PodTopologySpread {
     fn name(&self) -> &'static str {
@@ -118,7 +185,7 @@ impl Plugin for PodTopologySpread {
 
     fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
         let nodes = cluster.nodes;
-        let cs = constraints(pod);
+        let (cs, require_all) = self.constraints_of(pod, cluster);
         if cs.is_empty() {
             return;
         }
@@ -128,29 +195,28 @@ impl Plugin for PodTopologySpread {
         let mut domains: Vec<FastSet> = vec![FastSet::default(); cs.len()];
         let any_affinity = cs.iter().any(|c| c.honor_affinity);
         let any_taints = cs.iter().any(|c| c.honor_taints);
-        let mut values: Vec<&String> = Vec::with_capacity(cs.len());
-        'nodes: for n in nodes {
+        let mut values: Vec<Option<&String>> = Vec::with_capacity(cs.len());
+        for n in nodes {
             values.clear();
-            for c in &cs {
-                match n.label(&c.key) {
-                    Some(v) => values.push(v),
-                    None => continue 'nodes,
-                }
+            values.extend(cs.iter().map(|c| n.label(&c.key)));
+            if values.iter().all(|v| v.is_none()) || (require_all && values.contains(&None)) {
+                continue;
             }
             let affine = !any_affinity || super::node_affinity::matches(pod, n);
             let tolerated = !any_taints || super::TaintToleration.filter(pod, n).is_ok();
             for (i, c) in cs.iter().enumerate() {
+                let Some(value) = values[i] else { continue };
                 if (c.honor_affinity && !affine) || (c.honor_taints && !tolerated) {
                     continue;
                 }
-                domains[i].insert(values[i].as_str());
+                domains[i].insert(value.as_str());
                 let m = if n.pods.is_empty() {
                     0
                 } else {
                     matching(pod, n, &c.selector)
                 };
                 if m > 0 {
-                    *counts[i].entry(values[i].clone()).or_insert(0) += m;
+                    *counts[i].entry(value.clone()).or_insert(0) += m;
                 }
             }
         }
@@ -179,6 +245,7 @@ impl Plugin for PodTopologySpread {
             NAME,
             Box::new(State {
                 constraints: cs,
+                require_all,
                 counts,
                 mins,
                 self_match,
@@ -217,25 +284,100 @@ impl Plugin for PodTopologySpread {
         true
     }
 
-    /// Matching pods already in the node's domains, for the soft constraints (fewer wins).
-    fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
+    /// Upstream's PreScore: nodes lacking a key are left out (unless the system defaults
+    /// apply); each soft constraint is weighted by the log of its domain count among the
+    /// feasible nodes, so spreading over many hosts weighs more than over few zones.
+    fn pre_score(
+        &self,
+        _pod: &PodInfo,
+        feasible: &[&NodeInfo],
+        _cluster: &Snapshot,
+        state: &mut CycleState,
+    ) {
         let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+            return;
+        };
+        let soft: Vec<usize> = (0..st.constraints.len())
+            .filter(|i| !st.constraints[*i].hard)
+            .collect();
+        if soft.is_empty() {
+            return;
+        }
+        let mut ignored = HashSet::new();
+        let mut domains: Vec<HashSet<&str>> = vec![HashSet::new(); st.constraints.len()];
+        let mut hosts = 0usize;
+        for n in feasible {
+            let keys = || soft.iter().map(|i| n.label(&st.constraints[*i].key));
+            if st.require_all && keys().any(|v| v.is_none()) {
+                ignored.insert(n.name.clone());
+                continue;
+            }
+            hosts += 1;
+            for i in &soft {
+                let v = n.label(&st.constraints[*i].key).map_or("", |v| v.as_str());
+                domains[*i].insert(v);
+            }
+        }
+        let weights = st
+            .constraints
+            .iter()
+            .zip(&domains)
+            .map(|(c, d)| {
+                let size = if c.key == HOSTNAME { hosts } else { d.len() };
+                ((size + 2) as f64).ln()
+            })
+            .collect();
+        state.insert(SCORE, Box::new(ScoreState { weights, ignored }));
+    }
+
+    /// Matching pods in the node's domains, each times its constraint's weight, plus
+    /// `maxSkew - 1` (fewer wins); -1 marks a node left out.
+    fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
+        let (Some(st), Some(sc)) = (
+            state.get(NAME).and_then(|s| s.downcast_ref::<State>()),
+            state
+                .get(SCORE)
+                .and_then(|s| s.downcast_ref::<ScoreState>()),
+        ) else {
             return 0;
         };
-        st.constraints
+        if sc.ignored.contains(&node.name) {
+            return IGNORED;
+        }
+        let score: f64 = st
+            .constraints
             .iter()
             .enumerate()
             .filter(|(_, c)| !c.hard)
-            .map(|(i, c)| match node.label(&c.key) {
-                Some(d) => st.counts[i].get(d).copied().unwrap_or(0),
-                None => 1000,
+            .filter_map(|(i, c)| {
+                let count = st.counts[i].get(node.label(&c.key)?).copied().unwrap_or(0);
+                Some(count as f64 * sc.weights[i] + (c.max_skew - 1) as f64)
             })
-            .sum()
+            .sum();
+        score.round() as i64
     }
 
+    /// The lowest sum gets MAX_SCORE; nodes left out get 0.
     fn normalize(&self, scores: &mut [i64]) {
-        default_normalize(scores, true);
+        let valid = || scores.iter().copied().filter(|s| *s != IGNORED);
+        let (min, max) = (valid().min().unwrap_or(0), valid().max().unwrap_or(0));
+        for s in scores.iter_mut() {
+            *s = match *s {
+                IGNORED => 0,
+                _ if max == 0 => MAX_SCORE,
+                v => MAX_SCORE * (max + min - v) / max,
+            };
+        }
     }
+}
+
+/// The raw score of a node that lacks a constraint's key.
+const IGNORED: i64 = -1;
+
+/// PreScore's weights per constraint and the feasible nodes left out.
+struct ScoreState {
+    weights: Vec<f64>,
+    ignored: HashSet<String>,
 }
 
 #[cfg(test)]
@@ -272,10 +414,11 @@ mod tests {
         let p = web("w2");
         let state = {
             let mut s = CycleState::new();
-            PodTopologySpread.pre_filter(&p, &c.snapshot(), &mut s);
+            PodTopologySpread::default().pre_filter(&p, &c.snapshot(), &mut s);
             s
         };
-        let verdict = |n: &str| PodTopologySpread.filter_in(&p, c.node(n).unwrap(), &state);
+        let verdict =
+            |n: &str| PodTopologySpread::default().filter_in(&p, c.node(n).unwrap(), &state);
         // Zone a has 1, zone b 0: another in a would make the skew 2.
         assert_eq!(
             verdict("a2").unwrap_err(),
@@ -283,5 +426,77 @@ mod tests {
         );
         assert!(verdict("b1").is_ok());
         assert!(verdict("x").unwrap_err()[0].contains("missing required label"));
+    }
+
+    /// Every node's normalized score for `p`.
+    fn scores(plugin: &PodTopologySpread, c: &Cache, p: &PodInfo) -> Vec<(String, i64)> {
+        let mut s = CycleState::new();
+        let snap = c.snapshot();
+        let nodes: Vec<&NodeInfo> = c.all().iter().collect();
+        plugin.pre_filter(p, &snap, &mut s);
+        plugin.pre_score(p, &nodes, &snap, &mut s);
+        let mut raw: Vec<i64> = nodes.iter().map(|n| plugin.score_in(p, n, &s)).collect();
+        plugin.normalize(&mut raw);
+        nodes.iter().map(|n| n.name.clone()).zip(raw).collect()
+    }
+
+    #[test]
+    fn soft_and_default_constraints_score() {
+        let mut c = Cache::default();
+        for (n, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("x", "")] {
+            let mut labels = json!({"kubernetes.io/hostname": n});
+            if !zone.is_empty() {
+                labels["topology.kubernetes.io/zone"] = zone.into();
+            }
+            c.set_node(
+                serde_json::from_value(json!({"metadata": {"name": n, "labels": labels}})).unwrap(),
+            );
+        }
+        let web = |name: &str, spec: serde_json::Value| {
+            pod(
+                json!({"metadata": {"name": name, "labels": {"app": "web"}, "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u", "controller": true}]},
+                "spec": spec}),
+            )
+        };
+        c.add_pod(Arc::new(web("w1", json!({}))), "a1", false);
+        c.add_pod(Arc::new(web("w2", json!({}))), "a1", false);
+        // Own soft constraint on zones: zone a has 2, zone b none; x has no zone at all.
+        let soft = web(
+            "w3",
+            json!({"topologySpreadConstraints": [{"maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app": "web"}}}]}),
+        );
+        let plugin = PodTopologySpread::default();
+        // Two zones: weight ln(4); a: round(2 ln 4) = 3, b: 0 → a 0, b 100, x left out.
+        assert_eq!(
+            scores(&plugin, &c, &soft),
+            vec![
+                ("a1".into(), 0),
+                ("a2".into(), 0),
+                ("b1".into(), 100),
+                ("x".into(), 0)
+            ]
+        );
+        // No constraints of its own: nothing selects it yet, so no default spreading.
+        let plain = web("w4", json!({}));
+        assert!(scores(&plugin, &c, &plain).iter().all(|(_, s)| *s == 100));
+        // Its ReplicaSet's selector: hosts (maxSkew 3) and zones (maxSkew 5) spread it,
+        // and x (no zone) still scores by its host.
+        c.owners.set_controller(
+            "ReplicaSet",
+            "default",
+            "web",
+            Some(serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap()),
+        );
+        let got = scores(&plugin, &c, &plain);
+        let of = |n: &str| got.iter().find(|(m, _)| m == n).unwrap().1;
+        assert!(of("a1") < of("a2"), "{got:?}");
+        assert!(of("a2") < of("b1"), "{got:?}");
+        assert!(of("x") > of("a1"), "{got:?}");
+        // defaultingType List without constraints: no default spreading.
+        let listed = PodTopologySpread::from_args(&json!({"defaultingType": "List"}));
+        assert!(scores(&listed, &c, &plain).iter().all(|(_, s)| *s == 100));
     }
 }
