@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
@@ -525,6 +526,95 @@ profiles:
         [("h1".into(), 2), ("h2".into(), 2), ("h3".into(), 2)].into(),
         "the default constraints spread the ReplicaSet's pods over the hosts"
     );
+}
+
+/// Data locality: a pod follows its claim's local volume to that volume's node; a
+/// `WaitForFirstConsumer` claim binds to a free volume where the pod can run, and waits
+/// (with upstream's reasons) until one exists; a missing claim is refused outright.
+#[tokio::test]
+async fn pods_follow_their_local_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let c = &s.client;
+    for n in ["h1", "h2"] {
+        node(c, n, "8", json!({"kubernetes.io/hostname": n}), json!([])).await;
+    }
+    let sc: StorageClass = serde_json::from_value(json!({"metadata": {"name": "local"},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}))
+    .unwrap();
+    Api::<StorageClass>::all(c.clone())
+        .create(&PostParams::default(), &sc)
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    let pv = |name: &str, host: &str, claim: Value| -> PersistentVolume {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+            "storageClassName": "local", "capacity": {"storage": "1Gi"}, "claimRef": claim,
+            "accessModes": ["ReadWriteOnce"], "local": {"path": "/mnt/disk"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [host]}]}]}}}}))
+        .unwrap()
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
+    let pvc = |name: &str, volume: &str| -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+            "storageClassName": "local", "volumeName": volume, "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap()
+    };
+    let uses = |claim: &str| json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]});
+    let pp = PostParams::default();
+    pvs.create(
+        &pp,
+        &pv(
+            "pv-h1",
+            "h1",
+            json!({"namespace": "default", "name": "fixed"}),
+        ),
+    )
+    .await
+    .unwrap();
+    pvcs.create(&pp, &pvc("fixed", "pv-h1")).await.unwrap();
+    pvs.create(&pp, &pv("pv-h2", "h2", Value::Null))
+        .await
+        .unwrap();
+    pvcs.create(&pp, &pvc("wait", "")).await.unwrap();
+    pvcs.create(&pp, &pvc("wait2", "")).await.unwrap();
+
+    pod(c, "bound-claim", uses("fixed")).await;
+    assert_eq!(bound(c, "bound-claim").await, "h1", "the volume is on h1");
+    pod(c, "late-binding", uses("wait")).await;
+    assert_eq!(
+        bound(c, "late-binding").await,
+        "h2",
+        "the only free volume is on h2"
+    );
+    let chosen = pvs.get("pv-h2").await.unwrap();
+    let claim_ref = chosen.spec.unwrap().claim_ref.unwrap();
+    assert_eq!(
+        (claim_ref.namespace.as_deref(), claim_ref.name.as_deref()),
+        (Some("default"), Some("wait"))
+    );
+    assert_eq!(
+        chosen.metadata.annotations.unwrap()["pv.kubernetes.io/bound-by-controller"],
+        "yes"
+    );
+
+    pod(c, "no-room", uses("wait2")).await;
+    assert_eq!(
+        unschedulable(c, "no-room").await,
+        "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
+    pod(c, "no-claim", uses("missing")).await;
+    assert_eq!(
+        unschedulable(c, "no-claim").await,
+        "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
+    // A new volume on h1 wakes the waiting pod.
+    pvs.create(&pp, &pv("pv2-h1", "h1", Value::Null))
+        .await
+        .unwrap();
+    assert_eq!(bound(c, "no-room").await, "h1");
 }
 
 /// Two `rkube scheduler` processes share one Lease: one schedules; when it dies, the other

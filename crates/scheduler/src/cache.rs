@@ -210,6 +210,9 @@ pub struct Cache {
     affinity_pods: usize,
     /// The selectors of Services and workload controllers (default spreading).
     pub owners: crate::owners::Owners,
+    /// Claims, volumes, classes, CSINodes (shared with the cycle's plugin state; a change
+    /// copies them only while a cycle still holds them).
+    volumes: Arc<crate::volumes::Volumes>,
     /// Pods that preemption nominated to a node and that are not bound yet: node → pods.
     /// Pods of lower or equal priority must leave them the room.
     nominated: HashMap<String, Vec<Arc<PodInfo>>>,
@@ -228,6 +231,8 @@ pub struct Snapshot<'a> {
     pub affinity_pods: usize,
     /// The selectors of Services and workload controllers.
     pub owners: &'a crate::owners::Owners,
+    /// Claims, volumes, classes, CSINodes.
+    pub volumes: &'a Arc<crate::volumes::Volumes>,
     /// Image name → how many nodes have it.
     pub image_nodes: &'a HashMap<String, usize>,
 }
@@ -240,8 +245,14 @@ impl Cache {
             anti_affinity_pods: self.anti_affinity_pods,
             affinity_pods: self.affinity_pods,
             owners: &self.owners,
+            volumes: &self.volumes,
             image_nodes: &self.image_nodes,
         }
+    }
+
+    /// The storage objects, to change.
+    pub fn volumes_mut(&mut self) -> &mut crate::volumes::Volumes {
+        Arc::make_mut(&mut self.volumes)
     }
 
     /// Every node, in a stable order (until a node is removed).

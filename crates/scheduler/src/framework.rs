@@ -13,6 +13,15 @@ pub const MAX_SCORE: i64 = 100;
 /// What plugins compute once per scheduling cycle (PreFilter) for their Filter and Score.
 pub type CycleState = HashMap<&'static str, Box<dyn Any + Send + Sync>>;
 
+/// Where a PreFilter that rejects the pod outright leaves its reason in the cycle state.
+const REJECTED: &str = "PreFilter/rejected";
+
+/// Rejects the pod for every node at PreFilter (upstream's UnschedulableAndUnresolvable
+/// PreFilter status): the message stands alone in the FailedScheduling event.
+pub fn reject(state: &mut CycleState, msg: String) {
+    state.insert(REJECTED, Box::new(msg));
+}
+
 /// A scheduling plugin: PreFilter, Filter and/or Score.
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
@@ -114,6 +123,8 @@ pub struct Profile {
 pub struct Diagnosis {
     pub nodes: usize,
     pub reasons: BTreeMap<String, usize>,
+    /// A PreFilter's rejection, which stands for every node.
+    pub pre_filter: Option<String>,
 }
 
 impl Diagnosis {
@@ -122,6 +133,9 @@ impl Diagnosis {
     pub fn message(&self) -> String {
         if self.nodes == 0 {
             return "no nodes available to schedule pods".into();
+        }
+        if let Some(m) = &self.pre_filter {
+            return format!("0/{} nodes are available: {m}.", self.nodes);
         }
         let mut parts: Vec<String> = self
             .reasons
@@ -153,6 +167,13 @@ pub fn nodes_to_find(all: usize, percentage: u32) -> usize {
 }
 
 impl Profile {
+    /// Whether the named plugin's Filter runs in this profile.
+    pub fn runs(&self, name: &str) -> bool {
+        self.plugins
+            .iter()
+            .any(|e| e.filter && e.plugin.name() == name)
+    }
+
     /// Runs the filters on `nodes` (starting at `start`, wrapping, as upstream rotates),
     /// each with the pods nominated to it that are at least as important as `pod`; the
     /// feasible ones, or the diagnosis.
@@ -170,6 +191,10 @@ impl Profile {
             nodes: nodes.len(),
             ..Default::default()
         };
+        if let Some(m) = state.get(REJECTED).and_then(|m| m.downcast_ref::<String>()) {
+            diagnosis.pre_filter = Some(m.clone());
+            return Err(diagnosis);
+        }
         for i in 0..nodes.len() {
             let n = &nodes[(start + i) % nodes.len()];
             match self.filter_with_nominated(pod, n, nominated, state) {
@@ -223,6 +248,9 @@ impl Profile {
         let mut state = CycleState::new();
         for e in self.plugins.iter().filter(|e| e.filter || e.score) {
             e.plugin.pre_filter(pod, cluster, &mut state);
+            if state.contains_key(REJECTED) {
+                break;
+            }
         }
         state
     }
@@ -284,6 +312,7 @@ mod tests {
                 ("Insufficient cpu".to_string(), 1),
             ]
             .into(),
+            pre_filter: None,
         };
         assert_eq!(
             d.message(),
@@ -292,6 +321,15 @@ mod tests {
         assert_eq!(
             Diagnosis::default().message(),
             "no nodes available to schedule pods"
+        );
+        let rejected = Diagnosis {
+            nodes: 2,
+            pre_filter: Some("persistentvolumeclaim \"x\" not found".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            rejected.message(),
+            "0/2 nodes are available: persistentvolumeclaim \"x\" not found."
         );
         assert_eq!(nodes_to_find(50, 0), 50);
         assert_eq!(nodes_to_find(5000, 0), 500, "10% of 5,000");

@@ -16,6 +16,7 @@ pub use rkube_api::quantity;
 pub mod queue;
 pub mod resources;
 pub mod selector;
+pub mod volumes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,11 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Binding, Event, Node, ObjectReference, Pod, ReplicationController, Service,
+    Binding, Event, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
@@ -44,6 +47,14 @@ fn namespaced_name(m: &ObjectMeta) -> (&str, &str) {
         m.namespace.as_deref().unwrap_or(""),
         m.name.as_deref().unwrap_or(""),
     )
+}
+
+/// Stores or forgets an object by name.
+fn set<T>(m: &mut std::collections::HashMap<String, T>, name: String, o: T, gone: bool) {
+    match gone {
+        true => m.remove(&name),
+        false => m.insert(name, o),
+    };
 }
 
 /// Tasks that end with their owner.
@@ -106,6 +117,23 @@ impl Scheduler {
             self.watch(|s, ss: StatefulSet, gone| {
                 let sel = ss.spec.as_ref().map(|s| s.selector.clone());
                 s.controller_seen(ss, gone, sel)
+            }),
+            self.watch(|s, c: PersistentVolumeClaim, gone| {
+                let (ns, name) = namespaced_name(&c.metadata);
+                let key = format!("{ns}/{name}");
+                s.storage_changed(|v| v.set_claim(key, (!gone).then_some(c)))
+            }),
+            self.watch(|s, pv: PersistentVolume, gone| {
+                let name = pv.metadata.name.clone().unwrap_or_default();
+                s.storage_changed(|v| set(&mut v.volumes, name, pv, gone))
+            }),
+            self.watch(|s, sc: StorageClass, gone| {
+                let name = sc.metadata.name.clone().unwrap_or_default();
+                s.storage_changed(|v| set(&mut v.classes, name, sc, gone))
+            }),
+            self.watch(|s, n: CSINode, gone| {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                s.storage_changed(|v| set(&mut v.csi_nodes, name, n, gone))
             }),
         ]);
         loop {
@@ -186,6 +214,12 @@ impl Scheduler {
         let (ns, name) = namespaced_name(&s.metadata);
         let mut cache = self.cache.lock().expect("cache lock");
         cache.owners.set_service(ns, name, sel);
+    }
+
+    /// A storage object changed: pods waiting for volumes may fit now.
+    fn storage_changed(&self, change: impl FnOnce(&mut volumes::Volumes)) {
+        change(self.cache.lock().expect("cache lock").volumes_mut());
+        self.queue.move_all();
     }
 
     /// A ReplicationController's, ReplicaSet's or StatefulSet's selector.
@@ -314,19 +348,40 @@ impl Scheduler {
                         (0..scores.len()).filter(|i| scores[*i] == best).collect();
                     let pick = ties[start % ties.len()];
                     let node = feasible[pick].name.clone();
+                    let claims = match profile.runs("VolumeBinding") {
+                        true => plugins::claims_to_bind(cache.snapshot().volumes, &info.pod),
+                        false => Vec::new(),
+                    };
+                    let binds = match claims.is_empty() {
+                        true => Vec::new(),
+                        false => {
+                            plugins::bindings(cache.snapshot().volumes, &claims, feasible[pick])
+                                .unwrap_or_default()
+                        }
+                    };
+                    for (claim, pv) in &binds {
+                        if let Some(pv) = pv {
+                            cache.volumes_mut().assume(claim, pv);
+                        }
+                    }
                     cache.add_pod(info.clone(), &node, true);
-                    Ok(node)
+                    Ok((node, binds))
                 }
             }
         };
         match decision {
-            Ok(node) => {
+            Ok((node, binds)) => {
                 self.queue.remove(&info.key);
                 let permit = self.binds.clone().acquire_owned().await;
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    me.bind(info, node).await;
+                    if me.bind_volumes(&node, &binds).await {
+                        me.bind(info, node).await;
+                    } else {
+                        me.cache.lock().expect("cache lock").remove_pod(&info.key);
+                        me.queue.backoff(info.pod.clone(), &info.key);
+                    }
                 });
             }
             Err((diagnosis, preemption)) => {
@@ -343,6 +398,56 @@ impl Scheduler {
                 });
             }
         }
+    }
+
+    /// VolumeBinding's PreBind: each chosen volume gets the claim in its `claimRef`; each
+    /// claim left to its provisioner gets the node in `volume.kubernetes.io/selected-node`.
+    /// Whether all of it was written (if not, the choices are forgotten).
+    async fn bind_volumes(
+        &self,
+        node: &str,
+        binds: &[(PersistentVolumeClaim, Option<String>)],
+    ) -> bool {
+        for (claim, pv) in binds {
+            let (ns, name) = namespaced_name(&claim.metadata);
+            let res = match pv {
+                Some(pv) => {
+                    let rv = {
+                        let cache = self.cache.lock().expect("cache lock");
+                        let v = cache.snapshot().volumes.volumes.get(pv).cloned();
+                        v.and_then(|v| v.metadata.resource_version)
+                    };
+                    let patch = serde_json::json!({
+                        "metadata": {"resourceVersion": rv,
+                                     "annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
+                        "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                            "namespace": ns, "name": name, "uid": claim.metadata.uid,
+                            "resourceVersion": claim.metadata.resource_version}},
+                    });
+                    Api::<PersistentVolume>::all(self.client.clone())
+                        .patch(pv, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .map(|_| ())
+                }
+                None => {
+                    let patch = serde_json::json!({"metadata": {"annotations": {
+                        "volume.kubernetes.io/selected-node": node}}});
+                    Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .map(|_| ())
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!(claim = %name, error = %e, "binding a volume");
+                let mut cache = self.cache.lock().expect("cache lock");
+                for (c, _) in binds {
+                    cache.volumes_mut().unassume(c);
+                }
+                return false;
+            }
+        }
+        true
     }
 
     async fn bind(&self, info: Arc<PodInfo>, node: String) {

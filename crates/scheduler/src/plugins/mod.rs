@@ -7,16 +7,19 @@ mod node_affinity;
 mod pod_affinity;
 mod spread;
 mod taints;
+mod volume_binding;
 
 use std::sync::Arc;
 
 pub use fit::{BalancedAllocation, NodeResourcesFit};
 pub use image_locality::ImageLocality;
 pub use node::{NodeName, NodePorts, NodeUnschedulable};
+pub(crate) use node_affinity::term as node_affinity_term;
 pub use node_affinity::NodeAffinity;
 pub use pod_affinity::InterPodAffinity;
 pub use spread::PodTopologySpread;
 pub use taints::{tolerates, TaintToleration};
+pub use volume_binding::{bindings, claims_to_bind, NodeVolumeLimits, VolumeBinding};
 
 use crate::framework::{Entry, Plugin, Profile};
 
@@ -34,6 +37,8 @@ pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>,
         "InterPodAffinity" => (Arc::new(InterPodAffinity::from_args(args)), 2),
         "NodeResourcesBalancedAllocation" => (Arc::new(BalancedAllocation), 1),
         "ImageLocality" => (Arc::new(ImageLocality), 1),
+        "VolumeBinding" => (Arc::new(VolumeBinding), 0),
+        "NodeVolumeLimits" => (Arc::new(NodeVolumeLimits), 0),
         _ => return None,
     };
     Some(p)
@@ -46,10 +51,8 @@ pub const NOT_YET: &[&str] = &[
     "SchedulingGates",
     "DefaultBinder",
     "DefaultPreemption",
-    "VolumeBinding",
     "VolumeRestrictions",
     "VolumeZone",
-    "NodeVolumeLimits",
     "EBSLimits",
     "GCEPDLimits",
     "AzureDiskLimits",
@@ -65,6 +68,8 @@ pub const DEFAULT: &[&str] = &[
     "NodeAffinity",
     "NodePorts",
     "NodeResourcesFit",
+    "NodeVolumeLimits",
+    "VolumeBinding",
     "PodTopologySpread",
     "InterPodAffinity",
     "NodeResourcesBalancedAllocation",

@@ -36,7 +36,7 @@ fn requirement(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
 }
 
 /// A term matches when all its expressions and fields do (an empty term matches nothing).
-fn term(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+pub(crate) fn term(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
     let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
     let fields = t.match_fields.as_deref().unwrap_or(&[]);
     if exprs.is_empty() && fields.is_empty() {
