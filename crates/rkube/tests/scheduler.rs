@@ -394,6 +394,8 @@ profiles:
     score:
       disabled: [{name: \"*\"}]
       enabled: [{name: NodeResourcesFit, weight: 1}]
+    postFilter:
+      disabled: [{name: DefaultPreemption}]
   pluginConfig:
   - name: NodeResourcesFit
     args:
@@ -429,6 +431,17 @@ profiles:
     }
     let ev = events(c, "packed-0", "Scheduled").await;
     assert_eq!(ev.len(), 1, "{ev:?}");
+    // The packer profile has no DefaultPreemption: no preemption part in its message.
+    pod(
+        c,
+        "too-big",
+        json!({"schedulerName": "packer", "containers": requests("5")}),
+    )
+    .await;
+    assert_eq!(
+        unschedulable(c, "too-big").await,
+        "0/3 nodes are available: 3 Insufficient cpu."
+    );
 }
 
 /// Preferred pod affinity gathers and preferred anti-affinity avoids; a ReplicaSet's pods

@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 
-use crate::framework::{Entry, Profile};
+use crate::framework::{Entry, PreemptionArgs, Profile};
+
+const PREEMPTION: &str = "DefaultPreemption";
 use crate::plugins;
 
 /// A configuration the scheduler cannot run.
@@ -62,6 +64,9 @@ pub fn profiles(config: &Value) -> Result<Vec<Profile>, ConfigError> {
                 .unwrap_or(Value::Null)
         };
         let make = |plugin: &str, weight: i64| -> Result<Option<Entry>, ConfigError> {
+            if plugins::BUILT_IN.contains(&plugin) || plugin == PREEMPTION {
+                return Ok(None);
+            }
             match plugins::by_name(plugin, &args(plugin)) {
                 Some((p, w)) => Ok(Some(Entry::new(p, if weight > 0 { weight } else { w }))),
                 None if plugins::NOT_YET.contains(&plugin) => {
@@ -127,6 +132,16 @@ pub fn profiles(config: &Value) -> Result<Vec<Profile>, ConfigError> {
                 }
             }
         }
+        // DefaultPreemption, the one PostFilter: on unless disabled there or in multiPoint.
+        let named = |list: &[(String, i64)]| list.iter().any(|(n, _)| n == PREEMPTION);
+        let off = |p: &str| {
+            let d = point(p, "disabled");
+            all(&d) || named(&d)
+        };
+        let on = |p: &str| named(&point(p, "enabled"));
+        let preemption =
+            (!(off("multiPoint") || off("postFilter")) || on("multiPoint") || on("postFilter"))
+                .then(|| PreemptionArgs::from_args(&args(PREEMPTION)));
         let pct = spec["percentageOfNodesToScore"]
             .as_u64()
             .map(|p| p as u32)
@@ -138,6 +153,7 @@ pub fn profiles(config: &Value) -> Result<Vec<Profile>, ConfigError> {
             scheduler_name: name,
             plugins: entries,
             percentage_of_nodes_to_score: pct,
+            preemption,
         });
     }
     Ok(out)
@@ -198,8 +214,27 @@ mod tests {
         .is_err());
         // Not-yet plugins are skipped, not fatal.
         assert!(profiles(&cfg(
-            json!([{"plugins": {"score": {"enabled": [{"name": "VolumeBinding"}]}}}])
+            json!([{"plugins": {"filter": {"enabled": [{"name": "VolumeZone"}]}}}])
         ))
         .is_ok());
+        // DefaultPreemption: on with its args, off when disabled.
+        let ps = profiles(&cfg(json!([
+            {"schedulerName": "a", "pluginConfig": [{"name": "DefaultPreemption",
+                "args": {"minCandidateNodesPercentage": 50, "minCandidateNodesAbsolute": 5}}]},
+            {"schedulerName": "b", "plugins": {"postFilter": {"disabled": [{"name": "DefaultPreemption"}]}}},
+            {"schedulerName": "c", "plugins": {"multiPoint": {"disabled": [{"name": "*"}],
+                "enabled": [{"name": "DefaultPreemption"}, {"name": "PrioritySort"}]}}},
+        ])))
+        .unwrap();
+        let args = ps[0].preemption.unwrap();
+        assert_eq!(
+            (
+                args.min_candidate_nodes_percentage,
+                args.min_candidate_nodes_absolute
+            ),
+            (50, 5)
+        );
+        assert_eq!(ps[1].preemption, None);
+        assert!(ps[2].preemption.is_some() && ps[2].plugins.is_empty());
     }
 }

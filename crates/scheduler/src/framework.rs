@@ -116,6 +116,44 @@ pub struct Profile {
     pub plugins: Vec<Entry>,
     /// Percentage of feasible nodes to find before scoring (0: upstream's adaptive default).
     pub percentage_of_nodes_to_score: u32,
+    /// DefaultPreemption (PostFilter), unless the profile disables it.
+    pub preemption: Option<PreemptionArgs>,
+}
+
+/// DefaultPreemption's args: how many candidate nodes to find before choosing one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PreemptionArgs {
+    /// `minCandidateNodesPercentage` (default 10).
+    pub min_candidate_nodes_percentage: usize,
+    /// `minCandidateNodesAbsolute` (default 100).
+    pub min_candidate_nodes_absolute: usize,
+}
+
+impl Default for PreemptionArgs {
+    fn default() -> Self {
+        PreemptionArgs {
+            min_candidate_nodes_percentage: 10,
+            min_candidate_nodes_absolute: 100,
+        }
+    }
+}
+
+impl PreemptionArgs {
+    /// From the plugin's `pluginConfig` args.
+    pub fn from_args(args: &serde_json::Value) -> Self {
+        let d = Self::default();
+        let get = |k: &str, d: usize| args[k].as_u64().map_or(d, |v| v as usize);
+        PreemptionArgs {
+            min_candidate_nodes_percentage: get(
+                "minCandidateNodesPercentage",
+                d.min_candidate_nodes_percentage,
+            ),
+            min_candidate_nodes_absolute: get(
+                "minCandidateNodesAbsolute",
+                d.min_candidate_nodes_absolute,
+            ),
+        }
+    }
 }
 
 /// Why a pod fits nowhere: node counts per reason.

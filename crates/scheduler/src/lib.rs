@@ -317,7 +317,9 @@ impl Scheduler {
             let start = self.next_start.load(Ordering::Relaxed);
             let mut state = profile.pre_filter(&info, &cache.snapshot());
             match profile.find_feasible(&info, cache.all(), cache.nominated(), start, &state) {
-                Err(d) if cache.all().is_empty() => Err((d, Err(String::new()))),
+                Err(d) if cache.all().is_empty() || profile.preemption.is_none() => {
+                    Err((d, Err(String::new())))
+                }
                 Err(d) => {
                     // PostFilter: DefaultPreemption.
                     let preemption = preemption::eligible(&info, &cache)

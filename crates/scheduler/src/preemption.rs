@@ -10,7 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
-use crate::framework::{CycleState, Profile};
+use crate::framework::{CycleState, PreemptionArgs, Profile};
 
 /// The chosen node and the pods to evict there.
 #[derive(Debug)]
@@ -180,9 +180,11 @@ fn victims_on(
 }
 
 /// How many candidate nodes to find before choosing (upstream's DefaultPreemptionArgs:
-/// 10% of the nodes, at least 100).
-fn candidates_wanted(nodes: usize) -> usize {
-    (nodes / 10).max(100).min(nodes)
+/// by default 10% of the nodes, at least 100).
+fn candidates_wanted(nodes: usize, args: PreemptionArgs) -> usize {
+    (nodes * args.min_candidate_nodes_percentage / 100)
+        .max(args.min_candidate_nodes_absolute)
+        .min(nodes)
 }
 
 /// The best candidate among the first nodes found with victims (walked from an offset
@@ -198,7 +200,7 @@ pub fn select(
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut best: Option<(Candidate, (usize, i32, i64, usize))> = None;
     let nodes = cache.all();
-    let want = candidates_wanted(nodes.len());
+    let want = candidates_wanted(nodes.len(), profile.preemption.unwrap_or_default());
     let offset = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -44,13 +44,13 @@ pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>,
     Some(p)
 }
 
+/// Upstream plugins the scheduler itself always runs (the queue's order, scheduling gates,
+/// the binding): a config may name them.
+pub const BUILT_IN: &[&str] = &["PrioritySort", "SchedulingGates", "DefaultBinder"];
+
 /// Upstream plugins this scheduler does not have yet (a config may name them; they are
 /// skipped with a warning).
 pub const NOT_YET: &[&str] = &[
-    "PrioritySort",
-    "SchedulingGates",
-    "DefaultBinder",
-    "DefaultPreemption",
     "VolumeRestrictions",
     "VolumeZone",
     "EBSLimits",
@@ -88,6 +88,7 @@ pub fn default_profile() -> Profile {
             .map(|(p, w)| Entry::new(p, w))
             .collect(),
         percentage_of_nodes_to_score: 0,
+        preemption: Some(Default::default()),
     }
 }
 
