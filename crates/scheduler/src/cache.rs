@@ -225,6 +225,9 @@ pub struct Cache {
 /// What a scheduling cycle's PreFilter sees of the cluster.
 pub struct Snapshot<'a> {
     pub nodes: &'a [NodeInfo],
+    /// A node that stands in for the one of the same name (preemption's trial node, with
+    /// its victims gone).
+    pub replaced: Option<&'a NodeInfo>,
     /// Placed pods with required anti-affinity terms (none: nothing to check for them).
     pub anti_affinity_pods: usize,
     /// Placed pods with any pod affinity or anti-affinity term.
@@ -237,11 +240,23 @@ pub struct Snapshot<'a> {
     pub image_nodes: &'a HashMap<String, usize>,
 }
 
+impl<'a> Snapshot<'a> {
+    /// Every node, with the replacement standing in for its namesake.
+    pub fn each_node(&self) -> impl Iterator<Item = &'a NodeInfo> + 'a {
+        let r = self.replaced;
+        self.nodes.iter().map(move |n| match r {
+            Some(t) if t.name == n.name => t,
+            _ => n,
+        })
+    }
+}
+
 impl Cache {
     /// The nodes and cluster-wide counts, for a scheduling cycle.
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot {
             nodes: &self.nodes,
+            replaced: None,
             anti_affinity_pods: self.anti_affinity_pods,
             affinity_pods: self.affinity_pods,
             owners: &self.owners,

@@ -334,10 +334,24 @@ impl Scheduler {
                                 .collect();
                             preemption::select(profile, &info, &cache, &state, &pdbs)
                         });
-                    if let Ok(c) = &preemption {
-                        // Held for it from now on, before the nomination is written.
+                    let preemption = preemption.map(|mut c| {
+                        // Less important nominations there end; this pod's room is held
+                        // from now on, before the nomination is written.
+                        let mine = preemption::priority(&info);
+                        c.cleared = cache
+                            .nominated()
+                            .get(&c.node)
+                            .into_iter()
+                            .flatten()
+                            .filter(|p| p.key != info.key && preemption::priority(p) < mine)
+                            .cloned()
+                            .collect();
+                        for p in &c.cleared {
+                            cache.nominate(&p.key, None);
+                        }
                         cache.nominate(&info.key, Some((info.clone(), &c.node)));
-                    }
+                        c
+                    });
                     Err((d, preemption))
                 }
                 Ok(feasible) => {
@@ -506,6 +520,16 @@ impl Scheduler {
         {
             tracing::warn!(pod = %name, error = %e, "nominating a node");
             return;
+        }
+        for p in &c.cleared {
+            let (pns, pname) = namespaced_name(&p.pod.metadata);
+            let clear = serde_json::json!({"status": {"nominatedNodeName": null}});
+            if let Err(e) = Api::<Pod>::namespaced(self.client.clone(), pns)
+                .patch_status(pname, &PatchParams::default(), &Patch::Merge(clear))
+                .await
+            {
+                tracing::debug!(pod = %pname, error = %e, "clearing a nomination");
+            }
         }
         let scheduler = self
             .profile_of(pod)

@@ -4,7 +4,7 @@
 //! lowest priority sum, the fewest victims. The scheduler then nominates the node in the
 //! pod's `status.nominatedNodeName` and deletes the victims.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -17,6 +17,9 @@ use crate::framework::{CycleState, PreemptionArgs, Profile};
 pub struct Candidate {
     pub node: String,
     pub victims: Vec<Arc<PodInfo>>,
+    /// Less important pods nominated to the node, whose nominations preemption ends
+    /// (upstream clears them so they look for room elsewhere).
+    pub cleared: Vec<Arc<PodInfo>>,
     pub pdb_violations: usize,
 }
 
@@ -123,15 +126,32 @@ fn split_by_pdb(
     (violating, fine)
 }
 
+/// Whether the pod's PreFilter state depends on where other pods are (its own affinity,
+/// anti-affinity or spread constraints, or others' anti-affinity): then each trial of
+/// victims needs it computed anew, as upstream's RemovePod/AddPod extensions update it.
+fn state_depends_on_pods(pod: &PodInfo, cache: &Cache) -> bool {
+    let spread = pod.pod.spec.as_ref().is_some_and(|s| {
+        s.topology_spread_constraints
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+    });
+    spread
+        || !pod.required_anti.is_empty()
+        || !pod.required_affinity.is_empty()
+        || cache.snapshot().anti_affinity_pods > 0
+}
+
 /// The victims on one node, or None if evicting every lower-priority pod is not enough.
 fn victims_on(
     profile: &Profile,
     pod: &PodInfo,
     node: &NodeInfo,
-    nominated: &HashMap<String, Vec<Arc<PodInfo>>>,
+    cache: &Cache,
     state: &CycleState,
     pdbs: &[PodDisruptionBudget],
 ) -> Option<Candidate> {
+    let nominated = cache.nominated();
+    let recompute = state_depends_on_pods(pod, cache);
     let mine = priority(pod);
     let mut lower: Vec<Arc<PodInfo>> = node
         .pods
@@ -148,6 +168,16 @@ fn victims_on(
     }
     // Room held for pods nominated here counts, as in a normal filter pass.
     let fits = |trial: &NodeInfo| {
+        let fresh;
+        let state = match recompute {
+            true => {
+                let mut snap = cache.snapshot();
+                snap.replaced = Some(trial);
+                fresh = profile.pre_filter(pod, &snap);
+                &fresh
+            }
+            false => state,
+        };
         profile
             .filter_with_nominated(pod, trial, nominated, state)
             .is_ok()
@@ -175,6 +205,7 @@ fn victims_on(
     Some(Candidate {
         node: node.name.clone(),
         victims,
+        cleared: Vec::new(),
         pdb_violations,
     })
 }
@@ -221,7 +252,7 @@ pub fn select(
                 continue;
             }
         }
-        let Some(c) = victims_on(profile, pod, n, cache.nominated(), state, pdbs) else {
+        let Some(c) = victims_on(profile, pod, n, cache, state, pdbs) else {
             *reasons
                 .entry("No preemption victims found for incoming pod")
                 .or_default() += 1;
@@ -380,5 +411,35 @@ mod tests {
         );
         c.nominate(&vip.key, None);
         assert!(c.nominated().is_empty());
+    }
+
+    #[test]
+    fn anti_affinity_victims_are_found_with_the_state_recomputed() {
+        // Room enough on both nodes; the incoming pod's anti-affinity rejects the
+        // low-priority "noisy" pods. Evicting one on a makes a fit; b's is important.
+        let labelled = |name: &str, prio: i32| {
+            let v = json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "noisy"}},
+                "spec": {"priority": prio, "containers": [{"name": "c"}]}});
+            Arc::new(PodInfo::new(Arc::new(serde_json::from_value(v).unwrap())))
+        };
+        let mut c = Cache::default();
+        for n in ["a", "b"] {
+            c.set_node(
+                serde_json::from_value(
+                    json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}},
+                    "status": {"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"}}}),
+                )
+                .unwrap(),
+            );
+        }
+        c.add_pod(labelled("quiet-neighbour", 10), "a", false);
+        c.add_pod(labelled("important", 1000), "b", false);
+        let v = json!({"metadata": {"name": "picky", "namespace": "default"}, "spec": {"priority": 100,
+            "containers": [{"name": "c"}], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "noisy"}}}]}}}});
+        let picky = PodInfo::new(Arc::new(serde_json::from_value(v).unwrap()));
+        let got = run(&c, &picky, &[]).unwrap();
+        assert_eq!(got.node, "a");
+        assert_eq!(names(&got), vec!["default/quiet-neighbour"]);
     }
 }

@@ -121,7 +121,6 @@ impl Plugin for InterPodAffinity {
     }
 
     fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
-        let nodes = cluster.nodes;
         let own_ns = pod.pod.metadata.namespace.clone().unwrap_or_default();
         let anti_terms = &pod.required_anti;
         let aff_terms = &pod.required_affinity;
@@ -139,7 +138,7 @@ impl Plugin for InterPodAffinity {
         if !own_rules && !others_rules {
             return;
         }
-        for n in nodes {
+        for n in cluster.each_node() {
             if !own_rules && n.anti_affinity_pods == 0 {
                 continue;
             }
@@ -223,7 +222,7 @@ impl Plugin for InterPodAffinity {
         }
         let own_ns = pod.pod.metadata.namespace.as_deref().unwrap_or("");
         let mut sc = Scores(HashMap::new());
-        for n in cluster.nodes {
+        for n in cluster.each_node() {
             let unlabelled = n.node.metadata.labels.as_ref().is_none_or(|l| l.is_empty());
             if unlabelled || (!own && n.affinity_pods == 0) {
                 continue;

@@ -184,7 +184,6 @@ impl Plugin for PodTopologySpread {
     }
 
     fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
-        let nodes = cluster.nodes;
         let (cs, require_all) = self.constraints_of(pod, cluster);
         if cs.is_empty() {
             return;
@@ -196,7 +195,7 @@ impl Plugin for PodTopologySpread {
         let any_affinity = cs.iter().any(|c| c.honor_affinity);
         let any_taints = cs.iter().any(|c| c.honor_taints);
         let mut values: Vec<Option<&String>> = Vec::with_capacity(cs.len());
-        for n in nodes {
+        for n in cluster.each_node() {
             values.clear();
             values.extend(cs.iter().map(|c| n.label(&c.key)));
             if values.iter().all(|v| v.is_none()) || (require_all && values.contains(&None)) {
