@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
+
 use std::sync::Arc;
 
 use crate::cache::{NodeInfo, PodInfo, Snapshot};
@@ -10,8 +11,38 @@ use crate::cache::{NodeInfo, PodInfo, Snapshot};
 /// The highest score a plugin gives a node (upstream's MaxNodeScore).
 pub const MAX_SCORE: i64 = 100;
 
-/// What plugins compute once per scheduling cycle (PreFilter) for their Filter and Score.
-pub type CycleState = HashMap<&'static str, Box<dyn Any + Send + Sync>>;
+/// What plugins compute once per scheduling cycle (PreFilter, PreScore) for their Filter
+/// and Score, by key: a handful of entries, found by a short scan (each node's Filter and
+/// Score look them up, so a hash per lookup would cost more than the scan).
+#[derive(Default)]
+pub struct CycleState {
+    entries: Vec<(&'static str, Box<dyn Any + Send + Sync>)>,
+}
+
+impl CycleState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&(dyn Any + Send + Sync)> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn insert(&mut self, key: &'static str, value: Box<dyn Any + Send + Sync>) {
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(e) => e.1 = value,
+            None => self.entries.push((key, value)),
+        }
+    }
+}
 
 /// Where a PreFilter that rejects the pod outright leaves its reason in the cycle state.
 const REJECTED: &str = "PreFilter/rejected";
@@ -28,6 +59,18 @@ pub trait Plugin: Send + Sync {
 
     /// Computes what the plugin's Filter and Score need across all nodes.
     fn pre_filter(&self, _pod: &PodInfo, _cluster: &Snapshot, _state: &mut CycleState) {}
+
+    /// The state key without which this plugin's Filter has nothing to do (its PreFilter
+    /// stores it only for the pods it concerns): without it the Filter is skipped for the
+    /// cycle, as upstream skips a plugin whose PreFilter says Skip.
+    fn filter_state(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Likewise for Score, after PreScore.
+    fn score_state(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Filter with the cycle's state (stateless plugins implement `filter`).
     fn filter_in(
@@ -293,14 +336,25 @@ impl Profile {
         state
     }
 
-    /// The filters in order; the first that fails decides.
+    /// The filters in order; the first that fails decides. Filters whose state PreFilter
+    /// did not store are skipped.
     pub fn filter(
         &self,
         pod: &PodInfo,
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        for e in self.plugins.iter().filter(|e| e.filter) {
+        let skipped = |e: &&Entry| {
+            e.plugin
+                .filter_state()
+                .is_some_and(|k| !state.contains_key(k))
+        };
+        for e in self
+            .plugins
+            .iter()
+            .filter(|e| e.filter)
+            .filter(|e| !skipped(e))
+        {
             e.plugin.filter_in(pod, node, state)?;
         }
         Ok(())
@@ -320,7 +374,12 @@ impl Profile {
             e.plugin.pre_score(pod, nodes, cluster, state);
         }
         let state = &*state;
-        for e in scorers() {
+        let skipped = |e: &&Entry| {
+            e.plugin
+                .score_state()
+                .is_some_and(|k| !state.contains_key(k))
+        };
+        for e in scorers().filter(|e| !skipped(e)) {
             let mut s: Vec<i64> = nodes
                 .iter()
                 .map(|n| e.plugin.score_in(pod, n, state))

@@ -45,7 +45,7 @@ impl Plugin for ImageLocality {
             .chain(spec.containers.iter())
             .filter_map(|c| c.image.as_deref())
             .collect();
-        let images = all
+        let images: Vec<(String, f64)> = all
             .iter()
             .map(|i| {
                 let name = normalized(i);
@@ -53,6 +53,10 @@ impl Plugin for ImageLocality {
                 (name, spread)
             })
             .collect();
+        // No node has any of the images: every node scores 0.
+        if images.iter().all(|(_, spread)| *spread == 0.0) {
+            return;
+        }
         state.insert(
             NAME,
             Box::new(State {
@@ -64,6 +68,10 @@ impl Plugin for ImageLocality {
 
     fn scores(&self) -> bool {
         true
+    }
+
+    fn score_state(&self) -> Option<&'static str> {
+        Some(NAME)
     }
 
     fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {

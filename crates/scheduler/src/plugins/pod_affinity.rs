@@ -170,6 +170,14 @@ impl Plugin for InterPodAffinity {
         state.insert(NAME, Box::new(st));
     }
 
+    fn filter_state(&self) -> Option<&'static str> {
+        Some(NAME)
+    }
+
+    fn score_state(&self) -> Option<&'static str> {
+        Some(SCORE)
+    }
+
     fn filter_in(
         &self,
         _pod: &PodInfo,

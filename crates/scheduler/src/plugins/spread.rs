@@ -252,6 +252,14 @@ impl Plugin for PodTopologySpread {
         );
     }
 
+    fn filter_state(&self) -> Option<&'static str> {
+        Some(NAME)
+    }
+
+    fn score_state(&self) -> Option<&'static str> {
+        Some(SCORE)
+    }
+
     fn filter_in(
         &self,
         _pod: &PodInfo,

@@ -90,6 +90,10 @@ impl Plugin for VolumeBinding {
         state.insert(BINDING, Box::new(st));
     }
 
+    fn filter_state(&self) -> Option<&'static str> {
+        Some(BINDING)
+    }
+
     fn filter_in(
         &self,
         _pod: &PodInfo,
@@ -188,6 +192,10 @@ impl Plugin for NodeVolumeLimits {
             let volumes = cluster.volumes.clone();
             state.insert(LIMITS, Box::new(LimitState { volumes, new }));
         }
+    }
+
+    fn filter_state(&self) -> Option<&'static str> {
+        Some(LIMITS)
     }
 
     fn filter_in(
