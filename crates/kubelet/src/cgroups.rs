@@ -163,6 +163,21 @@ pub fn apply(parent: &str, r: &PodResources) {
     }
 }
 
+/// Node allocatable enforcement (upstream's default `--enforce-node-allocatable=pods`):
+/// `/kubepods` gets the shares of the node's CPU less the reservations, and its memory less
+/// the reservations as a limit, so the pods together cannot starve the system and the
+/// agent. (Upstream does not take the eviction threshold off this limit; neither does this.)
+pub fn enforce_node_allocatable(cpu_milli: i64, memory_bytes: i64) {
+    apply(
+        "/kubepods",
+        &PodResources {
+            cpu_shares: shares(cpu_milli),
+            cpu_quota: None,
+            memory_limit: Some(memory_bytes),
+        },
+    );
+}
+
 /// The QoS-level cgroups: `besteffort` at the minimum shares, `burstable` at the sum of
 /// its pods' CPU requests.
 #[derive(Default)]

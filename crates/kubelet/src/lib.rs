@@ -177,7 +177,12 @@ impl Kubelet {
             .await
             .map(|v| v.0)
             .unwrap_or_else(|_| "cri".into());
-        let memory_capacity = node::Machine::read(&config.data_dir).memory_ki as i64 * 1024;
+        let machine = node::Machine::read(&config.data_dir);
+        let memory_capacity = machine.memory_ki as i64 * 1024;
+        cgroups::enforce_node_allocatable(
+            (machine.cpus * 1000).saturating_sub(config.reserved_cpu_millis) as i64,
+            (machine.memory_ki.saturating_sub(config.reserved_memory_ki) * 1024) as i64,
+        );
         Ok(Arc::new(Kubelet {
             runtime_name,
             memory_capacity,

@@ -266,9 +266,71 @@ spec:
             )),
             "2"
         );
+        // Node allocatable is enforced on /kubepods: the node's CPU as shares, its memory
+        // (nothing reserved here) as the limit.
+        let node = c.jsonpath("nodes", "{.items[0].status.capacity}");
+        let capacity: serde_json::Value = serde_json::from_str(&node).unwrap();
+        let cpus: i64 = capacity["cpu"].as_str().unwrap().parse().unwrap();
+        let mem_ki: i64 = capacity["memory"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("Ki")
+            .parse()
+            .unwrap();
+        let kubepods = |f: &str| read(std::path::PathBuf::from(format!("/sys/fs/cgroup/{f}")));
+        assert_eq!(
+            kubepods("cpu/kubepods/cpu.shares"),
+            (cpus * 1024).to_string()
+        );
+        assert_eq!(
+            kubepods("memory/kubepods/memory.limit_in_bytes"),
+            (mem_ki * 1024).to_string()
+        );
     } else {
         eprintln!("no cgroup v1 memory hierarchy: the pod cgroup check is skipped");
     }
+
+    // hostNetwork: the pod shares the node's network; its IP is the node's, its server is
+    // reachable on the host, and a readiness probe reaches it there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  nodeName: {}
+  hostNetwork: true
+  containers:
+  - name: web
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www; echo on-the-host > /www/index.html; exec httpd -f -p 127.0.0.1:{port} -h /www"]
+    readinessProbe:
+      tcpSocket: {{port: {port}}}
+      periodSeconds: 1
+"#,
+        c.name
+    ));
+    c.kubectl.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hostnet",
+        "--timeout=60s",
+    ]);
+    assert_eq!(c.jsonpath("pod hostnet", "{.status.podIP}"), "127.0.0.1");
+    assert_eq!(
+        c.jsonpath("pod hostnet", "{.status.podIP}"),
+        c.jsonpath("pod hostnet", "{.status.hostIP}")
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut reply).unwrap();
+    assert!(reply.ends_with("on-the-host\n"), "{reply}");
 }
 
 #[test]

@@ -289,7 +289,16 @@ pub fn build(input: &Input) -> Result<Value, Error> {
         ),
     });
     spec["root"] = json!({"path": input.rootfs, "readonly": sec.readonly_rootfs});
-    spec["hostname"] = json!(hostname);
+    // A host-network pod shares the host's UTS namespace: its hostname is the host's, and
+    // runc refuses to set one without a private namespace (the default spec names one).
+    match input.sandbox.host_network {
+        false => spec["hostname"] = json!(hostname),
+        true => {
+            if let Some(o) = spec.as_object_mut() {
+                o.remove("hostname");
+            }
+        }
+    }
     // Mounts: the defaults, the sandbox's files, then the kubelet's (which win on the same
     // destination).
     let mut mounts: Vec<Value> = spec["mounts"].as_array().cloned().unwrap_or_default();
