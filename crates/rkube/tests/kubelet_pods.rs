@@ -371,6 +371,34 @@ spec:
         )
     };
 
+    // Limits the kubelet ends a pod for: its active deadline, and an emptyDir over its
+    // sizeLimit (an eviction).
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: deadline}}
+spec:
+  nodeName: {node}
+  activeDeadlineSeconds: 2
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: main, image: {IMAGE}, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: filler}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1024 count=3072; sleep 3600"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes:
+  - {{name: scratch, emptyDir: {{sizeLimit: 1Mi}}}}
+"#
+    ));
     c.apply(&pod("crash", "Always", "", "echo crashing; exit 3"));
     c.apply(&pod(
         "live",
@@ -490,6 +518,42 @@ spec:
         ),
         "137"
     );
+
+    // The deadline: Failed with upstream's reason; the object stays.
+    c.wait_for(60, "deadline to pass", || {
+        (c.jsonpath("pod deadline", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath("pod deadline", "{.status.reason}: {.status.message}"),
+        "DeadlineExceeded: Pod was active on the node longer than the specified deadline"
+    );
+    let stopped = c.jsonpath(
+        "pod deadline",
+        "{.status.containerStatuses[0].state.terminated.exitCode}",
+    );
+    assert!(!stopped.is_empty(), "its container was stopped");
+    // The emptyDir over its limit: evicted, with the DisruptionTarget condition and event.
+    c.wait_for(60, "filler to be evicted", || {
+        (c.jsonpath("pod filler", "{.status.phase}") == "Failed").then_some(())
+    });
+    let evicted = "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ";
+    assert_eq!(c.jsonpath("pod filler", "{.status.reason}"), "Evicted");
+    assert_eq!(c.jsonpath("pod filler", "{.status.message}"), evicted);
+    assert_eq!(
+        c.jsonpath(
+            "pod filler",
+            "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"
+        ),
+        "TerminationByKubelet"
+    );
+    let events = c.kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector=involvedObject.name=filler,reason=Evicted",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("exceeds the limit"), "{events}");
 
     // Graceful deletion: preStop, then SIGTERM, then the object goes, well within the grace.
     c.wait_for(60, "graceful to run", || {

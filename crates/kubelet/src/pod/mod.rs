@@ -2,6 +2,7 @@
 //! runtime to the pod's spec, and the status it reports.
 
 pub mod config;
+pub mod limits;
 pub mod manager;
 pub mod netprobe;
 pub mod probe;

@@ -28,6 +28,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 const RESYNC: Duration = Duration::from_secs(1);
 /// configMap and secret volumes are refreshed this often.
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+/// emptyDir usage is measured this often (upstream's eviction housekeeping interval).
+const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 struct Backoff {
@@ -50,6 +52,10 @@ struct Worker {
     volumes_at: Option<Instant>,
     /// Succeeded or Failed: nothing runs again.
     terminal: bool,
+    /// Why this kubelet ended the pod (deadline, eviction): its status says so.
+    killed: Option<super::limits::Kill>,
+    /// When emptyDir usage was last measured.
+    usage_at: Option<Instant>,
     runtime_name: String,
     memory_capacity: i64,
     /// The node's address (hostIP, and podIP of host-network pods).
@@ -72,6 +78,8 @@ pub async fn run(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Ar
         start_time: None,
         volumes_at: None,
         terminal: false,
+        killed: None,
+        usage_at: None,
         runtime_name,
         memory_capacity,
         host_ip: k.config.node_ip.to_string(),
@@ -247,6 +255,11 @@ impl Worker {
             let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
             self.write_status(pod, &instances, &sid, false, "", true, false, false)
                 .await;
+            return Ok(Duration::from_secs(60));
+        }
+        if let Some(why) = self.limit_reached(pod, &pod_dir) {
+            let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
+            self.kill(pod, why, &sid).await;
             return Ok(Duration::from_secs(60));
         }
         if self
@@ -999,6 +1012,27 @@ impl Worker {
                 }
             }
         }
+        if let Some(why) = &self.killed {
+            st["phase"] = json!("Failed");
+            st["reason"] = json!(why.reason);
+            st["message"] = json!(why.message);
+            if why.eviction {
+                let since = self
+                    .condition_times
+                    .entry("DisruptionTarget".into())
+                    .or_insert_with(|| {
+                        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+                        ("True".into(), now.to_string())
+                    })
+                    .1
+                    .clone();
+                if let Some(conds) = st["conditions"].as_array_mut() {
+                    conds.push(json!({"type": "DisruptionTarget", "status": "True",
+                        "reason": "TerminationByKubelet", "message": why.message,
+                        "lastTransitionTime": since}));
+                }
+            }
+        }
         let phase = st["phase"].as_str().map(String::from);
         if self.last_status.as_ref() == Some(&st) {
             return phase;
@@ -1020,6 +1054,74 @@ impl Worker {
             Err(e) => tracing::debug!(pod = %describe(pod), error = %e, "writing the pod status"),
         }
         phase
+    }
+
+    /// An exceeded `activeDeadlineSeconds`, or (measured every EVICTION_INTERVAL) an
+    /// emptyDir over its `sizeLimit`.
+    fn limit_reached(
+        &mut self,
+        pod: &Pod,
+        pod_dir: &std::path::Path,
+    ) -> Option<super::limits::Kill> {
+        let now = jiff::Timestamp::now();
+        if let Some(k) = super::limits::deadline(pod, self.start_time.as_deref(), now) {
+            return Some(k);
+        }
+        if self
+            .usage_at
+            .is_some_and(|t| t.elapsed() < EVICTION_INTERVAL)
+        {
+            return None;
+        }
+        self.usage_at = Some(Instant::now());
+        super::limits::empty_dir(pod, pod_dir)
+    }
+
+    /// Ends the pod for `why`: an event, its containers stopped (at once for an eviction,
+    /// as upstream's local-storage eviction; else with the grace period), the sandbox
+    /// stopped, and the pod Failed with the reason and message. The object stays.
+    async fn kill(&mut self, pod: &Pod, why: super::limits::Kill, sandbox_id: &str) {
+        let k = self.k.clone();
+        let kind = if why.eviction { Warning } else { Normal };
+        k.recorder
+            .pod(pod, None, kind, why.reason, &why.message)
+            .await;
+        let grace = match why.eviction {
+            true => 0,
+            false => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30),
+        };
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let instances = self.instances().await.unwrap_or_default();
+        let running: Vec<(String, String)> = instances
+            .iter()
+            .filter_map(|(n, v)| {
+                v.first()
+                    .filter(|i| i.running())
+                    .map(|i| (n.clone(), i.id.clone()))
+            })
+            .collect();
+        let stops = running
+            .iter()
+            .map(|(n, id)| self.stop(pod, n, id, &pod_ip, grace));
+        futures::future::join_all(stops).await;
+        for s in k.cri.sandboxes(Some(&self.uid)).await.unwrap_or_default() {
+            let _ = k.cri.stop_sandbox(&s.id).await;
+        }
+        self.terminal = true;
+        self.killed = Some(why);
+        let instances = self.instances().await.unwrap_or_default();
+        self.write_status(
+            pod, &instances, sandbox_id, false, &pod_ip, false, true, false,
+        )
+        .await;
     }
 
     /// Graceful deletion: preStop hooks and SIGTERM with the grace period (cut short if the

@@ -1,0 +1,113 @@
+//! Limits the kubelet ends a running pod for, leaving the pod object in place as Failed:
+//! `activeDeadlineSeconds` (reason `DeadlineExceeded`) and a disk-backed emptyDir grown
+//! past its `sizeLimit` (reason `Evicted`, as upstream's eviction manager).
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::volumes;
+
+/// Why the kubelet ends a pod: the status reason and message, and whether it is an
+/// eviction (the pod then also gets the `DisruptionTarget` condition).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kill {
+    pub reason: &'static str,
+    pub message: String,
+    pub eviction: bool,
+}
+
+/// Whether the pod has been active longer than its `activeDeadlineSeconds`, counted from
+/// its start time (RFC 3339).
+pub fn deadline(pod: &Pod, start_time: Option<&str>, now: jiff::Timestamp) -> Option<Kill> {
+    let limit = pod.spec.as_ref()?.active_deadline_seconds?;
+    let started: jiff::Timestamp = start_time?.parse().ok()?;
+    let active = now.duration_since(started).as_secs();
+    (active >= limit).then(|| Kill {
+        reason: "DeadlineExceeded",
+        message: "Pod was active on the node longer than the specified deadline".into(),
+        eviction: false,
+    })
+}
+
+/// The first disk-backed emptyDir whose usage is over its `sizeLimit`, with upstream's
+/// eviction message.
+pub fn empty_dir(pod: &Pod, pod_dir: &Path) -> Option<Kill> {
+    for v in pod.spec.as_ref()?.volumes.iter().flatten() {
+        let Some(e) = &v.empty_dir else { continue };
+        if e.medium.as_deref() == Some("Memory") {
+            continue; // tmpfs: the mount's size caps it.
+        }
+        let Some(limit) = &e.size_limit else { continue };
+        let Some(bytes) = rkube_api::quantity::parse_units(&limit.0) else {
+            continue;
+        };
+        let Some(dir) = volumes::host_path(pod_dir, v) else {
+            continue;
+        };
+        if usage(&dir) > bytes as u64 {
+            return Some(Kill {
+                reason: "Evicted",
+                message: format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                    v.name, limit.0
+                ),
+                eviction: true,
+            });
+        }
+    }
+    None
+}
+
+/// Disk space used under `dir` (allocated blocks, as `du`), not following symlinks.
+pub fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deadlines_and_empty_dir_limits() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {
+            "activeDeadlineSeconds": 30, "containers": [{"name": "c"}],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "64Ki"}},
+                        {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}}]}}))
+        .unwrap();
+        let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        assert_eq!(deadline(&pod, Some("2026-01-01T00:00:45Z"), now), None);
+        let k = deadline(&pod, Some("2026-01-01T00:00:30Z"), now).unwrap();
+        assert_eq!((k.reason, k.eviction), ("DeadlineExceeded", false));
+        assert_eq!(deadline(&pod, None, now), None, "not started");
+
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("volumes/kubernetes.io~empty-dir/scratch");
+        std::fs::create_dir_all(scratch.join("sub")).unwrap();
+        std::fs::write(scratch.join("sub/small"), vec![1u8; 16 << 10]).unwrap();
+        assert_eq!(empty_dir(&pod, dir.path()), None);
+        std::fs::write(scratch.join("big"), vec![1u8; 128 << 10]).unwrap();
+        let k = empty_dir(&pod, dir.path()).unwrap();
+        assert_eq!(
+            k.message,
+            "Usage of EmptyDir volume \"scratch\" exceeds the limit \"64Ki\". "
+        );
+        assert!(k.eviction);
+    }
+}
