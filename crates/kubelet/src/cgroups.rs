@@ -25,6 +25,8 @@ pub struct PodResources {
     /// Microseconds per `PERIOD_US`.
     pub cpu_quota: Option<i64>,
     pub memory_limit: Option<i64>,
+    /// `pids.max` (the kubelet's `--pod-max-pids`).
+    pub pids_limit: Option<i64>,
 }
 
 /// The pod's total of `name` as upstream computes it: app containers and sidecars added
@@ -75,6 +77,7 @@ pub fn pod_resources(pod: &Pod) -> PodResources {
             cpu_shares: MIN_SHARES,
             cpu_quota: None,
             memory_limit: None,
+            pids_limit: None,
         };
     }
     let cpu_request = pod_total(pod, "requests", "cpu").unwrap_or(0);
@@ -82,6 +85,7 @@ pub fn pod_resources(pod: &Pod) -> PodResources {
         cpu_shares: shares(cpu_request),
         cpu_quota: pod_total(pod, "limits", "cpu").map(|m| (m * PERIOD_US / 1000).max(1000)),
         memory_limit: pod_total(pod, "limits", "memory").map(|m| m / 1000),
+        pids_limit: None,
     }
 }
 
@@ -94,7 +98,11 @@ fn shares(milli: i64) -> i64 {
 #[derive(Clone, Debug)]
 enum Layout {
     /// v1: one hierarchy per controller.
-    V1 { cpu: PathBuf, memory: PathBuf },
+    V1 {
+        cpu: PathBuf,
+        memory: PathBuf,
+        pids: PathBuf,
+    },
     /// v2: one tree.
     V2(PathBuf),
 }
@@ -106,7 +114,8 @@ fn layout() -> Option<Layout> {
     }
     let cpu = root.join("cpu");
     let memory = root.join("memory");
-    (cpu.is_dir() && memory.is_dir()).then_some(Layout::V1 { cpu, memory })
+    let pids = root.join("pids");
+    (cpu.is_dir() && memory.is_dir()).then_some(Layout::V1 { cpu, memory, pids })
 }
 
 fn write(dir: &Path, file: &str, value: &str) {
@@ -121,7 +130,7 @@ fn make(dir: &Path, v2_root: Option<&Path>) -> bool {
         let mut at = root.to_path_buf();
         let rel = dir.strip_prefix(root).unwrap_or(dir);
         for part in rel.components() {
-            write(&at, "cgroup.subtree_control", "+cpu +memory");
+            write(&at, "cgroup.subtree_control", "+cpu +memory +pids");
             at.push(part);
             let _ = std::fs::create_dir(&at);
         }
@@ -133,7 +142,7 @@ fn make(dir: &Path, v2_root: Option<&Path>) -> bool {
 pub fn apply(parent: &str, r: &PodResources) {
     let rel = parent.trim_start_matches('/');
     match layout() {
-        Some(Layout::V1 { cpu, memory }) => {
+        Some(Layout::V1 { cpu, memory, pids }) => {
             let c = cpu.join(rel);
             if make(&c, None) {
                 write(&c, "cpu.shares", &r.cpu_shares.to_string());
@@ -146,6 +155,11 @@ pub fn apply(parent: &str, r: &PodResources) {
                 let limit = r.memory_limit.map_or("-1".to_string(), |b| b.to_string());
                 write(&m, "memory.limit_in_bytes", &limit);
             }
+            let p = pids.join(rel);
+            if pids.is_dir() && make(&p, None) {
+                let max = r.pids_limit.map_or("max".to_string(), |n| n.to_string());
+                write(&p, "pids.max", &max);
+            }
         }
         Some(Layout::V2(root)) => {
             let d = root.join(rel);
@@ -157,6 +171,8 @@ pub fn apply(parent: &str, r: &PodResources) {
                 write(&d, "cpu.max", &format!("{quota} {PERIOD_US}"));
                 let limit = r.memory_limit.map_or("max".to_string(), |b| b.to_string());
                 write(&d, "memory.max", &limit);
+                let max = r.pids_limit.map_or("max".to_string(), |n| n.to_string());
+                write(&d, "pids.max", &max);
             }
         }
         None => {}
@@ -174,6 +190,7 @@ pub fn enforce_node_allocatable(cpu_milli: i64, memory_bytes: i64) {
             cpu_shares: shares(cpu_milli),
             cpu_quota: None,
             memory_limit: Some(memory_bytes),
+            pids_limit: None,
         },
     );
 }
@@ -214,6 +231,7 @@ impl QosCgroups {
             cpu_shares: shares,
             cpu_quota: None,
             memory_limit: None,
+            pids_limit: None,
         };
         apply("/kubepods/besteffort", &none(MIN_SHARES));
         apply(
@@ -241,7 +259,8 @@ mod tests {
             PodResources {
                 cpu_shares: 768,
                 cpu_quota: Some(75_000),
-                memory_limit: Some(96 << 20)
+                memory_limit: Some(96 << 20),
+                pids_limit: None
             }
         );
         // One container without a memory limit: the pod has none; shares from requests.
@@ -255,7 +274,8 @@ mod tests {
             PodResources {
                 cpu_shares: 2048,
                 cpu_quota: None,
-                memory_limit: None
+                memory_limit: None,
+                pids_limit: None
             },
             "the init container's 2 CPUs outweigh the app containers' 100m"
         );

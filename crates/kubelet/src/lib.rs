@@ -36,6 +36,8 @@ pub struct Config {
     /// The port of the kubelet's HTTPS server (reported in the node status).
     pub port: u16,
     pub max_pods: u32,
+    /// The most processes a pod may have (`--pod-max-pids`; None: no limit).
+    pub pod_pids_limit: Option<i64>,
     /// Held back from allocatable (system-reserved + kube-reserved).
     pub reserved_cpu_millis: u64,
     pub reserved_memory_ki: u64,
@@ -65,6 +67,7 @@ impl Config {
             cri_socket,
             port: 10250,
             max_pods: 110,
+            pod_pids_limit: None,
             reserved_cpu_millis: 0,
             reserved_memory_ki: 0,
             cluster_dns: vec!["10.43.0.10".into()],

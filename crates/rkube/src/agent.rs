@@ -59,6 +59,9 @@ pub struct NodeArgs {
     /// The Linux bridge the built-in runtime attaches pods to.
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
+    /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub pod_max_pids: i64,
     /// Resources held back from the node's allocatable for the system
     /// (`cpu=100m,memory=256Mi`).
     #[arg(long)]
@@ -150,6 +153,7 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
         period: duration("image-gc-period", &n.image_gc_period)?
             .max(std::time::Duration::from_millis(100)),
     };
+    cfg.pod_pids_limit = (n.pod_max_pids > 0).then_some(n.pod_max_pids);
     for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;

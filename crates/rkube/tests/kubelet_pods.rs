@@ -19,7 +19,7 @@ fn node_turns_ready_and_a_pod_runs_with_init_containers_env_and_volumes() {
     if !root_or_skip("node_turns_ready_and_a_pod_runs_with_init_containers_env_and_volumes") {
         return;
     }
-    let c = Cluster::start(1, &[]);
+    let c = Cluster::start(1, &["--pod-max-pids", "64"]);
     let node = format!("node/{}", c.name);
     c.kubectl
         .ok(&["wait", "--for=condition=Ready", &node, "--timeout=60s"]);
@@ -254,6 +254,8 @@ spec:
         let cpu = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/kubepods/pod{uid}"));
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "10000");
         assert_eq!(read(cpu.join("cpu.shares")), "102");
+        let pids = format!("/sys/fs/cgroup/pids/kubepods/pod{uid}/pids.max");
+        assert_eq!(read(pids.into()), "64", "--pod-max-pids");
         let nested = std::fs::read_dir(&memory)
             .unwrap()
             .flatten()
@@ -267,7 +269,8 @@ spec:
             "2"
         );
         // Node allocatable is enforced on /kubepods: the node's CPU as shares, its memory
-        // (nothing reserved here) as the limit.
+        // (nothing reserved here) as the limit. /kubepods is machine-wide: the tests that
+        // reserve resources (agent_join) run in another test binary, never alongside.
         let node = c.jsonpath("nodes", "{.items[0].status.capacity}");
         let capacity: serde_json::Value = serde_json::from_str(&node).unwrap();
         let cpus: i64 = capacity["cpu"].as_str().unwrap().parse().unwrap();

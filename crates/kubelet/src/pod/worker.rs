@@ -313,10 +313,9 @@ impl Worker {
                 }
                 // The pod's cgroup, with its limits, before anything runs in it.
                 k.qos_cgroups.pod_starting(&self.uid, pod);
-                crate::cgroups::apply(
-                    &super::cgroup_parent(pod),
-                    &crate::cgroups::pod_resources(pod),
-                );
+                let mut limits = crate::cgroups::pod_resources(pod);
+                limits.pids_limit = k.config.pod_pids_limit;
+                crate::cgroups::apply(&super::cgroup_parent(pod), &limits);
                 let req = cri::RunPodSandboxRequest {
                     config: Some(sandbox_cfg.clone()),
                     runtime_handler: String::new(),
