@@ -112,6 +112,36 @@ pub fn key(pod: &Pod) -> String {
     )
 }
 
+/// Label keys whose values every NodeInfo keeps at hand: the topology keys that spreading
+/// and affinity look up on every node in a cycle (a map search per node costs more).
+pub const TOPOLOGY_KEYS: [&str; 3] = [
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+];
+
+/// A node label key, resolved once per cycle.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LabelKey {
+    /// One of TOPOLOGY_KEYS, by position.
+    Known(usize),
+    Other(String),
+}
+
+impl LabelKey {
+    pub fn new(key: &str) -> LabelKey {
+        match TOPOLOGY_KEYS.iter().position(|k| *k == key) {
+            Some(i) => LabelKey::Known(i),
+            None => LabelKey::Other(key.to_string()),
+        }
+    }
+}
+
+fn topology_of(node: &Node) -> [Option<String>; 3] {
+    let labels = node.metadata.labels.as_ref();
+    TOPOLOGY_KEYS.map(|k| labels.and_then(|l| l.get(k)).cloned())
+}
+
 /// A node and what is placed on it.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -128,6 +158,8 @@ pub struct NodeInfo {
     pub affinity_pods: usize,
     /// The images the node reports (`status.images`): every name → size in bytes.
     pub images: HashMap<String, i64>,
+    /// The node's values of TOPOLOGY_KEYS.
+    topology: [Option<String>; 3],
 }
 
 /// A node's images by name (tags and digests alike) with their sizes.
@@ -148,6 +180,7 @@ impl NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
             images: node_images(&node),
+            topology: topology_of(&node),
             node,
             requested: Resource::default(),
             non_zero: (0, 0),
@@ -185,6 +218,14 @@ impl NodeInfo {
     /// The node's label `key`.
     pub fn label(&self, key: &str) -> Option<&String> {
         self.node.metadata.labels.as_ref().and_then(|l| l.get(key))
+    }
+
+    /// The node's label for a resolved key.
+    pub fn label_at(&self, key: &LabelKey) -> Option<&String> {
+        match key {
+            LabelKey::Known(i) => self.topology[*i].as_ref(),
+            LabelKey::Other(k) => self.label(k),
+        }
     }
 
     /// Host ports in use on the node.
@@ -297,6 +338,7 @@ impl Cache {
                     || node.metadata.labels != n.node.metadata.labels
                     || node.spec != n.node.spec;
                 n.allocatable = alloc;
+                n.topology = topology_of(&node);
                 n.node = node;
                 if n.images == images {
                     return changed;

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::cache::{NodeInfo, PodInfo, Snapshot};
+use crate::cache::{LabelKey, NodeInfo, PodInfo, Snapshot};
 use crate::framework::{CycleState, Plugin, MAX_SCORE};
 use crate::selector;
 
@@ -45,6 +45,11 @@ type FastSet<'a> = HashSet<&'a str, std::hash::BuildHasherDefault<Fnv>>;
 struct Constraint {
     max_skew: i64,
     key: String,
+    /// The key resolved for the node lookups.
+    lk: LabelKey,
+    /// The key is the host name: every node is its own domain, and its count is the
+    /// node's own matching pods (upstream special-cases it the same way).
+    host: bool,
     hard: bool,
     selector: Option<LabelSelector>,
     min_domains: usize,
@@ -52,7 +57,8 @@ struct Constraint {
     honor_taints: bool,
 }
 
-/// Matching pods per domain, per constraint.
+/// Matching pods per domain, per constraint (none for host-name constraints: a node's
+/// count is its own pods).
 struct State {
     constraints: Vec<Constraint>,
     /// Nodes need every constraint's key to count (not so for the system defaults, which
@@ -86,6 +92,8 @@ fn constraints(pod: &PodInfo, specs: &[TopologySpreadConstraint]) -> Vec<Constra
             Constraint {
                 max_skew: c.max_skew as i64,
                 key: c.topology_key.clone(),
+                lk: LabelKey::new(&c.topology_key),
+                host: c.topology_key == HOSTNAME,
                 hard: c.when_unsatisfiable == "DoNotSchedule",
                 selector: sel,
                 min_domains: c.min_domains.unwrap_or(1).max(1) as usize,
@@ -189,33 +197,62 @@ impl Plugin for PodTopologySpread {
             return;
         }
         // Every eligible domain (borrowed: no copy per node), and the counts of the domains
-        // that hold matching pods (few, usually).
+        // that hold matching pods (few, usually). Host-name constraints only count eligible
+        // nodes and look for the smallest count (0 as soon as one node has none).
         let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); cs.len()];
         let mut domains: Vec<FastSet> = vec![FastSet::default(); cs.len()];
+        let mut hosts = vec![0usize; cs.len()];
+        let mut host_min: Vec<Option<i64>> = vec![None; cs.len()];
         let any_affinity = cs.iter().any(|c| c.honor_affinity);
         let any_taints = cs.iter().any(|c| c.honor_taints);
+        // Constraints with the same selector share one count per node.
+        let same_as: Vec<usize> = (0..cs.len())
+            .map(|i| {
+                (0..i)
+                    .find(|j| cs[*j].selector == cs[i].selector)
+                    .unwrap_or(i)
+            })
+            .collect();
         let mut values: Vec<Option<&String>> = Vec::with_capacity(cs.len());
+        let mut memo: Vec<Option<i64>> = vec![None; cs.len()];
         for n in cluster.each_node() {
             values.clear();
-            values.extend(cs.iter().map(|c| n.label(&c.key)));
+            values.extend(cs.iter().map(|c| n.label_at(&c.lk)));
             if values.iter().all(|v| v.is_none()) || (require_all && values.contains(&None)) {
                 continue;
             }
             let affine = !any_affinity || super::node_affinity::matches(pod, n);
             let tolerated = !any_taints || super::TaintToleration.filter(pod, n).is_ok();
+            memo.iter_mut().for_each(|m| *m = None);
+            let mut count = |i: usize| -> i64 {
+                let g = same_as[i];
+                *memo[g].get_or_insert_with(|| match n.pods.is_empty() {
+                    true => 0,
+                    false => matching(pod, n, &cs[g].selector),
+                })
+            };
             for (i, c) in cs.iter().enumerate() {
                 let Some(value) = values[i] else { continue };
                 if (c.honor_affinity && !affine) || (c.honor_taints && !tolerated) {
                     continue;
                 }
+                if c.host {
+                    hosts[i] += 1;
+                    if host_min[i] != Some(0) {
+                        let m = count(i);
+                        host_min[i] = Some(host_min[i].map_or(m, |x| x.min(m)));
+                    }
+                    continue;
+                }
                 domains[i].insert(value.as_str());
-                let m = if n.pods.is_empty() {
-                    0
-                } else {
-                    matching(pod, n, &c.selector)
-                };
+                let m = count(i);
                 if m > 0 {
-                    *counts[i].entry(value.clone()).or_insert(0) += m;
+                    match counts[i].get_mut(value) {
+                        Some(v) => *v += m,
+                        None => {
+                            counts[i].insert(value.clone(), m);
+                        }
+                    }
                 }
             }
         }
@@ -230,13 +267,19 @@ impl Plugin for PodTopologySpread {
             .collect();
         let mins = cs
             .iter()
-            .zip(counts.iter().zip(&domains))
-            .map(|(c, (counts, domains))| {
+            .enumerate()
+            .map(|(i, c)| {
                 // Fewer domains than minDomains, or a domain without matching pods: 0.
-                if domains.len() < c.min_domains || counts.len() < domains.len() {
+                if c.host {
+                    return match hosts[i] < c.min_domains {
+                        true => 0,
+                        false => host_min[i].unwrap_or(0),
+                    };
+                }
+                if domains[i].len() < c.min_domains || counts[i].len() < domains[i].len() {
                     0
                 } else {
-                    counts.values().copied().min().unwrap_or(0)
+                    counts[i].values().copied().min().unwrap_or(0)
                 }
             })
             .collect();
@@ -262,7 +305,7 @@ impl Plugin for PodTopologySpread {
 
     fn filter_in(
         &self,
-        _pod: &PodInfo,
+        pod: &PodInfo,
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
@@ -270,14 +313,14 @@ impl Plugin for PodTopologySpread {
             return Ok(());
         };
         for (i, c) in st.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
-            let Some(domain) = node.label(&c.key) else {
+            let Some(domain) = node.label_at(&c.lk) else {
                 return Err(vec![
                     "node(s) didn't match pod topology spread constraints (missing required label)"
                         .into(),
                 ]);
             };
             let min = st.mins[i];
-            let here = st.counts[i].get(domain).copied().unwrap_or(0);
+            let here = st.count(i, pod, node, domain);
             if here + st.self_match[i] - min > c.max_skew {
                 return Err(vec![
                     "node(s) didn't match pod topology spread constraints".into()
@@ -314,14 +357,16 @@ impl Plugin for PodTopologySpread {
         let mut domains: Vec<HashSet<&str>> = vec![HashSet::new(); st.constraints.len()];
         let mut hosts = 0usize;
         for n in feasible {
-            let keys = || soft.iter().map(|i| n.label(&st.constraints[*i].key));
+            let keys = || soft.iter().map(|i| n.label_at(&st.constraints[*i].lk));
             if st.require_all && keys().any(|v| v.is_none()) {
                 ignored.insert(n.name.clone());
                 continue;
             }
             hosts += 1;
             for i in &soft {
-                let v = n.label(&st.constraints[*i].key).map_or("", |v| v.as_str());
+                let v = n
+                    .label_at(&st.constraints[*i].lk)
+                    .map_or("", |v| v.as_str());
                 domains[*i].insert(v);
             }
         }
@@ -339,7 +384,7 @@ impl Plugin for PodTopologySpread {
 
     /// Matching pods in the node's domains, each times its constraint's weight, plus
     /// `maxSkew - 1` (fewer wins); -1 marks a node left out.
-    fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
+    fn score_in(&self, pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
         let (Some(st), Some(sc)) = (
             state.get(NAME).and_then(|s| s.downcast_ref::<State>()),
             state
@@ -357,7 +402,7 @@ impl Plugin for PodTopologySpread {
             .enumerate()
             .filter(|(_, c)| !c.hard)
             .filter_map(|(i, c)| {
-                let count = st.counts[i].get(node.label(&c.key)?).copied().unwrap_or(0);
+                let count = st.count(i, pod, node, node.label_at(&c.lk)?);
                 Some(count as f64 * sc.weights[i] + (c.max_skew - 1) as f64)
             })
             .sum();
@@ -374,6 +419,16 @@ impl Plugin for PodTopologySpread {
                 _ if max == 0 => MAX_SCORE,
                 v => MAX_SCORE * (max + min - v) / max,
             };
+        }
+    }
+}
+
+impl State {
+    /// Matching pods in the node's domain for constraint `i`.
+    fn count(&self, i: usize, pod: &PodInfo, node: &NodeInfo, domain: &str) -> i64 {
+        match self.constraints[i].host {
+            true => matching(pod, node, &self.constraints[i].selector),
+            false => self.counts[i].get(domain).copied().unwrap_or(0),
         }
     }
 }
