@@ -36,6 +36,8 @@ pub struct PodInfo {
     pub ports: Vec<HostPort>,
     /// The pod's required anti-affinity terms (other pods must respect them).
     pub required_anti: Vec<PodAffinityTerm>,
+    /// Their topology keys, resolved.
+    pub required_anti_keys: Vec<LabelKey>,
     /// The pod's required affinity terms.
     pub required_affinity: Vec<PodAffinityTerm>,
     /// The pod's preferred affinity and anti-affinity terms, with their weights.
@@ -60,13 +62,18 @@ impl PodInfo {
         let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
         let pa = affinity.and_then(|a| a.pod_affinity.as_ref());
         let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        let required_anti: Vec<PodAffinityTerm> = anti
+            .and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .clone()
+            })
+            .unwrap_or_default();
         PodInfo {
-            required_anti: anti
-                .and_then(|p| {
-                    p.required_during_scheduling_ignored_during_execution
-                        .clone()
-                })
-                .unwrap_or_default(),
+            required_anti_keys: required_anti
+                .iter()
+                .map(|t| LabelKey::new(&t.topology_key))
+                .collect(),
+            required_anti,
             required_affinity: pa
                 .and_then(|p| {
                     p.required_during_scheduling_ignored_during_execution
@@ -93,11 +100,11 @@ impl PodInfo {
         }
     }
 
-    /// Whether the pod has any pod affinity or anti-affinity term (upstream's
-    /// PodsWithAffinity: the pods whose terms score other pods' nodes).
+    /// Whether the pod has terms that score other pods' nodes: required affinity or
+    /// preferred terms (upstream counts all pods with affinity; required anti-affinity
+    /// alone scores nothing, so those are left out here).
     pub fn has_affinity(&self) -> bool {
-        !(self.required_anti.is_empty()
-            && self.required_affinity.is_empty()
+        !(self.required_affinity.is_empty()
             && self.preferred_affinity.is_empty()
             && self.preferred_anti.is_empty())
     }
@@ -154,7 +161,7 @@ pub struct NodeInfo {
     pub pods: HashMap<String, Arc<PodInfo>>,
     /// How many of those pods carry required anti-affinity terms.
     pub anti_affinity_pods: usize,
-    /// How many of those pods carry any pod affinity or anti-affinity term.
+    /// How many of those pods have terms that score (`PodInfo::has_affinity`).
     pub affinity_pods: usize,
     /// The images the node reports (`status.images`): every name → size in bytes.
     pub images: HashMap<String, i64>,
@@ -247,7 +254,7 @@ pub struct Cache {
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// Placed pods with required anti-affinity terms, cluster-wide.
     anti_affinity_pods: usize,
-    /// Placed pods with any pod affinity or anti-affinity term, cluster-wide.
+    /// Placed pods with terms that score (`PodInfo::has_affinity`), cluster-wide.
     affinity_pods: usize,
     /// The selectors of Services and workload controllers (default spreading).
     pub owners: crate::owners::Owners,
@@ -271,7 +278,7 @@ pub struct Snapshot<'a> {
     pub replaced: Option<&'a NodeInfo>,
     /// Placed pods with required anti-affinity terms (none: nothing to check for them).
     pub anti_affinity_pods: usize,
-    /// Placed pods with any pod affinity or anti-affinity term.
+    /// Placed pods with terms that score (`PodInfo::has_affinity`).
     pub affinity_pods: usize,
     /// The selectors of Services and workload controllers.
     pub owners: &'a crate::owners::Owners,

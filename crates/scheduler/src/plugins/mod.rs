@@ -23,6 +23,33 @@ pub use volume_binding::{bindings, claims_to_bind, NodeVolumeLimits, VolumeBindi
 
 use crate::framework::{Entry, Plugin, Profile};
 
+/// FNV-1a for the sets of topology values that PreFilter and Filter look up for every
+/// node each cycle: SipHash's flood resistance buys nothing there (the values are node
+/// labels) and costs a third of the lookup.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Hash maps and sets keyed by topology values.
+pub type FastHash = std::hash::BuildHasherDefault<Fnv>;
+
 /// The plugins this scheduler has, by upstream name, with their default score weights
 /// (`args`: the plugin's `pluginConfig` args).
 pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>, i64)> {

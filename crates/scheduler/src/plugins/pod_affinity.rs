@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodAffinityTerm;
 
-use crate::cache::{NodeInfo, PodInfo, Snapshot};
+use crate::cache::{LabelKey, NodeInfo, PodInfo, Snapshot};
 use crate::framework::{CycleState, Plugin, MAX_SCORE};
 use crate::selector;
 
@@ -34,14 +34,25 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo) -> boo
         })
 }
 
-/// Topology values by topology key (a node is in them if its label for a key is).
-type Domains = HashMap<String, HashSet<String>>;
+/// Topology values by topology key (a node is in them if its label for a key is): few
+/// keys, so a list.
+type Domains = Vec<(LabelKey, Values)>;
 
-fn add(d: &mut Domains, key: &str, value: &str) {
-    if let Some(values) = d.get_mut(key) {
-        values.insert(value.to_string());
-    } else {
-        d.insert(key.to_string(), HashSet::from([value.to_string()]));
+/// Topology values, hashed with FNV (looked up for every node).
+type Values = HashSet<String, super::FastHash>;
+
+fn add(d: &mut Domains, key: &LabelKey, value: &String) {
+    match d.iter_mut().find(|(k, _)| k == key) {
+        Some((_, values)) => {
+            if !values.contains(value) {
+                values.insert(value.clone());
+            }
+        }
+        None => {
+            let mut values = Values::default();
+            values.insert(value.clone());
+            d.push((key.clone(), values));
+        }
     }
 }
 
@@ -51,7 +62,7 @@ struct State {
     /// Domains where a placed pod's anti-affinity rejects the incoming pod.
     existing: Domains,
     /// Per affinity term: the values holding a matching pod.
-    affinity: Vec<(PodAffinityTerm, HashSet<String>)>,
+    affinity: Vec<(PodAffinityTerm, Values)>,
     /// The incoming pod matches all its own affinity terms (it may start a group alone).
     self_affine: bool,
 }
@@ -123,13 +134,18 @@ impl Plugin for InterPodAffinity {
     fn pre_filter(&self, pod: &PodInfo, cluster: &Snapshot, state: &mut CycleState) {
         let own_ns = pod.pod.metadata.namespace.clone().unwrap_or_default();
         let anti_terms = &pod.required_anti;
+        let anti_keys = &pod.required_anti_keys;
         let aff_terms = &pod.required_affinity;
+        let aff_keys: Vec<LabelKey> = aff_terms
+            .iter()
+            .map(|t| LabelKey::new(&t.topology_key))
+            .collect();
         let mut st = State {
             anti: Domains::new(),
             existing: Domains::new(),
             affinity: aff_terms
                 .iter()
-                .map(|t| (t.clone(), HashSet::new()))
+                .map(|t| (t.clone(), Values::default()))
                 .collect(),
             self_affine: aff_terms.iter().all(|t| term_selects(t, &own_ns, pod)),
         };
@@ -144,23 +160,23 @@ impl Plugin for InterPodAffinity {
             }
             for other in n.pods.values() {
                 let other_ns = other.pod.metadata.namespace.as_deref().unwrap_or("");
-                for t in &other.required_anti {
-                    if let Some(v) = n.label(&t.topology_key) {
+                for (t, k) in other.required_anti.iter().zip(&other.required_anti_keys) {
+                    if let Some(v) = n.label_at(k) {
                         if term_selects(t, other_ns, pod) {
-                            add(&mut st.existing, &t.topology_key, v);
+                            add(&mut st.existing, k, v);
                         }
                     }
                 }
-                for t in anti_terms {
-                    if let Some(v) = n.label(&t.topology_key) {
+                for (t, k) in anti_terms.iter().zip(anti_keys) {
+                    if let Some(v) = n.label_at(k) {
                         if term_selects(t, &own_ns, other) {
-                            add(&mut st.anti, &t.topology_key, v);
+                            add(&mut st.anti, k, v);
                         }
                     }
                 }
-                for (t, values) in st.affinity.iter_mut() {
-                    if let Some(v) = n.label(&t.topology_key) {
-                        if term_selects(t, &own_ns, other) {
+                for ((t, values), k) in st.affinity.iter_mut().zip(&aff_keys) {
+                    if let Some(v) = n.label_at(k) {
+                        if !values.contains(v) && term_selects(t, &own_ns, other) {
                             values.insert(v.clone());
                         }
                     }
@@ -190,7 +206,7 @@ impl Plugin for InterPodAffinity {
         // One lookup per topology key, however many pods hold domains.
         let holds = |d: &Domains| {
             d.iter()
-                .any(|(k, values)| node.label(k).is_some_and(|v| values.contains(v)))
+                .any(|(k, values)| node.label_at(k).is_some_and(|v| values.contains(v)))
         };
         if holds(&st.existing) {
             return Err(vec![

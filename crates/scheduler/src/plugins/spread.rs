@@ -17,30 +17,7 @@ const NAME: &str = "PodTopologySpread";
 const SCORE: &str = "PodTopologySpread/score";
 const HOSTNAME: &str = "kubernetes.io/hostname";
 
-/// FNV-1a: PreFilter hashes every node's domain value each cycle, where SipHash's
-/// flood resistance buys nothing (the values are node labels) and costs a third of it.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type FastSet<'a> = HashSet<&'a str, std::hash::BuildHasherDefault<Fnv>>;
+type FastSet<'a> = HashSet<&'a str, super::FastHash>;
 
 struct Constraint {
     max_skew: i64,
