@@ -179,6 +179,32 @@ pub fn apply(parent: &str, r: &PodResources) {
     }
 }
 
+/// The memory a cgroup uses, as upstream's working set: usage less inactive file pages.
+pub fn memory_usage(parent: &str) -> Option<u64> {
+    let rel = parent.trim_start_matches('/');
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    let stat = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (usage, inactive) = match layout()? {
+        Layout::V1 { memory, .. } => {
+            let d = memory.join(rel);
+            let usage: u64 = read(d.join("memory.usage_in_bytes"))?.trim().parse().ok()?;
+            let s = read(d.join("memory.stat")).unwrap_or_default();
+            (usage, stat(&s, "total_inactive_file "))
+        }
+        Layout::V2(root) => {
+            let d = root.join(rel);
+            let usage: u64 = read(d.join("memory.current"))?.trim().parse().ok()?;
+            let s = read(d.join("memory.stat")).unwrap_or_default();
+            (usage, stat(&s, "inactive_file "))
+        }
+    };
+    Some(usage.saturating_sub(inactive))
+}
+
 /// Node allocatable enforcement (upstream's default `--enforce-node-allocatable=pods`):
 /// `/kubepods` gets the shares of the node's CPU less the reservations, and its memory less
 /// the reservations as a limit, so the pods together cannot starve the system and the

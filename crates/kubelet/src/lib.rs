@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod cri;
 pub mod env;
 pub mod events;
+pub mod eviction;
 pub mod image_gc;
 pub mod logs;
 pub mod node;
@@ -50,6 +51,8 @@ pub struct Config {
     pub tls: Option<server::Tls>,
     /// When unused images are removed.
     pub image_gc: image_gc::Policy,
+    /// Hard eviction thresholds (`--eviction-hard`).
+    pub eviction: eviction::Thresholds,
 }
 
 impl Config {
@@ -75,6 +78,7 @@ impl Config {
             node_labels: BTreeMap::new(),
             tls: None,
             image_gc: image_gc::Policy::default(),
+            eviction: eviction::Thresholds::default(),
         }
     }
 
@@ -140,6 +144,8 @@ pub struct Kubelet {
     port: u16,
     /// The QoS-level cgroups' shares, from the pods started here.
     pub qos_cgroups: cgroups::QosCgroups,
+    /// Pods the eviction manager chose, by UID, for their workers to end.
+    pub evictions: Mutex<std::collections::HashMap<String, pod::limits::Kill>>,
 }
 
 impl Kubelet {
@@ -194,6 +200,7 @@ impl Kubelet {
             listener: Mutex::new(listener),
             port,
             qos_cgroups: Default::default(),
+            evictions: Mutex::default(),
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,
             client,
@@ -229,7 +236,8 @@ impl Kubelet {
             _ => None,
         };
         let gc = AbortOnDrop(tokio::spawn(image_gc::run(self.clone())));
-        let _guard = (AbortOnDrop(node), AbortOnDrop(pods), server, gc);
+        let evict = AbortOnDrop(tokio::spawn(eviction::run(self.clone())));
+        let _guard = (AbortOnDrop(node), AbortOnDrop(pods), server, gc, evict);
         std::future::pending::<()>().await;
     }
 

@@ -18,9 +18,6 @@ pub const KUBELET_VERSION: &str = "v1.33.0-rkube";
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// A status is written at least this often even when nothing changed.
 const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// Upstream's default hard eviction thresholds: what allocatable leaves free.
-const EVICTION_MEMORY_KI: u64 = 100 * 1024;
-const EVICTION_NODEFS_PERCENT: u64 = 10;
 /// Upstream's nodeStatusMaxImages.
 const MAX_IMAGES: usize = 50;
 
@@ -127,10 +124,14 @@ struct Condition {
 
 /// The node's conditions from the machine and the runtime's readiness (None = ready,
 /// Some(message) = why not).
-fn conditions(m: &Machine, not_ready: Option<String>) -> Vec<Condition> {
-    let mem_pressure = m.memory_available_ki < EVICTION_MEMORY_KI;
-    let disk_pressure =
-        m.storage_ki > 0 && m.storage_available_ki * 100 < m.storage_ki * EVICTION_NODEFS_PERCENT;
+fn conditions(
+    m: &Machine,
+    eviction: &crate::eviction::Thresholds,
+    not_ready: Option<String>,
+) -> Vec<Condition> {
+    let mem_pressure = m.memory_available_ki * 1024 < eviction.memory.bytes(m.memory_ki * 1024);
+    let disk_pressure = m.storage_ki > 0
+        && m.storage_available_ki * 1024 < eviction.nodefs.bytes(m.storage_ki * 1024);
     let pid_pressure = m.pids_used * 100 > m.pids_max * 90;
     let pressure = |type_, on: bool, yes: &str, no: &str, msg_yes: &str, msg_no: &str| Condition {
         type_,
@@ -192,10 +193,13 @@ fn static_status(k: &Kubelet, m: &Machine, runtime: &(String, String)) -> Value 
         "hugepages-2Mi": "0",
     });
     let cpu_alloc = (m.cpus * 1000).saturating_sub(c.reserved_cpu_millis);
+    let eviction_memory_ki = c.eviction.memory.bytes(m.memory_ki * 1024).div_ceil(1024);
     let mem_alloc = m
         .memory_ki
-        .saturating_sub(c.reserved_memory_ki + EVICTION_MEMORY_KI);
-    let storage_alloc = m.storage_ki - m.storage_ki * EVICTION_NODEFS_PERCENT / 100;
+        .saturating_sub(c.reserved_memory_ki + eviction_memory_ki);
+    let storage_alloc = m
+        .storage_ki
+        .saturating_sub(c.eviction.nodefs.bytes(m.storage_ki * 1024) / 1024);
     let allocatable = json!({
         "cpu": if cpu_alloc.is_multiple_of(1000) { (cpu_alloc / 1000).to_string() } else { format!("{cpu_alloc}m") },
         "memory": format!("{mem_alloc}Ki"),
@@ -292,7 +296,7 @@ pub async fn run(k: std::sync::Arc<Kubelet>) {
         let not_ready = k.runtime_not_ready().await;
         let ready = not_ready.is_none();
         let now = jiff::Timestamp::now();
-        let conds = conditions(&machine, not_ready);
+        let conds = conditions(&machine, &k.config.eviction, not_ready);
         for c in &conds {
             let e = transitions.entry(c.type_).or_insert((c.status, now));
             if e.0 != c.status {

@@ -59,6 +59,11 @@ pub struct NodeArgs {
     /// The Linux bridge the built-in runtime attaches pods to.
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
+    /// Hard eviction thresholds: `memory.available<100Mi,nodefs.available<10%` (the
+    /// defaults). Below the memory threshold the node reports MemoryPressure and evicts
+    /// pods; allocatable keeps the memory threshold back.
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
     /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub pod_max_pids: i64,
@@ -154,6 +159,10 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
             .max(std::time::Duration::from_millis(100)),
     };
     cfg.pod_pids_limit = (n.pod_max_pids > 0).then_some(n.pod_max_pids);
+    if let Some(e) = &n.eviction_hard {
+        cfg.eviction = rkube_kubelet::eviction::Thresholds::parse(e)
+            .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+    }
     for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;

@@ -1063,3 +1063,56 @@ fn unused_images_are_garbage_collected() {
         },
     );
 }
+
+/// Node-pressure eviction: a memory threshold above what the machine has puts the node
+/// under MemoryPressure, and the eviction manager evicts the pod with upstream's message.
+#[test]
+fn memory_pressure_evicts_pods() {
+    if !root_or_skip("memory_pressure_evicts_pods") {
+        return;
+    }
+    let c = Cluster::start(8, &["--eviction-hard", "memory.available<100Ti"]);
+    let node = format!("node/{}", c.name);
+    c.wait_for(60, "MemoryPressure", || {
+        let p = c.jsonpath(
+            &node,
+            "{.status.conditions[?(@.type==\"MemoryPressure\")].status}",
+        );
+        (p == "True").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath(&node, "{.status.allocatable.memory}"),
+        "0Ki",
+        "allocatable keeps the threshold back"
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: victim}}
+spec:
+  nodeName: {}
+  containers:
+  - {{name: main, image: {IMAGE}, command: [sleep, "3600"]}}
+"#,
+        c.name
+    ));
+    c.wait_for(60, "the pod to be evicted", || {
+        (c.jsonpath("pod victim", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(c.jsonpath("pod victim", "{.status.reason}"), "Evicted");
+    let msg = c.jsonpath("pod victim", "{.status.message}");
+    assert!(
+        msg.starts_with(
+            "The node was low on resource: memory. Threshold quantity: 100Ti, available: "
+        ),
+        "{msg}"
+    );
+    assert_eq!(
+        c.jsonpath(
+            "pod victim",
+            "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"
+        ),
+        "TerminationByKubelet"
+    );
+}

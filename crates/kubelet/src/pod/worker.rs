@@ -1062,6 +1062,15 @@ impl Worker {
         pod: &Pod,
         pod_dir: &std::path::Path,
     ) -> Option<super::limits::Kill> {
+        let chosen = self
+            .k
+            .evictions
+            .lock()
+            .expect("evictions")
+            .remove(&self.uid);
+        if chosen.is_some() {
+            return chosen;
+        }
         let now = jiff::Timestamp::now();
         if let Some(k) = super::limits::deadline(pod, self.start_time.as_deref(), now) {
             return Some(k);
