@@ -137,7 +137,7 @@ pub async fn run(k: Arc<Kubelet>) {
         let m = crate::node::Machine::read(&k.config.data_dir);
         let threshold = k.config.eviction.memory.bytes(m.memory_ki * 1024);
         let available = m.memory_available_ki * 1024;
-        if available >= threshold || !k.evictions.lock().expect("evictions").is_empty() {
+        if available >= threshold {
             continue;
         }
         let api: Api<Pod> = Api::all(k.client.clone());
@@ -162,6 +162,15 @@ pub async fn run(k: Arc<Kubelet>) {
                 })
             })
             .collect();
+        {
+            // One eviction at a time: wait while a chosen pod's worker has not taken it
+            // (a pod that went away meanwhile is forgotten).
+            let mut pending = k.evictions.lock().expect("evictions");
+            pending.retain(|uid, _| candidates.iter().any(|c| &c.uid == uid));
+            if !pending.is_empty() {
+                continue;
+            }
+        }
         let Some(v) = victim(&candidates) else {
             continue;
         };
