@@ -1102,20 +1102,9 @@ impl Worker {
                 .and_then(|s| s.termination_grace_period_seconds)
                 .unwrap_or(30),
         };
-        let pod_ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
+        let pod_ip = reported_ip(pod);
         let instances = self.instances().await.unwrap_or_default();
-        let running: Vec<(String, String)> = instances
-            .iter()
-            .filter_map(|(n, v)| {
-                v.first()
-                    .filter(|i| i.running())
-                    .map(|i| (n.clone(), i.id.clone()))
-            })
-            .collect();
+        let running = running_containers(&instances);
         let stops = running
             .iter()
             .map(|(n, id)| self.stop(pod, n, id, &pod_ip, grace));
@@ -1147,19 +1136,8 @@ impl Worker {
             .or(spec.termination_grace_period_seconds)
             .unwrap_or(30);
         let instances = self.instances().await.unwrap_or_default();
-        let pod_ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        let running: Vec<(String, String)> = instances
-            .iter()
-            .filter_map(|(n, v)| {
-                v.first()
-                    .filter(|i| i.running())
-                    .map(|i| (n.clone(), i.id.clone()))
-            })
-            .collect();
+        let pod_ip = reported_ip(pod);
+        let running = running_containers(&instances);
         for (name, _) in &running {
             k.recorder
                 .pod(
@@ -1263,6 +1241,26 @@ pub async fn remove_pod(k: &Kubelet, uid: &str, name: Option<(String, String)>) 
 }
 
 /// The attempt number for the next instance of container `name`.
+/// The pod IP the status last reported.
+fn reported_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+/// The running containers: name and ID of each one's newest instance.
+fn running_containers(instances: &HashMap<String, Vec<Instance>>) -> Vec<(String, String)> {
+    instances
+        .iter()
+        .filter_map(|(n, v)| {
+            v.first()
+                .filter(|i| i.running())
+                .map(|i| (n.clone(), i.id.clone()))
+        })
+        .collect()
+}
+
 fn next_attempt(instances: &HashMap<String, Vec<Instance>>, name: &str) -> u32 {
     instances
         .get(name)

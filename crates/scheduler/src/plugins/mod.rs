@@ -126,6 +126,7 @@ pub(crate) mod test_util {
     use serde_json::Value;
 
     use crate::cache::{Cache, NodeInfo, PodInfo};
+    use crate::framework::{CycleState, Plugin};
 
     pub fn pod(v: Value) -> PodInfo {
         let mut v = v;
@@ -157,5 +158,17 @@ pub(crate) mod test_util {
 
     pub fn only(c: &Cache) -> &NodeInfo {
         c.all().first().unwrap()
+    }
+
+    /// Every node's normalized score for `p` (PreFilter, PreScore, Score, NormalizeScore).
+    pub fn scores(plugin: &dyn Plugin, c: &Cache, p: &PodInfo) -> Vec<(String, i64)> {
+        let mut s = CycleState::new();
+        let snap = c.snapshot();
+        let nodes: Vec<&NodeInfo> = c.all().iter().collect();
+        plugin.pre_filter(p, &snap, &mut s);
+        plugin.pre_score(p, &nodes, &snap, &mut s);
+        let mut raw: Vec<i64> = nodes.iter().map(|n| plugin.score_in(p, n, &s)).collect();
+        plugin.normalize(&mut raw);
+        nodes.iter().map(|n| n.name.clone()).zip(raw).collect()
     }
 }

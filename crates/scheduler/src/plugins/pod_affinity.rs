@@ -310,7 +310,7 @@ mod tests {
 
     use super::*;
     use crate::cache::Cache;
-    use crate::plugins::test_util::pod;
+    use crate::plugins::test_util::{pod, scores};
 
     fn cache() -> Cache {
         let mut c = Cache::default();
@@ -379,18 +379,6 @@ mod tests {
             vec!["node(s) didn't match pod affinity rules".to_string()]
         );
         assert!(check(&c3, &near("second"), "n2").is_ok());
-    }
-
-    /// Every node's normalized score for `p`.
-    fn scores(plugin: &InterPodAffinity, c: &Cache, p: &PodInfo) -> Vec<(String, i64)> {
-        let mut s = CycleState::new();
-        let snap = c.snapshot();
-        let nodes: Vec<&NodeInfo> = c.all().iter().collect();
-        plugin.pre_filter(p, &snap, &mut s);
-        plugin.pre_score(p, &nodes, &snap, &mut s);
-        let mut raw: Vec<i64> = nodes.iter().map(|n| plugin.score_in(p, n, &s)).collect();
-        plugin.normalize(&mut raw);
-        nodes.iter().map(|n| n.name.clone()).zip(raw).collect()
     }
 
     #[test]

@@ -427,7 +427,7 @@ mod tests {
 
     use super::*;
     use crate::cache::Cache;
-    use crate::plugins::test_util::pod;
+    use crate::plugins::test_util::{pod, scores};
 
     #[test]
     fn skew_is_kept() {
@@ -465,18 +465,6 @@ mod tests {
         );
         assert!(verdict("b1").is_ok());
         assert!(verdict("x").unwrap_err()[0].contains("missing required label"));
-    }
-
-    /// Every node's normalized score for `p`.
-    fn scores(plugin: &PodTopologySpread, c: &Cache, p: &PodInfo) -> Vec<(String, i64)> {
-        let mut s = CycleState::new();
-        let snap = c.snapshot();
-        let nodes: Vec<&NodeInfo> = c.all().iter().collect();
-        plugin.pre_filter(p, &snap, &mut s);
-        plugin.pre_score(p, &nodes, &snap, &mut s);
-        let mut raw: Vec<i64> = nodes.iter().map(|n| plugin.score_in(p, n, &s)).collect();
-        plugin.normalize(&mut raw);
-        nodes.iter().map(|n| n.name.clone()).zip(raw).collect()
     }
 
     #[test]
