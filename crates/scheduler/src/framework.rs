@@ -248,13 +248,6 @@ pub fn nodes_to_find(all: usize, percentage: u32) -> usize {
 }
 
 impl Profile {
-    /// Whether the named plugin's Filter runs in this profile.
-    pub fn runs(&self, name: &str) -> bool {
-        self.plugins
-            .iter()
-            .any(|e| e.filter && e.plugin.name() == name)
-    }
-
     /// Runs the filters on `nodes` (starting at `start`, wrapping, as upstream rotates),
     /// each with the pods nominated to it that are at least as important as `pod`; the
     /// feasible ones, or the diagnosis.

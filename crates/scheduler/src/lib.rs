@@ -197,11 +197,8 @@ impl Scheduler {
     }
 
     fn pdb_seen(&self, b: PodDisruptionBudget, deleted: bool) {
-        let key = format!(
-            "{}/{}",
-            b.metadata.namespace.as_deref().unwrap_or(""),
-            b.metadata.name.as_deref().unwrap_or("")
-        );
+        let (ns, name) = namespaced_name(&b.metadata);
+        let key = format!("{ns}/{name}");
         let mut pdbs = self.pdbs.lock().expect("pdb lock");
         match deleted {
             true => pdbs.remove(&key),
@@ -364,17 +361,7 @@ impl Scheduler {
                         (0..scores.len()).filter(|i| scores[*i] == best).collect();
                     let pick = ties[start % ties.len()];
                     let node = feasible[pick].name.clone();
-                    let claims = match profile.runs("VolumeBinding") {
-                        true => plugins::claims_to_bind(cache.snapshot().volumes, &info.pod),
-                        false => Vec::new(),
-                    };
-                    let binds = match claims.is_empty() {
-                        true => Vec::new(),
-                        false => {
-                            plugins::bindings(cache.snapshot().volumes, &claims, feasible[pick])
-                                .unwrap_or_default()
-                        }
-                    };
+                    let binds = plugins::volume_binding::reserve(&state, feasible[pick]);
                     for (claim, pv) in &binds {
                         if let Some(pv) = pv {
                             cache.volumes_mut().assume(claim, pv);

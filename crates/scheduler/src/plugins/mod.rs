@@ -7,7 +7,7 @@ mod node_affinity;
 mod pod_affinity;
 mod spread;
 mod taints;
-mod volume_binding;
+pub mod volume_binding;
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ pub use node_affinity::NodeAffinity;
 pub use pod_affinity::InterPodAffinity;
 pub use spread::PodTopologySpread;
 pub use taints::{tolerates, TaintToleration};
-pub use volume_binding::{bindings, claims_to_bind, NodeVolumeLimits, VolumeBinding};
+pub use volume_binding::{bindings, NodeVolumeLimits, VolumeBinding};
 
 use crate::framework::{Entry, Plugin, Profile};
 

@@ -54,15 +54,21 @@ pub fn bindings(
     Some(out)
 }
 
-/// The pod's unbound `WaitForFirstConsumer` claims (what `bindings` serves).
-pub fn claims_to_bind(volumes: &Volumes, pod: &Pod) -> Vec<PersistentVolumeClaim> {
-    if pod_claims(pod).is_empty() {
-        return Vec::new();
+/// VolumeBinding's Reserve: how the cycle's `WaitForFirstConsumer` claims (found at
+/// PreFilter) are served on the chosen node; none when the plugin did not run.
+pub fn reserve(
+    state: &CycleState,
+    node: &NodeInfo,
+) -> Vec<(PersistentVolumeClaim, Option<String>)> {
+    match state
+        .get(BINDING)
+        .and_then(|s| s.downcast_ref::<BindState>())
+    {
+        Some(BindState::Claims {
+            volumes, to_bind, ..
+        }) if !to_bind.is_empty() => bindings(volumes, to_bind, node).unwrap_or_default(),
+        _ => Vec::new(),
     }
-    volumes
-        .claims_of(pod)
-        .map(|c| c.to_bind)
-        .unwrap_or_default()
 }
 
 pub struct VolumeBinding;
