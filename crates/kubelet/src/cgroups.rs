@@ -32,7 +32,7 @@ pub struct PodResources {
 /// The pod's total of `name` as upstream computes it: app containers and sidecars added
 /// up, against the largest init container, plus the pod overhead. None when a container
 /// does not declare it (for limits: then the pod is not limited).
-fn pod_total(pod: &Pod, which: &str, name: &str) -> Option<i64> {
+pub(crate) fn pod_total(pod: &Pod, which: &str, name: &str) -> Option<i64> {
     let spec = pod.spec.as_ref()?;
     let value = |c: &Container| {
         let v = milli(c, which, name);

@@ -182,9 +182,10 @@ pub async fn run(k: Arc<Kubelet>) {
         k.evictions.lock().expect("evictions").insert(
             v.uid.clone(),
             Kill {
-                reason: "Evicted",
+                reason: "Evicted".into(),
                 message,
                 eviction: true,
+                warning: true,
             },
         );
     }

@@ -144,6 +144,8 @@ pub struct Kubelet {
     port: u16,
     /// The QoS-level cgroups' shares, from the pods started here.
     pub qos_cgroups: cgroups::QosCgroups,
+    /// The pods admitted on this node (what their requests take).
+    pub admitted: pod::admission::Admitted,
     /// Pods the eviction manager chose, by UID, for their workers to end.
     pub evictions: Mutex<std::collections::HashMap<String, pod::limits::Kill>>,
 }
@@ -201,6 +203,7 @@ impl Kubelet {
             port,
             qos_cgroups: Default::default(),
             evictions: Mutex::default(),
+            admitted: Default::default(),
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,
             client,

@@ -129,7 +129,7 @@ fn conditions(
     eviction: &crate::eviction::Thresholds,
     not_ready: Option<String>,
 ) -> Vec<Condition> {
-    let mem_pressure = m.memory_available_ki * 1024 < eviction.memory.bytes(m.memory_ki * 1024);
+    let mem_pressure = memory_pressure(m, eviction);
     let disk_pressure = m.storage_ki > 0
         && m.storage_available_ki * 1024 < eviction.nodefs.bytes(m.storage_ki * 1024);
     let pid_pressure = m.pids_used * 100 > m.pids_max * 90;
@@ -181,6 +181,25 @@ fn conditions(
     ]
 }
 
+/// Whether the memory available is below the hard eviction threshold.
+pub fn memory_pressure(m: &Machine, eviction: &crate::eviction::Thresholds) -> bool {
+    m.memory_available_ki * 1024 < eviction.memory.bytes(m.memory_ki * 1024)
+}
+
+/// The node's allocatable CPU (millicores), memory and ephemeral storage (KiB): capacity
+/// less the reservations and the hard eviction thresholds.
+pub fn allocatable(c: &crate::Config, m: &Machine) -> (u64, u64, u64) {
+    let cpu = (m.cpus * 1000).saturating_sub(c.reserved_cpu_millis);
+    let eviction_memory_ki = c.eviction.memory.bytes(m.memory_ki * 1024).div_ceil(1024);
+    let memory = m
+        .memory_ki
+        .saturating_sub(c.reserved_memory_ki + eviction_memory_ki);
+    let storage = m
+        .storage_ki
+        .saturating_sub(c.eviction.nodefs.bytes(m.storage_ki * 1024) / 1024);
+    (cpu, memory, storage)
+}
+
 /// The node's status fields that do not change by the minute.
 fn static_status(k: &Kubelet, m: &Machine, runtime: &(String, String)) -> Value {
     let c = &k.config;
@@ -192,14 +211,7 @@ fn static_status(k: &Kubelet, m: &Machine, runtime: &(String, String)) -> Value 
         "hugepages-1Gi": "0",
         "hugepages-2Mi": "0",
     });
-    let cpu_alloc = (m.cpus * 1000).saturating_sub(c.reserved_cpu_millis);
-    let eviction_memory_ki = c.eviction.memory.bytes(m.memory_ki * 1024).div_ceil(1024);
-    let mem_alloc = m
-        .memory_ki
-        .saturating_sub(c.reserved_memory_ki + eviction_memory_ki);
-    let storage_alloc = m
-        .storage_ki
-        .saturating_sub(c.eviction.nodefs.bytes(m.storage_ki * 1024) / 1024);
+    let (cpu_alloc, mem_alloc, storage_alloc) = allocatable(c, m);
     let allocatable = json!({
         "cpu": if cpu_alloc.is_multiple_of(1000) { (cpu_alloc / 1000).to_string() } else { format!("{cpu_alloc}m") },
         "memory": format!("{mem_alloc}Ki"),

@@ -1064,8 +1064,10 @@ fn unused_images_are_garbage_collected() {
     );
 }
 
-/// Node-pressure eviction: a memory threshold above what the machine has puts the node
-/// under MemoryPressure, and the eviction manager evicts the pod with upstream's message.
+/// Node-pressure eviction and admission: a memory threshold above what the machine has
+/// puts the node under MemoryPressure and leaves no allocatable memory. A BestEffort pod
+/// and a pod requesting memory are refused on arrival; a pod requesting only CPU is
+/// admitted, and the eviction manager evicts it with upstream's message.
 #[test]
 fn memory_pressure_evicts_pods() {
     if !root_or_skip("memory_pressure_evicts_pods") {
@@ -1091,12 +1093,53 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: victim}}
 spec:
-  nodeName: {}
+  nodeName: {name}
+  containers:
+  - {{name: main, image: {IMAGE}, command: [sleep, "3600"], resources: {{requests: {{cpu: 10m}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: besteffort}}
+spec:
+  nodeName: {name}
   containers:
   - {{name: main, image: {IMAGE}, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hungry}}
+spec:
+  nodeName: {name}
+  containers:
+  - {{name: main, image: {IMAGE}, command: [sleep, "3600"], resources: {{requests: {{memory: 1Mi}}}}}}
 "#,
-        c.name
+        name = c.name
     ));
+    c.wait_for(60, "the refusals", || {
+        let done = ["besteffort", "hungry"]
+            .iter()
+            .all(|p| c.jsonpath(&format!("pod {p}"), "{.status.phase}") == "Failed");
+        done.then_some(())
+    });
+    assert_eq!(
+        c.jsonpath("pod besteffort", "{.status.reason}: {.status.message}"),
+        "Evicted: Pod was rejected: The node had condition: [MemoryPressure]. "
+    );
+    assert_eq!(
+        c.jsonpath("pod hungry", "{.status.reason}: {.status.message}"),
+        "OutOfmemory: Pod was rejected: Node didn't have enough resource: memory, requested: 1048576, used: 0, capacity: 0"
+    );
+    let events = c.kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector=involvedObject.name=hungry,reason=OutOfmemory",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.starts_with("Node didn't have enough resource: memory"),
+        "{events}"
+    );
     c.wait_for(60, "the pod to be evicted", || {
         (c.jsonpath("pod victim", "{.status.phase}") == "Failed").then_some(())
     });

@@ -12,9 +12,12 @@ use crate::volumes;
 /// eviction (the pod then also gets the `DisruptionTarget` condition).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kill {
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
+    /// An eviction: the pod also gets the `DisruptionTarget` condition.
     pub eviction: bool,
+    /// The event is a warning (evictions, refusals), not a normal one (deadlines).
+    pub warning: bool,
 }
 
 /// Whether the pod has been active longer than its `activeDeadlineSeconds`, counted from
@@ -24,9 +27,10 @@ pub fn deadline(pod: &Pod, start_time: Option<&str>, now: jiff::Timestamp) -> Op
     let started: jiff::Timestamp = start_time?.parse().ok()?;
     let active = now.duration_since(started).as_secs();
     (active >= limit).then(|| Kill {
-        reason: "DeadlineExceeded",
+        reason: "DeadlineExceeded".into(),
         message: "Pod was active on the node longer than the specified deadline".into(),
         eviction: false,
+        warning: false,
     })
 }
 
@@ -47,12 +51,13 @@ pub fn empty_dir(pod: &Pod, pod_dir: &Path) -> Option<Kill> {
         };
         if usage(&dir) > bytes as u64 {
             return Some(Kill {
-                reason: "Evicted",
+                reason: "Evicted".into(),
                 message: format!(
                     "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
                     v.name, limit.0
                 ),
                 eviction: true,
+                warning: true,
             });
         }
     }
@@ -94,7 +99,7 @@ mod tests {
         let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
         assert_eq!(deadline(&pod, Some("2026-01-01T00:00:45Z"), now), None);
         let k = deadline(&pod, Some("2026-01-01T00:00:30Z"), now).unwrap();
-        assert_eq!((k.reason, k.eviction), ("DeadlineExceeded", false));
+        assert_eq!((k.reason.as_str(), k.eviction), ("DeadlineExceeded", false));
         assert_eq!(deadline(&pod, None, now), None, "not started");
 
         let dir = tempfile::tempdir().unwrap();

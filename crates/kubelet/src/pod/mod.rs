@@ -1,6 +1,7 @@
 //! Pods on this node: the manager that watches them, one worker per pod that drives the
 //! runtime to the pod's spec, and the status it reports.
 
+pub mod admission;
 pub mod config;
 pub mod limits;
 pub mod manager;

@@ -52,6 +52,8 @@ struct Worker {
     volumes_at: Option<Instant>,
     /// Succeeded or Failed: nothing runs again.
     terminal: bool,
+    /// Admitted on this node (or found running here).
+    admitted: bool,
     /// Why this kubelet ended the pod (deadline, eviction): its status says so.
     killed: Option<super::limits::Kill>,
     /// When emptyDir usage was last measured.
@@ -79,6 +81,7 @@ pub async fn run(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Ar
         volumes_at: None,
         terminal: false,
         killed: None,
+        admitted: false,
         usage_at: None,
         runtime_name,
         memory_capacity,
@@ -256,6 +259,12 @@ impl Worker {
             self.write_status(pod, &instances, &sid, false, "", true, false, false)
                 .await;
             return Ok(Duration::from_secs(60));
+        }
+        if !self.admitted {
+            if let Err(why) = self.admit(pod, newest.is_some() || !instances.is_empty()) {
+                self.kill(pod, why, "").await;
+                return Ok(Duration::from_secs(60));
+            }
         }
         if let Some(why) = self.limit_reached(pod, &pod_dir) {
             let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
@@ -466,6 +475,7 @@ impl Worker {
             .await;
         if matches!(phase.as_deref(), Some("Succeeded") | Some("Failed")) {
             self.terminal = true;
+            k.admitted.release(&self.uid);
             // Sidecars stop with the pod; the sandbox goes (its IP is free again).
             for list in instances.values() {
                 if let Some(i) = list.first().filter(|i| i.running()) {
@@ -1055,6 +1065,34 @@ impl Worker {
         phase
     }
 
+    /// Admits the pod on the node (a pod already running here is counted as it is), or
+    /// the refusal to end it with.
+    fn admit(&mut self, pod: &Pod, running_here: bool) -> Result<(), super::limits::Kill> {
+        let k = &self.k;
+        if running_here {
+            k.admitted.adopt(&self.uid, pod);
+        } else {
+            let m = crate::node::Machine::read(&k.config.data_dir);
+            let (cpu, memory_ki, _) = crate::node::allocatable(&k.config, &m);
+            let node = super::admission::Allocatable {
+                cpu_milli: cpu as i64,
+                memory: memory_ki as i64 * 1024,
+                pods: k.config.max_pods as i64,
+            };
+            let pressure = crate::node::memory_pressure(&m, &k.config.eviction);
+            k.admitted
+                .admit(&self.uid, pod, node, pressure)
+                .map_err(|(reason, message)| super::limits::Kill {
+                    reason,
+                    message,
+                    eviction: false,
+                    warning: true,
+                })?;
+        }
+        self.admitted = true;
+        Ok(())
+    }
+
     /// An exceeded `activeDeadlineSeconds`, or (measured every EVICTION_INTERVAL) an
     /// emptyDir over its `sizeLimit`.
     fn limit_reached(
@@ -1090,10 +1128,13 @@ impl Worker {
     /// stopped, and the pod Failed with the reason and message. The object stays.
     async fn kill(&mut self, pod: &Pod, why: super::limits::Kill, sandbox_id: &str) {
         let k = self.k.clone();
-        let kind = if why.eviction { Warning } else { Normal };
+        let kind = if why.warning { Warning } else { Normal };
+        // A refusal's event says why without the status's "Pod was rejected: ", as upstream.
+        let event = why.message.strip_prefix(super::admission::REJECTED);
         k.recorder
-            .pod(pod, None, kind, why.reason, &why.message)
+            .pod(pod, None, kind, &why.reason, event.unwrap_or(&why.message))
             .await;
+        k.admitted.release(&self.uid);
         let grace = match why.eviction {
             true => 0,
             false => pod
@@ -1215,6 +1256,7 @@ impl Worker {
         )
         .await;
         self.k.recorder.forget(&self.uid);
+        self.k.admitted.release(&self.uid);
     }
 }
 
