@@ -156,6 +156,17 @@ pub(crate) mod test_util {
         c
     }
 
+    /// A cache of nodes named `names`, each labelled with its host name.
+    pub fn hosts(names: &[&str]) -> Cache {
+        let mut c = Cache::default();
+        for n in names {
+            let node = serde_json::json!({"metadata": {"name": n,
+                "labels": {"kubernetes.io/hostname": n}}});
+            c.set_node(serde_json::from_value(node).unwrap());
+        }
+        c
+    }
+
     pub fn only(c: &Cache) -> &NodeInfo {
         c.all().first().unwrap()
     }

@@ -310,19 +310,10 @@ mod tests {
 
     use super::*;
     use crate::cache::Cache;
-    use crate::plugins::test_util::{pod, scores};
+    use crate::plugins::test_util::{hosts, pod, scores};
 
     fn cache() -> Cache {
-        let mut c = Cache::default();
-        for n in ["n1", "n2"] {
-            c.set_node(
-                serde_json::from_value(
-                    json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}}),
-                )
-                .unwrap(),
-            );
-        }
-        c
+        hosts(&["n1", "n2"])
     }
 
     fn check(c: &Cache, p: &PodInfo, node: &str) -> Result<(), Vec<String>> {

@@ -257,17 +257,10 @@ mod tests {
 
     use super::*;
     use crate::cache::Cache;
-    use crate::plugins::test_util::pod;
+    use crate::plugins::test_util::{hosts, pod};
 
     fn cluster() -> Cache {
-        let mut c = Cache::default();
-        for n in ["n1", "n2"] {
-            c.set_node(
-                serde_json::from_value(json!({"metadata": {"name": n,
-                    "labels": {"kubernetes.io/hostname": n}}}))
-                .unwrap(),
-            );
-        }
+        let mut c = hosts(&["n1", "n2"]);
         let v = c.volumes_mut();
         let pv = |name: &str, host: &str, claim: serde_json::Value| {
             serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
