@@ -31,6 +31,11 @@ impl CycleState {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// The entry under `key`, if it is a `T`.
+    pub fn read<T: 'static>(&self, key: &str) -> Option<&T> {
+        self.get(key).and_then(|v| v.downcast_ref::<T>())
+    }
+
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
@@ -265,7 +270,7 @@ impl Profile {
             nodes: nodes.len(),
             ..Default::default()
         };
-        if let Some(m) = state.get(REJECTED).and_then(|m| m.downcast_ref::<String>()) {
+        if let Some(m) = state.read::<String>(REJECTED) {
             diagnosis.pre_filter = Some(m.clone());
             return Err(diagnosis);
         }

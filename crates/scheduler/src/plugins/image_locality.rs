@@ -75,7 +75,7 @@ impl Plugin for ImageLocality {
     }
 
     fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
-        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+        let Some(st) = state.read::<State>(NAME) else {
             return 0;
         };
         let sum: i64 = st

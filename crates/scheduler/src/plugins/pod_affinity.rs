@@ -200,7 +200,7 @@ impl Plugin for InterPodAffinity {
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+        let Some(st) = state.read::<State>(NAME) else {
             return Ok(());
         };
         // One lookup per topology key, however many pods hold domains.
@@ -278,7 +278,7 @@ impl Plugin for InterPodAffinity {
 
     /// The sums of the domains the node is in.
     fn score_in(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
-        let Some(sc) = state.get(SCORE).and_then(|s| s.downcast_ref::<Scores>()) else {
+        let Some(sc) = state.read::<Scores>(SCORE) else {
             return 0;
         };
         sc.0.iter()

@@ -286,7 +286,7 @@ impl Plugin for PodTopologySpread {
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+        let Some(st) = state.read::<State>(NAME) else {
             return Ok(());
         };
         for (i, c) in st.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
@@ -321,7 +321,7 @@ impl Plugin for PodTopologySpread {
         _cluster: &Snapshot,
         state: &mut CycleState,
     ) {
-        let Some(st) = state.get(NAME).and_then(|s| s.downcast_ref::<State>()) else {
+        let Some(st) = state.read::<State>(NAME) else {
             return;
         };
         let soft: Vec<usize> = (0..st.constraints.len())
@@ -362,12 +362,8 @@ impl Plugin for PodTopologySpread {
     /// Matching pods in the node's domains, each times its constraint's weight, plus
     /// `maxSkew - 1` (fewer wins); -1 marks a node left out.
     fn score_in(&self, pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {
-        let (Some(st), Some(sc)) = (
-            state.get(NAME).and_then(|s| s.downcast_ref::<State>()),
-            state
-                .get(SCORE)
-                .and_then(|s| s.downcast_ref::<ScoreState>()),
-        ) else {
+        let (Some(st), Some(sc)) = (state.read::<State>(NAME), state.read::<ScoreState>(SCORE))
+        else {
             return 0;
         };
         if sc.ignored.contains(&node.name) {

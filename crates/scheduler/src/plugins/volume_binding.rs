@@ -60,10 +60,7 @@ pub fn reserve(
     state: &CycleState,
     node: &NodeInfo,
 ) -> Vec<(PersistentVolumeClaim, Option<String>)> {
-    match state
-        .get(BINDING)
-        .and_then(|s| s.downcast_ref::<BindState>())
-    {
+    match state.read::<BindState>(BINDING) {
         Some(BindState::Claims {
             volumes, to_bind, ..
         }) if !to_bind.is_empty() => bindings(volumes, to_bind, node).unwrap_or_default(),
@@ -106,10 +103,7 @@ impl Plugin for VolumeBinding {
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        let Some(st) = state
-            .get(BINDING)
-            .and_then(|s| s.downcast_ref::<BindState>())
-        else {
+        let Some(st) = state.read::<BindState>(BINDING) else {
             return Ok(());
         };
         let (volumes, bound, to_bind) = match st {
@@ -210,10 +204,7 @@ impl Plugin for NodeVolumeLimits {
         node: &NodeInfo,
         state: &CycleState,
     ) -> Result<(), Vec<String>> {
-        let Some(st) = state
-            .get(LIMITS)
-            .and_then(|s| s.downcast_ref::<LimitState>())
-        else {
+        let Some(st) = state.read::<LimitState>(LIMITS) else {
             return Ok(());
         };
         let Some(csi_node) = st.volumes.csi_nodes.get(&node.name) else {
