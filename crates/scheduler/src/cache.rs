@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 
+use crate::counts::{Domains, Tracked};
 use crate::resources::{allocatable, non_zero_requests, pod_requests, Resource};
 
 /// A host port a pod uses: protocol, host IP ("" or 0.0.0.0 for all), port.
@@ -149,6 +150,14 @@ fn topology_of(node: &Node) -> [Option<String>; 3] {
     TOPOLOGY_KEYS.map(|k| labels.and_then(|l| l.get(k)).cloned())
 }
 
+fn domain_ids(topology: &[Option<String>; 3], domains: &mut Domains) -> [Option<u32>; 3] {
+    let mut ids = [None; 3];
+    for (i, v) in topology.iter().enumerate() {
+        ids[i] = v.as_deref().map(|v| domains.id(i, v));
+    }
+    ids
+}
+
 /// A node and what is placed on it.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -167,6 +176,11 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// The node's values of TOPOLOGY_KEYS.
     topology: [Option<String>; 3],
+    /// Their numbers (`Domains`).
+    domains: [Option<u32>; 3],
+    /// Matching pods per tracked selector (`Tracked`, by slot), kept by the cache. None on a
+    /// copy changed outside the cache (preemption's trial node): count its pods instead.
+    pub tracked: Option<Vec<i32>>,
 }
 
 /// A node's images by name (tags and digests alike) with their sizes.
@@ -182,12 +196,15 @@ fn node_images(node: &Node) -> HashMap<String, i64> {
 }
 
 impl NodeInfo {
-    fn new(node: Arc<Node>) -> NodeInfo {
+    fn new(node: Arc<Node>, domains: &mut Domains, slots: usize) -> NodeInfo {
+        let topology = topology_of(&node);
         NodeInfo {
             name: node.metadata.name.clone().unwrap_or_default(),
             allocatable: allocatable(&node),
             images: node_images(&node),
-            topology: topology_of(&node),
+            domains: domain_ids(&topology, domains),
+            topology,
+            tracked: Some(vec![0; slots]),
             node,
             requested: Resource::default(),
             non_zero: (0, 0),
@@ -197,21 +214,57 @@ impl NodeInfo {
         }
     }
 
+    /// Adds a pod to a copy of a cached node (its tracked counts are dropped).
     pub(crate) fn add(&mut self, p: Arc<PodInfo>) {
-        if let Some(old) = self.pods.insert(p.key.clone(), p.clone()) {
-            self.take_away(&old);
+        self.tracked = None;
+        self.insert(p);
+    }
+
+    /// Removes a pod from a copy of a cached node (its tracked counts are dropped).
+    pub(crate) fn remove(&mut self, key: &str) {
+        self.tracked = None;
+        self.delete(key);
+    }
+
+    /// Adds a pod, counting it in the tracked selectors' counts.
+    fn insert_tracked(&mut self, p: Arc<PodInfo>, tracked: &Tracked) {
+        if let Some(c) = self.tracked.as_mut() {
+            tracked.count(&p, c, 1);
+        }
+        if let Some(old) = self.insert(p) {
+            if let Some(c) = self.tracked.as_mut() {
+                tracked.count(&old, c, -1);
+            }
+        }
+    }
+
+    /// Removes a pod, taking it out of the tracked selectors' counts.
+    fn delete_tracked(&mut self, key: &str, tracked: &Tracked) -> Option<Arc<PodInfo>> {
+        let old = self.delete(key)?;
+        if let Some(c) = self.tracked.as_mut() {
+            tracked.count(&old, c, -1);
+        }
+        Some(old)
+    }
+
+    /// Adds a pod; returns the one it replaced.
+    fn insert(&mut self, p: Arc<PodInfo>) -> Option<Arc<PodInfo>> {
+        let old = self.pods.insert(p.key.clone(), p.clone());
+        if let Some(old) = &old {
+            self.take_away(old);
         }
         self.requested.add(&p.requests);
         self.non_zero.0 += p.non_zero.0;
         self.non_zero.1 += p.non_zero.1;
         self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
         self.affinity_pods += p.has_affinity() as usize;
+        old
     }
 
-    pub(crate) fn remove(&mut self, key: &str) {
-        if let Some(old) = self.pods.remove(key) {
-            self.take_away(&old);
-        }
+    fn delete(&mut self, key: &str) -> Option<Arc<PodInfo>> {
+        let old = self.pods.remove(key)?;
+        self.take_away(&old);
+        Some(old)
     }
 
     fn take_away(&mut self, p: &PodInfo) {
@@ -225,6 +278,11 @@ impl NodeInfo {
     /// The node's label `key`.
     pub fn label(&self, key: &str) -> Option<&String> {
         self.node.metadata.labels.as_ref().and_then(|l| l.get(key))
+    }
+
+    /// The number of the node's value for the TOPOLOGY_KEYS key at `key` (`Domains`).
+    pub fn domain_at(&self, key: usize) -> Option<u32> {
+        self.domains[key]
     }
 
     /// The node's label for a resolved key.
@@ -268,6 +326,10 @@ pub struct Cache {
     nominated_to: HashMap<String, String>,
     /// Image name → how many nodes have it (ImageLocality's spread).
     image_nodes: HashMap<String, usize>,
+    /// The numbered values of the topology keys.
+    domains: Domains,
+    /// Selectors whose matching pods each node counts.
+    tracked: Tracked,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -286,6 +348,10 @@ pub struct Snapshot<'a> {
     pub volumes: &'a Arc<crate::volumes::Volumes>,
     /// Image name → how many nodes have it.
     pub image_nodes: &'a HashMap<String, usize>,
+    /// The numbered values of the topology keys.
+    pub domains: &'a Domains,
+    /// Selectors whose matching pods each node counts (`NodeInfo::tracked`).
+    pub tracked: &'a Tracked,
 }
 
 impl<'a> Snapshot<'a> {
@@ -310,6 +376,26 @@ impl Cache {
             owners: &self.owners,
             volumes: &self.volumes,
             image_nodes: &self.image_nodes,
+            domains: &self.domains,
+            tracked: &self.tracked,
+        }
+    }
+
+    /// Starts a scheduling cycle: selectors the last cycles asked for are counted from now
+    /// on, on every node.
+    pub fn track_wanted(&mut self) {
+        let fresh = self.tracked.start_cycle();
+        if fresh.is_empty() {
+            return;
+        }
+        let slots = self.tracked.slots();
+        for n in &mut self.nodes {
+            let mut counts = n.tracked.take().unwrap_or_default();
+            counts.resize(slots, 0);
+            for i in &fresh {
+                counts[*i] = self.tracked.recount(*i, n.pods.values());
+            }
+            n.tracked = Some(counts);
         }
     }
 
@@ -327,10 +413,6 @@ impl Cache {
         self.index.get(name).map(|i| &self.nodes[*i])
     }
 
-    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
-        self.index.get(name).map(|i| &mut self.nodes[*i])
-    }
-
     /// Adds or updates a node; whether anything that decides placement changed (a new
     /// node, its labels, taints, cordon or allocatable), so heartbeats need not wake the
     /// unschedulable pods.
@@ -338,14 +420,16 @@ impl Cache {
         let name = node.metadata.name.clone().unwrap_or_default();
         let node = Arc::new(node);
         let images = node_images(&node);
-        let (changed, old_images) = match self.node_mut(&name) {
-            Some(n) => {
+        let (changed, old_images) = match self.index.get(&name).copied() {
+            Some(i) => {
+                let n = &mut self.nodes[i];
                 let alloc = allocatable(&node);
                 let changed = alloc != n.allocatable
                     || node.metadata.labels != n.node.metadata.labels
                     || node.spec != n.node.spec;
                 n.allocatable = alloc;
                 n.topology = topology_of(&node);
+                n.domains = domain_ids(&n.topology, &mut self.domains);
                 n.node = node;
                 if n.images == images {
                     return changed;
@@ -353,9 +437,9 @@ impl Cache {
                 (changed, std::mem::replace(&mut n.images, images.clone()))
             }
             None => {
-                let mut n = NodeInfo::new(node);
+                let mut n = NodeInfo::new(node, &mut self.domains, self.tracked.slots());
                 for p in self.orphans.remove(&name).unwrap_or_default() {
-                    n.add(p);
+                    n.insert_tracked(p, &self.tracked);
                 }
                 self.index.insert(name, self.nodes.len());
                 self.nodes.push(n);
@@ -401,8 +485,8 @@ impl Cache {
             .insert(p.key.clone(), (node.to_string(), assumed));
         self.anti_affinity_pods += !p.required_anti.is_empty() as usize;
         self.affinity_pods += p.has_affinity() as usize;
-        match self.node_mut(node) {
-            Some(n) => n.add(p),
+        match self.index.get(node) {
+            Some(i) => self.nodes[*i].insert_tracked(p, &self.tracked),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
         }
     }
@@ -410,9 +494,8 @@ impl Cache {
     pub fn remove_pod(&mut self, key: &str) {
         if let Some((node, _)) = self.placed.remove(key) {
             let mut gone = None;
-            if let Some(n) = self.node_mut(&node) {
-                gone = n.pods.get(key).cloned();
-                n.remove(key);
+            if let Some(i) = self.index.get(&node) {
+                gone = self.nodes[*i].delete_tracked(key, &self.tracked);
             }
             if let Some(o) = self.orphans.get_mut(&node) {
                 if let Some(i) = o.iter().position(|p| p.key == key) {

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod counts;
 pub mod framework;
 pub mod leader;
 pub mod owners;
@@ -311,6 +312,7 @@ impl Scheduler {
         let info = Arc::new(PodInfo::new(pod.clone()));
         let decision = {
             let mut cache = self.cache.lock().expect("cache lock");
+            cache.track_wanted();
             let start = self.next_start.load(Ordering::Relaxed);
             let mut state = profile.pre_filter(&info, &cache.snapshot());
             match profile.find_feasible(&info, cache.all(), cache.nominated(), start, &state) {

@@ -52,6 +52,20 @@ pub(crate) fn term(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
         })
 }
 
+/// Whether the pod has a nodeSelector or required node affinity (else every node matches).
+pub fn constrains(pod: &PodInfo) -> bool {
+    pod.pod.spec.as_ref().is_some_and(|s| {
+        s.node_selector.as_ref().is_some_and(|n| !n.is_empty())
+            || s.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some_and(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                })
+    })
+}
+
 /// Whether the node satisfies the pod's nodeSelector and required node affinity.
 pub fn matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     let Some(spec) = &pod.pod.spec else {

@@ -17,8 +17,6 @@ const NAME: &str = "PodTopologySpread";
 const SCORE: &str = "PodTopologySpread/score";
 const HOSTNAME: &str = "kubernetes.io/hostname";
 
-type FastSet<'a> = HashSet<&'a str, super::FastHash>;
-
 struct Constraint {
     max_skew: i64,
     key: String,
@@ -41,8 +39,14 @@ struct State {
     /// Nodes need every constraint's key to count (not so for the system defaults, which
     /// name a zone key that many clusters lack).
     require_all: bool,
-    /// Matching pods per domain; a domain without any is absent (and counts 0).
-    counts: Vec<HashMap<String, i64>>,
+    /// Matching pods per domain, by the domain's number (the cache's `Domains` for the
+    /// well-known keys, `others` for the rest); ABSENT for a number that is no eligible
+    /// domain.
+    counts: Vec<Vec<i64>>,
+    /// For constraints on other keys: the numbers this cycle gave their values.
+    others: Vec<HashMap<String, usize>>,
+    /// The cache's tracked count of each constraint's selector, once there is one.
+    slots: Vec<Option<usize>>,
     /// Per constraint, the smallest domain count (0 below `minDomains` domains): computed
     /// once per cycle, not per node.
     mins: Vec<i64>,
@@ -81,9 +85,24 @@ fn constraints(pod: &PodInfo, specs: &[TopologySpreadConstraint]) -> Vec<Constra
         .collect()
 }
 
-/// How many pods on the node in the pod's namespace the selector picks.
-fn matching(pod: &PodInfo, node: &NodeInfo, sel: &Option<LabelSelector>) -> i64 {
+/// A domain number that no eligible node has.
+const ABSENT: i64 = i64::MIN;
+
+/// How many pods on the node in the pod's namespace the selector picks: the cache's
+/// tracked count when it keeps one.
+fn matching(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    sel: &Option<LabelSelector>,
+    slot: Option<usize>,
+) -> i64 {
     let Some(sel) = sel else { return 0 };
+    if let (Some(i), Some(counts)) = (slot, &node.tracked) {
+        return counts[i] as i64;
+    }
+    if node.pods.is_empty() {
+        return 0;
+    }
     let ns = pod.pod.metadata.namespace.as_deref();
     node.pods
         .values()
@@ -173,16 +192,25 @@ impl Plugin for PodTopologySpread {
         if cs.is_empty() {
             return;
         }
-        // Every eligible domain (borrowed: no copy per node), and the counts of the domains
-        // that hold matching pods (few, usually). Host-name constraints only count eligible
-        // nodes and look for the smallest count (0 as soon as one node has none).
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); cs.len()];
-        let mut domains: Vec<FastSet> = vec![FastSet::default(); cs.len()];
+        // Per constraint, the matching pods of every eligible domain, by number; host-name
+        // constraints only count eligible nodes and look for the smallest count (0 as soon
+        // as one node has none).
+        let mut counts: Vec<Vec<i64>> = cs
+            .iter()
+            .map(|c| match c.lk {
+                LabelKey::Known(k) if !c.host => vec![ABSENT; cluster.domains.len(k)],
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut others: Vec<HashMap<String, usize>> = vec![HashMap::new(); cs.len()];
+        let mut domains = vec![0usize; cs.len()];
         let mut hosts = vec![0usize; cs.len()];
         let mut host_min: Vec<Option<i64>> = vec![None; cs.len()];
-        let any_affinity = cs.iter().any(|c| c.honor_affinity);
+        let any_affinity =
+            cs.iter().any(|c| c.honor_affinity) && super::node_affinity::constrains(pod);
         let any_taints = cs.iter().any(|c| c.honor_taints);
-        // Constraints with the same selector share one count per node.
+        // Constraints with the same selector share one count per node, and the cache's
+        // tracked count of it when there is one.
         let same_as: Vec<usize> = (0..cs.len())
             .map(|i| {
                 (0..i)
@@ -190,12 +218,32 @@ impl Plugin for PodTopologySpread {
                     .unwrap_or(i)
             })
             .collect();
-        let mut values: Vec<Option<&String>> = Vec::with_capacity(cs.len());
+        let ns = pod.pod.metadata.namespace.as_deref().unwrap_or("");
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(cs.len());
+        for i in 0..cs.len() {
+            let slot = match same_as[i] == i {
+                true => cs[i]
+                    .selector
+                    .as_ref()
+                    .and_then(|s| cluster.tracked.find(ns, s)),
+                false => slots[same_as[i]],
+            };
+            slots.push(slot);
+        }
+        let mut ids: Vec<Option<usize>> = Vec::with_capacity(cs.len());
         let mut memo: Vec<Option<i64>> = vec![None; cs.len()];
         for n in cluster.each_node() {
-            values.clear();
-            values.extend(cs.iter().map(|c| n.label_at(&c.lk)));
-            if values.iter().all(|v| v.is_none()) || (require_all && values.contains(&None)) {
+            ids.clear();
+            for (i, c) in cs.iter().enumerate() {
+                ids.push(match &c.lk {
+                    LabelKey::Known(k) => n.domain_at(*k).map(|d| d as usize),
+                    LabelKey::Other(key) => n.label(key).map(|v| {
+                        let next = others[i].len();
+                        *others[i].entry(v.clone()).or_insert(next)
+                    }),
+                });
+            }
+            if ids.iter().all(|v| v.is_none()) || (require_all && ids.contains(&None)) {
                 continue;
             }
             let affine = !any_affinity || super::node_affinity::matches(pod, n);
@@ -203,13 +251,10 @@ impl Plugin for PodTopologySpread {
             memo.iter_mut().for_each(|m| *m = None);
             let mut count = |i: usize| -> i64 {
                 let g = same_as[i];
-                *memo[g].get_or_insert_with(|| match n.pods.is_empty() {
-                    true => 0,
-                    false => matching(pod, n, &cs[g].selector),
-                })
+                *memo[g].get_or_insert_with(|| matching(pod, n, &cs[g].selector, slots[g]))
             };
             for (i, c) in cs.iter().enumerate() {
-                let Some(value) = values[i] else { continue };
+                let Some(d) = ids[i] else { continue };
                 if (c.honor_affinity && !affine) || (c.honor_taints && !tolerated) {
                     continue;
                 }
@@ -221,16 +266,16 @@ impl Plugin for PodTopologySpread {
                     }
                     continue;
                 }
-                domains[i].insert(value.as_str());
-                let m = count(i);
-                if m > 0 {
-                    match counts[i].get_mut(value) {
-                        Some(v) => *v += m,
-                        None => {
-                            counts[i].insert(value.clone(), m);
-                        }
-                    }
+                if counts[i].len() <= d {
+                    counts[i].resize(d + 1, ABSENT);
                 }
+                let m = count(i);
+                let slot = &mut counts[i][d];
+                if *slot == ABSENT {
+                    *slot = 0;
+                    domains[i] += 1;
+                }
+                *slot += m;
             }
         }
         let own = pod.pod.metadata.labels.clone().unwrap_or_default();
@@ -253,10 +298,14 @@ impl Plugin for PodTopologySpread {
                         false => host_min[i].unwrap_or(0),
                     };
                 }
-                if domains[i].len() < c.min_domains || counts[i].len() < domains[i].len() {
-                    0
-                } else {
-                    counts[i].values().copied().min().unwrap_or(0)
+                match domains[i] < c.min_domains {
+                    true => 0,
+                    false => counts[i]
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != ABSENT)
+                        .min()
+                        .unwrap_or(0),
                 }
             })
             .collect();
@@ -266,6 +315,8 @@ impl Plugin for PodTopologySpread {
                 constraints: cs,
                 require_all,
                 counts,
+                others,
+                slots,
                 mins,
                 self_match,
             }),
@@ -290,14 +341,14 @@ impl Plugin for PodTopologySpread {
             return Ok(());
         };
         for (i, c) in st.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
-            let Some(domain) = node.label_at(&c.lk) else {
+            if node.label_at(&c.lk).is_none() {
                 return Err(vec![
                     "node(s) didn't match pod topology spread constraints (missing required label)"
                         .into(),
                 ]);
-            };
+            }
             let min = st.mins[i];
-            let here = st.count(i, pod, node, domain);
+            let here = st.count(i, pod, node);
             if here + st.self_match[i] - min > c.max_skew {
                 return Err(vec![
                     "node(s) didn't match pod topology spread constraints".into()
@@ -375,7 +426,8 @@ impl Plugin for PodTopologySpread {
             .enumerate()
             .filter(|(_, c)| !c.hard)
             .filter_map(|(i, c)| {
-                let count = st.count(i, pod, node, node.label_at(&c.lk)?);
+                node.label_at(&c.lk)?;
+                let count = st.count(i, pod, node);
                 Some(count as f64 * sc.weights[i] + (c.max_skew - 1) as f64)
             })
             .sum();
@@ -397,12 +449,20 @@ impl Plugin for PodTopologySpread {
 }
 
 impl State {
-    /// Matching pods in the node's domain for constraint `i`.
-    fn count(&self, i: usize, pod: &PodInfo, node: &NodeInfo, domain: &str) -> i64 {
-        match self.constraints[i].host {
-            true => matching(pod, node, &self.constraints[i].selector),
-            false => self.counts[i].get(domain).copied().unwrap_or(0),
+    /// Matching pods in the node's domain for constraint `i` (0 for a node without the
+    /// key).
+    fn count(&self, i: usize, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        let c = &self.constraints[i];
+        if c.host {
+            return matching(pod, node, &c.selector, self.slots[i]);
         }
+        let domain = match &c.lk {
+            LabelKey::Known(k) => node.domain_at(*k).map(|d| d as usize),
+            LabelKey::Other(key) => node.label(key).and_then(|v| self.others[i].get(v).copied()),
+        };
+        domain
+            .and_then(|d| self.counts[i].get(d))
+            .map_or(0, |n| (*n).max(0))
     }
 }
 
@@ -447,20 +507,28 @@ mod tests {
         };
         c.add_pod(Arc::new(web("w1")), "a1", false);
         let p = web("w2");
-        let state = {
-            let mut s = CycleState::new();
-            PodTopologySpread::default().pre_filter(&p, &c.snapshot(), &mut s);
-            s
-        };
-        let verdict =
-            |n: &str| PodTopologySpread::default().filter_in(&p, c.node(n).unwrap(), &state);
-        // Zone a has 1, zone b 0: another in a would make the skew 2.
-        assert_eq!(
-            verdict("a2").unwrap_err(),
-            vec!["node(s) didn't match pod topology spread constraints".to_string()]
-        );
-        assert!(verdict("b1").is_ok());
-        assert!(verdict("x").unwrap_err()[0].contains("missing required label"));
+        // The first cycle counts the pods; the second reads the cache's tracked counts.
+        for tracked in [false, true] {
+            c.track_wanted();
+            let state = {
+                let mut s = CycleState::new();
+                PodTopologySpread::default().pre_filter(&p, &c.snapshot(), &mut s);
+                s
+            };
+            assert_eq!(
+                state.read::<State>(NAME).unwrap().slots[0].is_some(),
+                tracked
+            );
+            let verdict =
+                |n: &str| PodTopologySpread::default().filter_in(&p, c.node(n).unwrap(), &state);
+            // Zone a has 1, zone b 0: another in a would make the skew 2.
+            assert_eq!(
+                verdict("a2").unwrap_err(),
+                vec!["node(s) didn't match pod topology spread constraints".to_string()]
+            );
+            assert!(verdict("b1").is_ok());
+            assert!(verdict("x").unwrap_err()[0].contains("missing required label"));
+        }
     }
 
     #[test]
