@@ -1,7 +1,7 @@
 //! The scheduler's cache: nodes with the pods on them, counting a pod from the moment it is
 //! assumed (before its binding is confirmed), so the next pod sees its resources taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
@@ -330,6 +330,9 @@ pub struct Cache {
     domains: Domains,
     /// Selectors whose matching pods each node counts.
     tracked: Tracked,
+    /// Victims this scheduler is evicting, until their deletion is seen: they count as
+    /// terminating, so their preemptor waits instead of preempting again.
+    preempting: HashSet<String>,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -528,6 +531,26 @@ impl Cache {
             self.nominated_to.insert(key.to_string(), node.to_string());
             self.nominated.entry(node.to_string()).or_default().push(p);
         }
+    }
+
+    /// The node the pod `key` is nominated to.
+    pub fn nominated_node(&self, key: &str) -> Option<&str> {
+        self.nominated_to.get(key).map(String::as_str)
+    }
+
+    /// Marks pods as being evicted by preemption (`false`: no longer).
+    pub fn set_preempting<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>, on: bool) {
+        for k in keys {
+            match on {
+                true => self.preempting.insert(k.to_string()),
+                false => self.preempting.remove(k),
+            };
+        }
+    }
+
+    /// Whether the pod `key` is being evicted by preemption.
+    pub fn is_preempting(&self, key: &str) -> bool {
+        self.preempting.contains(key)
     }
 
     /// The pods nominated to each node.

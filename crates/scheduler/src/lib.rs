@@ -192,6 +192,7 @@ impl Scheduler {
         let mut cache = self.cache.lock().expect("cache lock");
         cache.remove_pod(&k);
         cache.nominate(&k, None);
+        cache.set_preempting([k.as_str()], false);
         drop(cache);
         self.queue.remove(&k);
         self.queue.move_all();
@@ -260,7 +261,10 @@ impl Scheduler {
             }
         }
         if finished {
-            self.cache.lock().expect("cache lock").remove_pod(&k);
+            let mut cache = self.cache.lock().expect("cache lock");
+            cache.remove_pod(&k);
+            cache.set_preempting([k.as_str()], false);
+            drop(cache);
             self.queue.remove(&k);
             self.queue.move_all();
             return;
@@ -349,6 +353,7 @@ impl Scheduler {
                             cache.nominate(&p.key, None);
                         }
                         cache.nominate(&info.key, Some((info.clone(), &c.node)));
+                        cache.set_preempting(c.victims.iter().map(|v| v.key.as_str()), true);
                         c
                     });
                     Err((d, preemption))
@@ -390,12 +395,18 @@ impl Scheduler {
                 });
             }
             Err((diagnosis, preemption)) => {
+                if preemption.is_ok() {
+                    self.queue.hold(&info.key);
+                }
                 self.queue.unschedulable(&info.key);
                 let mut msg = diagnosis.message();
                 let me = self.clone();
                 tokio::spawn(async move {
                     match preemption {
-                        Ok(candidate) => me.preempt(&pod, candidate).await,
+                        Ok(candidate) => {
+                            me.preempt(&pod, candidate).await;
+                            me.queue.release(&info.key);
+                        }
                         Err(why) if !why.is_empty() => msg = format!("{msg} preemption: {why}"),
                         Err(_) => {}
                     }
@@ -508,6 +519,11 @@ impl Scheduler {
             .await
         {
             tracing::warn!(pod = %name, error = %e, "nominating a node");
+            let victims = c.victims.iter().map(|v| v.key.as_str());
+            self.cache
+                .lock()
+                .expect("cache lock")
+                .set_preempting(victims, false);
             return;
         }
         for p in &c.cleared {
@@ -554,7 +570,15 @@ impl Scheduler {
                     let msg = format!("Preempted by pod {uid} on node {}", c.node);
                     self.event(victim, "Normal", "Preempted", &msg).await;
                 }
-                Err(e) => tracing::warn!(pod = %vname, error = %e, "deleting a victim"),
+                // Gone already: its deletion is on its way to the cache.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(pod = %vname, error = %e, "deleting a victim");
+                    self.cache
+                        .lock()
+                        .expect("cache lock")
+                        .set_preempting([v.key.as_str()], false);
+                }
             }
         }
     }

@@ -35,20 +35,24 @@ pub fn eligible(pod: &PodInfo, cache: &Cache) -> Result<(), &'static str> {
     if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
         return Err("not eligible due to preemptionPolicy=Never.");
     }
-    let nominated = pod
-        .pod
-        .status
-        .as_ref()
-        .and_then(|s| s.nominated_node_name.as_deref())
-        .filter(|n| !n.is_empty());
+    // This scheduler's own nomination is known before the pod's status shows it.
+    let nominated = cache.nominated_node(&pod.key).or_else(|| {
+        pod.pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+    });
     let Some(node) = nominated.and_then(|n| cache.node(n)) else {
         return Ok(());
     };
     let mine = priority(pod);
+    let terminating =
+        |p: &PodInfo| p.pod.metadata.deletion_timestamp.is_some() || cache.is_preempting(&p.key);
     let waiting = node
         .pods
         .values()
-        .any(|p| p.pod.metadata.deletion_timestamp.is_some() && priority(p) < mine);
+        .any(|p| terminating(p) && priority(p) < mine);
     if waiting {
         return Err("not eligible due to a terminating pod on the nominated node.");
     }

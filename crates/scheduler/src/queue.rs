@@ -1,6 +1,9 @@
 //! The scheduling queue, as upstream's: an active queue ordered by priority then age, a
 //! back-off for pods whose attempt failed (1 s doubling to 10 s), and a set of
 //! unschedulable pods that cluster events (a node added or changed, a pod gone) move back.
+//! As upstream 1.33 (`SchedulerPopFromBackoffQ`, beta and on), a pod backing off after a
+//! rejection is tried before its time when nothing else is active; one backing off after
+//! an error (a failed binding) waits it out.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,6 +21,8 @@ pub const MAX_UNSCHEDULABLE: Duration = Duration::from_secs(300);
 enum State {
     Active(u64),
     Backoff(Instant),
+    /// Backing off after an error: never popped early.
+    ErrorBackoff(Instant),
     Unschedulable(Instant),
     /// Popped and being scheduled.
     InFlight,
@@ -59,6 +64,8 @@ struct Inner {
     items: HashMap<String, Item>,
     active: BinaryHeap<Entry>,
     seq: u64,
+    /// Pods whose preemption is under way: not retried until it is done.
+    held: std::collections::HashSet<String>,
 }
 
 /// The queue; `pop` waits for work.
@@ -66,6 +73,14 @@ struct Inner {
 pub struct Queue {
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
+}
+
+/// The whole second (since the first use) that `t` falls in: back-off ends in one window
+/// are ordered by priority.
+fn window(t: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    t.saturating_duration_since(*BASE.get_or_init(Instant::now))
+        .as_secs()
 }
 
 fn priority(pod: &Pod) -> i32 {
@@ -159,7 +174,7 @@ impl Queue {
                     .items
                     .iter()
                     .filter(|(_, it)| match it.state {
-                        State::Backoff(t) => t <= now,
+                        State::Backoff(t) | State::ErrorBackoff(t) => t <= now,
                         State::Unschedulable(t) => now.duration_since(t) >= MAX_UNSCHEDULABLE,
                         _ => false,
                     })
@@ -179,10 +194,29 @@ impl Queue {
                         return it.pod.clone();
                     }
                 }
+                // Nothing active: the first of the rejected pods backing off, by whole
+                // seconds of their back-off's end, then priority.
+                let early = q
+                    .items
+                    .iter()
+                    .filter_map(|(k, it)| match it.state {
+                        State::Backoff(t) => Some((k, t, priority(&it.pod))),
+                        _ => None,
+                    })
+                    .min_by_key(|(_, t, prio)| (window(*t), std::cmp::Reverse(*prio), *t))
+                    .map(|(k, _, _)| k.clone());
+                if let Some(k) = early {
+                    if let Some(it) = q.items.get_mut(&k) {
+                        it.state = State::InFlight;
+                        it.moved = false;
+                        it.attempts += 1;
+                        return it.pod.clone();
+                    }
+                }
                 q.items
                     .values()
                     .filter_map(|it| match it.state {
-                        State::Backoff(t) => Some(t),
+                        State::ErrorBackoff(t) => Some(t),
                         _ => None,
                     })
                     .min()
@@ -202,8 +236,9 @@ impl Queue {
     /// while it was in flight).
     pub fn unschedulable(&self, key: &str) {
         let mut q = self.inner.lock().expect("queue lock");
+        let held = q.held.contains(key);
         if let Some(it) = q.items.get_mut(key) {
-            it.state = if it.moved {
+            it.state = if it.moved && !held {
                 State::Backoff(Instant::now() + Inner::backoff_for(it.attempts))
             } else {
                 State::Unschedulable(Instant::now())
@@ -213,7 +248,8 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    /// The attempt failed for another reason (a binding error): retry after the back-off.
+    /// The attempt failed for another reason (a binding error): retry after the back-off,
+    /// never earlier.
     pub fn backoff(&self, pod: Arc<Pod>, key: &str) {
         let mut q = self.inner.lock().expect("queue lock");
         let attempts = q.items.get(key).map(|it| it.attempts).unwrap_or(1);
@@ -222,7 +258,7 @@ impl Queue {
             Item {
                 pod,
                 attempts,
-                state: State::Backoff(Instant::now() + Inner::backoff_for(attempts)),
+                state: State::ErrorBackoff(Instant::now() + Inner::backoff_for(attempts)),
                 moved: false,
             },
         );
@@ -235,8 +271,10 @@ impl Queue {
     pub fn move_all(&self) {
         let mut q = self.inner.lock().expect("queue lock");
         let mut wake = Vec::new();
-        for (k, it) in q.items.iter_mut() {
+        let Inner { items, held, .. } = &mut *q;
+        for (k, it) in items.iter_mut() {
             match it.state {
+                State::Unschedulable(_) if held.contains(k) => it.moved = true,
                 State::Unschedulable(since) => {
                     let until = since + Inner::backoff_for(it.attempts);
                     if until <= Instant::now() {
@@ -256,6 +294,26 @@ impl Queue {
         self.notify.notify_one();
     }
 
+    /// Keeps the pod from being retried while its preemption's API calls run (upstream's
+    /// asynchronous preemption): its victims are still on the node until they are.
+    pub fn hold(&self, key: &str) {
+        let mut q = self.inner.lock().expect("queue lock");
+        q.held.insert(key.to_string());
+    }
+
+    /// The preemption is done: an event that came meanwhile sends the pod to the back-off.
+    pub fn release(&self, key: &str) {
+        let mut q = self.inner.lock().expect("queue lock");
+        q.held.remove(key);
+        if let Some(it) = q.items.get_mut(key) {
+            if matches!(it.state, State::Unschedulable(_)) && it.moved {
+                it.state = State::Backoff(Instant::now() + Inner::backoff_for(it.attempts));
+            }
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
     /// Pods waiting (for tests and metrics): (active, backoff, unschedulable).
     pub fn counts(&self) -> (usize, usize, usize) {
         let q = self.inner.lock().expect("queue lock");
@@ -263,7 +321,7 @@ impl Queue {
         for it in q.items.values() {
             match it.state {
                 State::Active(_) => c.0 += 1,
-                State::Backoff(_) => c.1 += 1,
+                State::Backoff(_) | State::ErrorBackoff(_) => c.1 += 1,
                 State::Unschedulable(_) => c.2 += 1,
                 State::InFlight => {}
             }
@@ -287,6 +345,31 @@ mod tests {
         )
     }
 
+    fn p_of(q: &Queue, key: &str) -> Arc<Pod> {
+        q.inner.lock().unwrap().items[key].pod.clone()
+    }
+
+    #[tokio::test]
+    async fn a_pod_preempting_waits_for_its_preemption() {
+        let q = Queue::default();
+        q.add(pod("high", 10, "2026-01-01T00:00:00Z"), "d/high");
+        q.pop().await;
+        q.hold("d/high");
+        q.unschedulable("d/high");
+        // Victims' deletions come in while the preemption runs: the pod stays put.
+        q.move_all();
+        assert_eq!(q.counts(), (0, 0, 1));
+        // Once it is done, the events seen meanwhile retry it.
+        q.release("d/high");
+        assert_eq!(q.counts(), (0, 1, 0));
+        assert_eq!(q.pop().await.metadata.name.as_deref(), Some("high"));
+        // Without events meanwhile, it waits for the next.
+        q.hold("d/high");
+        q.unschedulable("d/high");
+        q.release("d/high");
+        assert_eq!(q.counts(), (0, 0, 1));
+    }
+
     #[tokio::test]
     async fn priority_then_age_then_backoff() {
         let q = Queue::default();
@@ -298,20 +381,32 @@ mod tests {
             .map(|p| p.metadata.name.clone().unwrap())
             .collect();
         assert_eq!(names, ["new-high", "old-low", "new-low"]);
-        // Unschedulable pods wait for an event; a move puts them in back-off first.
+        // Unschedulable pods wait for an event; a move puts them in back-off first. A new
+        // pod goes first; with nothing else active the backing-off pod is tried early.
         q.unschedulable("d/old-low");
         assert_eq!(q.counts(), (0, 0, 1));
         q.move_all();
         assert_eq!(q.counts(), (0, 1, 0));
+        q.add(pod("newest", 0, "2026-01-03T00:00:00Z"), "d/newest");
         let t = Instant::now();
-        let p = q.pop().await;
-        assert_eq!(p.metadata.name.as_deref(), Some("old-low"));
+        assert_eq!(q.pop().await.metadata.name.as_deref(), Some("newest"));
+        assert_eq!(q.pop().await.metadata.name.as_deref(), Some("old-low"));
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        // A failed binding's back-off is waited out.
+        q.backoff(p_of(&q, "d/old-low"), "d/old-low");
+        let t = Instant::now();
+        assert_eq!(q.pop().await.metadata.name.as_deref(), Some("old-low"));
         assert!(
             t.elapsed() >= Duration::from_millis(900),
             "{:?}",
             t.elapsed()
         );
         q.remove("d/old-low");
+        q.remove("d/newest");
         assert_eq!(q.counts(), (0, 0, 0));
         // A status-only update leaves an unschedulable pod waiting; a spec change retries it.
         q.add(pod("p", 0, "2026-01-01T00:00:00Z"), "d/p");
