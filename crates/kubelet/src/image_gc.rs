@@ -1,6 +1,8 @@
 //! Image garbage collection by upstream's thresholds: when the image filesystem is fuller
 //! than the high threshold, unused images (no container refers to them) that are older than
 //! the minimum age go, least recently used first, until usage is back at the low threshold.
+//! Under disk pressure the eviction manager asks for every such image to go (`reclaim`)
+//! before it evicts pods.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +34,7 @@ impl Default for Policy {
 
 /// When each image was first seen, and last seen in use.
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     first: HashMap<String, Instant>,
     last_used: HashMap<String, Instant>,
 }
@@ -40,17 +42,26 @@ struct Seen {
 /// Runs until dropped.
 pub async fn run(k: Arc<Kubelet>) {
     let policy = k.config.image_gc.clone();
-    let mut seen = Seen::default();
     loop {
         tokio::time::sleep(policy.period).await;
-        if let Err(e) = collect(&k, &policy, &mut seen).await {
+        let mut seen = k.images_seen.lock().await;
+        if let Err(e) = collect(&k, &policy, &mut seen, false).await {
             tracing::warn!(error = %e, "image garbage collection");
         }
     }
 }
 
-/// One pass: returns how many bytes were freed.
-async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, String> {
+/// Removes every unused image older than the minimum age, whatever the thresholds say
+/// (upstream's DeleteUnusedImages, the eviction manager's reclaim for disk pressure);
+/// returns how many bytes were freed.
+pub async fn reclaim(k: &Kubelet) -> Result<u64, String> {
+    let mut seen = k.images_seen.lock().await;
+    collect(k, &k.config.image_gc, &mut seen, true).await
+}
+
+/// One pass (`all`: every unused image old enough, not just down to the low threshold):
+/// returns how many bytes were freed.
+async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Result<u64, String> {
     let msg = |e: tonic::Status| e.message().to_string();
     let now = Instant::now();
     let images = k
@@ -110,11 +121,14 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, S
     else {
         return Err(format!("cannot measure the image filesystem at {mount}"));
     };
-    if total == 0 || used_bytes * 100 < total * policy.high_percent as u64 {
+    if !all && (total == 0 || used_bytes * 100 < total * policy.high_percent as u64) {
         return Ok(0);
     }
     let target = total * policy.low_percent as u64 / 100;
-    let to_free = used_bytes.saturating_sub(target);
+    let to_free = match all {
+        true => u64::MAX,
+        false => used_bytes.saturating_sub(target),
+    };
     let mut candidates: Vec<&cri::Image> = images
         .iter()
         .filter(|i| !in_use(i) && !i.pinned)
@@ -147,7 +161,7 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen) -> Result<u64, S
             }
         }
     }
-    if freed < to_free {
+    if freed < to_free && !all {
         tracing::warn!(
             wanted = to_free,
             freed,

@@ -14,6 +14,7 @@ pub mod portforward;
 pub mod remotecommand;
 pub mod server;
 pub mod spdy;
+pub mod stats;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -148,6 +149,8 @@ pub struct Kubelet {
     pub admitted: pod::admission::Admitted,
     /// Pods the eviction manager chose, by UID, for their workers to end.
     pub evictions: Mutex<std::collections::HashMap<String, pod::limits::Kill>>,
+    /// When image garbage collection first saw each image, and last saw it used.
+    pub images_seen: tokio::sync::Mutex<image_gc::Seen>,
 }
 
 impl Kubelet {
@@ -203,6 +206,7 @@ impl Kubelet {
             port,
             qos_cgroups: Default::default(),
             evictions: Mutex::default(),
+            images_seen: Default::default(),
             admitted: Default::default(),
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,

@@ -130,8 +130,7 @@ fn conditions(
     not_ready: Option<String>,
 ) -> Vec<Condition> {
     let mem_pressure = memory_pressure(m, eviction);
-    let disk_pressure = m.storage_ki > 0
-        && m.storage_available_ki * 1024 < eviction.nodefs.bytes(m.storage_ki * 1024);
+    let disk_pressure = disk_pressure(m, eviction);
     let pid_pressure = m.pids_used * 100 > m.pids_max * 90;
     let pressure = |type_, on: bool, yes: &str, no: &str, msg_yes: &str, msg_no: &str| Condition {
         type_,
@@ -179,6 +178,11 @@ fn conditions(
             },
         },
     ]
+}
+
+/// Whether the node filesystem's free space is below the hard eviction threshold.
+pub fn disk_pressure(m: &Machine, eviction: &crate::eviction::Thresholds) -> bool {
+    m.storage_ki > 0 && m.storage_available_ki * 1024 < eviction.nodefs.bytes(m.storage_ki * 1024)
 }
 
 /// Whether the memory available is below the hard eviction threshold.

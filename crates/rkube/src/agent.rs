@@ -60,9 +60,9 @@ pub struct NodeArgs {
     #[arg(long, default_value = "rkube0")]
     pub pod_bridge: String,
     /// Hard eviction thresholds: `memory.available<100Mi,nodefs.available<10%` (the
-    /// defaults). Below the memory threshold the node reports MemoryPressure and evicts
-    /// pods; allocatable keeps the memory threshold back.
-    #[arg(long)]
+    /// defaults). Below one the node reports MemoryPressure or DiskPressure, refuses new
+    /// pods and evicts running ones; allocatable keeps the thresholds back.
+    #[arg(long, env = "RKUBE_EVICTION_HARD")]
     pub eviction_hard: Option<String>,
     /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]

@@ -159,6 +159,10 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
             "10.231.0.0/16",
             "--pod-bridge",
             &bridge,
+            // A development machine's disk is often fuller than upstream's 10% default
+            // allows: under DiskPressure the pods would be refused, not timed.
+            "--eviction-hard",
+            "memory.available<100Mi,nodefs.available<1Gi",
         ],
     )
     .await?;

@@ -1073,7 +1073,13 @@ fn memory_pressure_evicts_pods() {
     if !root_or_skip("memory_pressure_evicts_pods") {
         return;
     }
-    let c = Cluster::start(8, &["--eviction-hard", "memory.available<100Ti"]);
+    let c = Cluster::start(
+        8,
+        &[
+            "--eviction-hard",
+            "memory.available<100Ti,nodefs.available<1Gi",
+        ],
+    );
     let node = format!("node/{}", c.name);
     c.wait_for(60, "MemoryPressure", || {
         let p = c.jsonpath(
@@ -1151,6 +1157,9 @@ spec:
         ),
         "{msg}"
     );
+    // Its container asked for no memory, so any working set is over the request.
+    assert!(msg.contains(". Container main was using "), "{msg}");
+    assert!(msg.ends_with(", which exceeds its request of 0. "), "{msg}");
     assert_eq!(
         c.jsonpath(
             "pod victim",
@@ -1158,4 +1167,138 @@ spec:
         ),
         "TerminationByKubelet"
     );
+}
+
+/// Bytes free for unprivileged use on the filesystem holding `dir` (what the kubelet
+/// measures as nodefs.available).
+fn available_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn ephemeral_storage_limits_and_disk_pressure_evict_pods() {
+    if !root_or_skip("ephemeral_storage_limits_and_disk_pressure_evict_pods") {
+        return;
+    }
+    // The node comes under DiskPressure once 384Mi more of its disk are taken.
+    let threshold = available_bytes(&std::env::temp_dir()) - (384 << 20);
+    let eviction = format!("memory.available<100Mi,nodefs.available<{threshold}");
+    let c = Cluster::start(9, &["--eviction-hard", &eviction]);
+    let node = format!("node/{}", c.name);
+    c.wait_for(60, "the node to be Ready", || {
+        let ready = c.jsonpath(&node, "{.status.conditions[?(@.type==\"Ready\")].status}");
+        (ready == "True").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath(
+            &node,
+            "{.status.conditions[?(@.type==\"DiskPressure\")].status}"
+        ),
+        "False"
+    );
+    // A container over its own ephemeral-storage limit is evicted (the pod's total,
+    // 101Mi, is checked first and holds).
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: limited}}
+spec:
+  nodeName: {name}
+  containers:
+  - name: fill
+    image: {IMAGE}
+    command: [sh, -c, "dd if=/dev/zero of=/fill bs=1M count=4 && sleep 3600"]
+    resources: {{limits: {{ephemeral-storage: 1Mi}}}}
+  - name: roomy
+    image: {IMAGE}
+    command: [sleep, "3600"]
+    resources: {{limits: {{ephemeral-storage: 100Mi}}}}
+"#,
+        name = c.name
+    ));
+    c.wait_for(60, "the limited pod to be evicted", || {
+        (c.jsonpath("pod limited", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath("pod limited", "{.status.reason}: {.status.message}"),
+        "Evicted: Container fill exceeded its local ephemeral storage limit \"1Mi\". "
+    );
+    assert_eq!(
+        c.jsonpath(
+            "pod limited",
+            "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"
+        ),
+        "TerminationByKubelet"
+    );
+    // A pod that fills the disk past the threshold: DiskPressure, and it is evicted (no
+    // image is old and unused enough to make room instead).
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: writer}}
+spec:
+  nodeName: {name}
+  containers:
+  - name: writer
+    image: {IMAGE}
+    command: [sh, -c, "dd if=/dev/zero of=/fill bs=1M count=768 && sleep 3600"]
+"#,
+        name = c.name
+    ));
+    c.wait_for(90, "the writer to be evicted", || {
+        (c.jsonpath("pod writer", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(c.jsonpath("pod writer", "{.status.reason}"), "Evicted");
+    let msg = c.jsonpath("pod writer", "{.status.message}");
+    let expected = format!(
+        "The node was low on resource: ephemeral-storage. Threshold quantity: {threshold}, available: "
+    );
+    assert!(msg.starts_with(&expected), "{msg}");
+    assert!(msg.contains("Container writer was using "), "{msg}");
+    assert!(msg.ends_with(", which exceeds its request of 0. "), "{msg}");
+    c.wait_for(30, "DiskPressure", || {
+        let p = c.jsonpath(
+            &node,
+            "{.status.conditions[?(@.type==\"DiskPressure\")].status}",
+        );
+        (p == "True").then_some(())
+    });
+    // Under DiskPressure every new pod is refused.
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: late}}
+spec:
+  nodeName: {name}
+  containers:
+  - {{name: main, image: {IMAGE}, command: [sleep, "3600"], resources: {{requests: {{cpu: 10m}}}}}}
+"#,
+        name = c.name
+    ));
+    c.wait_for(60, "the refusal", || {
+        (c.jsonpath("pod late", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        c.jsonpath("pod late", "{.status.reason}: {.status.message}"),
+        "Evicted: Pod was rejected: The node had condition: [DiskPressure]. "
+    );
+    // The evicted pod gone, its container's layer goes with it and the pressure ends.
+    c.kubectl
+        .ok(&["delete", "pod", "writer", "late", "limited"]);
+    c.wait_for(90, "DiskPressure to end", || {
+        let p = c.jsonpath(
+            &node,
+            "{.status.conditions[?(@.type==\"DiskPressure\")].status}",
+        );
+        (p == "False").then_some(())
+    });
 }

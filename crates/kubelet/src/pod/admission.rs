@@ -1,7 +1,8 @@
 //! Pod admission on the node, as upstream's kubelet admits a pod before running it: under
-//! memory pressure a BestEffort pod is refused; otherwise the pod's requests must fit in
-//! the node's allocatable next to the pods already admitted (whoever bound it: a pod with
-//! `spec.nodeName` set by hand never met the scheduler).
+//! disk pressure every pod is refused, under memory pressure a BestEffort one (unless it
+//! tolerates the memory-pressure taint), system-critical pods never; then the pod's
+//! requests must fit in the node's allocatable next to the pods already admitted (whoever
+//! bound it: a pod with `spec.nodeName` set by hand never met the scheduler).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,6 +43,57 @@ pub type Rejection = (String, String);
 /// What a refused pod's status message starts with (its event has the rest only).
 pub const REJECTED: &str = "Pod was rejected: ";
 
+/// The node's pressure conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+/// Priorities from here up are system-critical (`system-node-critical`,
+/// `system-cluster-critical`): such pods are admitted under pressure.
+const SYSTEM_CRITICAL: i32 = 2_000_000_000;
+
+impl Pressure {
+    /// Upstream's eviction-manager admission: why the pod is refused, if it is.
+    fn refuses(self, pod: &Pod) -> Option<String> {
+        let critical = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .is_some_and(|p| p >= SYSTEM_CRITICAL);
+        if !(self.memory || self.disk) || critical {
+            return None;
+        }
+        if !self.disk && (qos(pod) != Qos::BestEffort || tolerates_memory_pressure(pod)) {
+            return None;
+        }
+        let names: Vec<&str> = [(self.memory, "MemoryPressure"), (self.disk, "DiskPressure")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        Some(format!(
+            "{REJECTED}The node had condition: [{}]. ",
+            names.join(" ")
+        ))
+    }
+}
+
+/// Whether the pod tolerates `node.kubernetes.io/memory-pressure:NoSchedule`.
+fn tolerates_memory_pressure(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.tolerations.iter().flatten())
+        .any(|t| {
+            let key = t.key.as_deref().unwrap_or("");
+            let effect = t.effect.as_deref().unwrap_or("");
+            let exists = t.operator.as_deref() == Some("Exists");
+            (key == "node.kubernetes.io/memory-pressure" || (key.is_empty() && exists))
+                && (effect.is_empty() || effect == "NoSchedule")
+                && (exists || t.value.as_deref().unwrap_or("").is_empty())
+        })
+}
+
 /// The pods admitted on this node, by UID.
 #[derive(Default)]
 pub struct Admitted(Mutex<HashMap<String, Usage>>);
@@ -53,13 +105,10 @@ impl Admitted {
         uid: &str,
         pod: &Pod,
         node: Allocatable,
-        memory_pressure: bool,
+        pressure: Pressure,
     ) -> Result<(), Rejection> {
-        if memory_pressure && qos(pod) == Qos::BestEffort {
-            return Err((
-                "Evicted".into(),
-                format!("{REJECTED}The node had condition: [MemoryPressure]. "),
-            ));
+        if let Some(message) = pressure.refuses(pod) {
+            return Err(("Evicted".into(), message));
         }
         let mut admitted = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let want = Usage::of(pod);
@@ -123,23 +172,35 @@ mod tests {
             pods: 2,
         };
         let a = Admitted::default();
-        assert!(a.admit("a", &pod("600m", "100Mi"), node, false).is_ok());
+        assert!(a
+            .admit("a", &pod("600m", "100Mi"), node, Pressure::default())
+            .is_ok());
         let (reason, msg) = a
-            .admit("b", &pod("500m", "100Mi"), node, false)
+            .admit("b", &pod("500m", "100Mi"), node, Pressure::default())
             .unwrap_err();
         assert_eq!(reason, "OutOfcpu");
         assert_eq!(
             msg,
             "Pod was rejected: Node didn't have enough resource: cpu, requested: 500, used: 600, capacity: 1000"
         );
-        assert!(a.admit("b", &pod("400m", "100Mi"), node, false).is_ok());
-        let (reason, _) = a.admit("c", &pod("0", "0"), node, false).unwrap_err();
+        assert!(a
+            .admit("b", &pod("400m", "100Mi"), node, Pressure::default())
+            .is_ok());
+        let (reason, _) = a
+            .admit("c", &pod("0", "0"), node, Pressure::default())
+            .unwrap_err();
         assert_eq!(reason, "OutOfpods");
         a.release("a");
-        assert!(a.admit("c", &pod("100m", "1Mi"), node, false).is_ok());
+        assert!(a
+            .admit("c", &pod("100m", "1Mi"), node, Pressure::default())
+            .is_ok());
         let best_effort: Pod =
             serde_json::from_value(json!({"spec": {"containers": [{"name": "c"}]}})).unwrap();
-        let (reason, msg) = a.admit("d", &best_effort, node, true).unwrap_err();
+        let memory = Pressure {
+            memory: true,
+            disk: false,
+        };
+        let (reason, msg) = a.admit("d", &best_effort, node, memory).unwrap_err();
         assert_eq!(
             (reason.as_str(), msg.as_str()),
             (
@@ -147,5 +208,28 @@ mod tests {
                 "Pod was rejected: The node had condition: [MemoryPressure]. "
             )
         );
+        // Tolerating the memory-pressure taint, it is admitted.
+        a.release("b");
+        a.release("c");
+        let mut tolerant = best_effort.clone();
+        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![serde_json::from_value(
+            json!({"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"}),
+        )
+        .unwrap()]);
+        assert!(a.admit("d", &tolerant, node, memory).is_ok());
+        a.release("d");
+        // Disk pressure refuses everything but system-critical pods.
+        let both = Pressure {
+            memory: true,
+            disk: true,
+        };
+        let (_, msg) = a.admit("e", &pod("1m", "1"), node, both).unwrap_err();
+        assert_eq!(
+            msg,
+            "Pod was rejected: The node had condition: [MemoryPressure DiskPressure]. "
+        );
+        let mut critical = pod("1m", "1");
+        critical.spec.as_mut().unwrap().priority = Some(2_000_001_000);
+        assert!(a.admit("e", &critical, node, both).is_ok());
     }
 }

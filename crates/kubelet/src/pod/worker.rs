@@ -266,7 +266,7 @@ impl Worker {
                 return Ok(Duration::from_secs(60));
             }
         }
-        if let Some(why) = self.limit_reached(pod, &pod_dir) {
+        if let Some(why) = self.limit_reached(pod, &pod_dir).await {
             let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
             self.kill(pod, why, &sid).await;
             return Ok(Duration::from_secs(60));
@@ -1079,7 +1079,10 @@ impl Worker {
                 memory: memory_ki as i64 * 1024,
                 pods: k.config.max_pods as i64,
             };
-            let pressure = crate::node::memory_pressure(&m, &k.config.eviction);
+            let pressure = super::admission::Pressure {
+                memory: crate::node::memory_pressure(&m, &k.config.eviction),
+                disk: crate::node::disk_pressure(&m, &k.config.eviction),
+            };
             k.admitted
                 .admit(&self.uid, pod, node, pressure)
                 .map_err(|(reason, message)| super::limits::Kill {
@@ -1093,9 +1096,9 @@ impl Worker {
         Ok(())
     }
 
-    /// An exceeded `activeDeadlineSeconds`, or (measured every EVICTION_INTERVAL) an
-    /// emptyDir over its `sizeLimit`.
-    fn limit_reached(
+    /// An eviction the eviction manager chose, an exceeded `activeDeadlineSeconds`, or
+    /// (measured every EVICTION_INTERVAL) local ephemeral storage over its limits.
+    async fn limit_reached(
         &mut self,
         pod: &Pod,
         pod_dir: &std::path::Path,
@@ -1120,7 +1123,14 @@ impl Worker {
             return None;
         }
         self.usage_at = Some(Instant::now());
-        super::limits::empty_dir(pod, pod_dir)
+        if let Some(k) = super::limits::empty_dir(pod, pod_dir) {
+            return Some(k);
+        }
+        if !super::limits::limits_ephemeral_storage(pod) {
+            return None;
+        }
+        let usage = crate::stats::pod_usage(&self.k, pod).await?;
+        super::limits::ephemeral_storage(pod, &usage)
     }
 
     /// Ends the pod for `why`: an event, its containers stopped (at once for an eviction,
