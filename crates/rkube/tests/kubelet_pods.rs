@@ -1073,7 +1073,7 @@ fn memory_pressure_evicts_pods() {
     if !root_or_skip("memory_pressure_evicts_pods") {
         return;
     }
-    let c = Cluster::start(
+    let mut c = Cluster::start(
         8,
         &[
             "--eviction-hard",
@@ -1160,13 +1160,27 @@ spec:
     // Its container asked for no memory, so any working set is over the request.
     assert!(msg.contains(". Container main was using "), "{msg}");
     assert!(msg.ends_with(", which exceeds its request of 0. "), "{msg}");
+    let disruption =
+        "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason} {.status.reason}";
     assert_eq!(
-        c.jsonpath(
-            "pod victim",
-            "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"
-        ),
-        "TerminationByKubelet"
+        c.jsonpath("pod victim", disruption),
+        "TerminationByKubelet Evicted"
     );
+    // A restarted agent keeps saying why the pod ended.
+    let before = c.jsonpath("pod victim", "{.status.conditions}");
+    c.kill9();
+    c.restart(8);
+    c.wait_for(60, "the agent's next status writes", || {
+        let other = c.jsonpath("pod hungry", "{.status.conditions}");
+        let ready = c.jsonpath(&node, "{.status.conditions[?(@.type==\"Ready\")].status}");
+        (ready == "True" && !other.is_empty()).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(
+        c.jsonpath("pod victim", disruption),
+        "TerminationByKubelet Evicted"
+    );
+    assert_eq!(c.jsonpath("pod victim", "{.status.conditions}"), before);
 }
 
 /// Bytes free for unprivileged use on the filesystem holding `dir` (what the kubelet

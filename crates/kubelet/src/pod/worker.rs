@@ -1021,6 +1021,10 @@ impl Worker {
                 }
             }
         }
+        if self.killed.is_none() {
+            // Ended by this kubelet before a restart: keep saying so.
+            self.killed = killed_before(pod, &mut self.condition_times);
+        }
         if let Some(why) = &self.killed {
             st["phase"] = json!("Failed");
             st["reason"] = json!(why.reason);
@@ -1362,6 +1366,33 @@ fn registry_key_host(key: &str) -> String {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
         h => h.to_string(),
     }
+}
+
+/// Why a kubelet (this one, before a restart) evicted the pod, from its status: Failed,
+/// with the `DisruptionTarget` condition the kubelet writes (whose time is kept).
+fn killed_before(
+    pod: &Pod,
+    times: &mut std::collections::HashMap<String, (String, String)>,
+) -> Option<super::limits::Kill> {
+    let st = pod.status.as_ref()?;
+    if st.phase.as_deref() != Some("Failed") {
+        return None;
+    }
+    let c = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "DisruptionTarget"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("TerminationByKubelet")
+    })?;
+    if let Some(t) = &c.last_transition_time {
+        let since = t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        times.insert("DisruptionTarget".into(), ("True".into(), since));
+    }
+    Some(super::limits::Kill {
+        reason: st.reason.clone().unwrap_or_else(|| "Evicted".into()),
+        message: st.message.clone().unwrap_or_default(),
+        eviction: true,
+        warning: true,
+    })
 }
 
 #[cfg(test)]
