@@ -549,8 +549,9 @@ async fn pods_follow_their_local_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path()).await;
     let c = &s.client;
-    for n in ["h1", "h2"] {
-        node(c, n, "8", json!({"kubernetes.io/hostname": n}), json!([])).await;
+    for (n, zone) in [("h1", "z1"), ("h2", "z2")] {
+        let labels = json!({"kubernetes.io/hostname": n, "topology.kubernetes.io/zone": zone});
+        node(c, n, "8", labels, json!([])).await;
     }
     let sc: StorageClass = serde_json::from_value(json!({"metadata": {"name": "local"},
         "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}))
@@ -628,6 +629,44 @@ async fn pods_follow_their_local_volumes() {
         .await
         .unwrap();
     assert_eq!(bound(c, "no-room").await, "h1");
+
+    // VolumeZone: a network volume labelled with zone z2 (beta key) keeps its pod there.
+    // VolumeRestrictions: a ReadWriteOncePod claim serves one pod.
+    for (name, labels, mode) in [
+        (
+            "pv-zoned",
+            json!({"failure-domain.beta.kubernetes.io/zone": "z2"}),
+            "ReadWriteOnce",
+        ),
+        ("pv-solo", json!({}), "ReadWriteOncePod"),
+    ] {
+        let claim = name.trim_start_matches("pv-");
+        let v: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": [mode],
+                "nfs": {"server": "127.0.0.1", "path": "/export"},
+                "claimRef": {"namespace": "default", "name": claim}}}))
+        .unwrap();
+        pvs.create(&pp, &v).await.unwrap();
+        let k: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim},
+            "spec": {"storageClassName": "", "volumeName": name, "accessModes": [mode],
+                "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap();
+        pvcs.create(&pp, &k).await.unwrap();
+    }
+    for i in 0..3 {
+        let name = format!("zoned-{i}");
+        pod(c, &name, uses("zoned")).await;
+        assert_eq!(bound(c, &name).await, "h2", "the volume's zone");
+    }
+    pod(c, "solo-1", uses("solo")).await;
+    bound(c, "solo-1").await;
+    pod(c, "solo-2", uses("solo")).await;
+    assert_eq!(
+        unschedulable(c, "solo-2").await,
+        "0/2 nodes are available: 2 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
 }
 
 /// Two `rkube scheduler` processes share one Lease: one schedules; when it dies, the other

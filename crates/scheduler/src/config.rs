@@ -214,7 +214,7 @@ mod tests {
         .is_err());
         // Not-yet plugins are skipped, not fatal.
         assert!(profiles(&cfg(
-            json!([{"plugins": {"filter": {"enabled": [{"name": "VolumeZone"}]}}}])
+            json!([{"plugins": {"filter": {"enabled": [{"name": "EBSLimits"}]}}}])
         ))
         .is_ok());
         // DefaultPreemption: on with its args, off when disabled.

@@ -58,6 +58,11 @@ pub fn reject(state: &mut CycleState, msg: String) {
     state.insert(REJECTED, Box::new(msg));
 }
 
+/// The PreFilter rejection recorded in the cycle's state, if any.
+pub fn rejection(state: &CycleState) -> Option<&str> {
+    state.read::<String>(REJECTED).map(String::as_str)
+}
+
 /// A scheduling plugin: PreFilter, Filter and/or Score.
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;

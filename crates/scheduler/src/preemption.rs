@@ -243,11 +243,19 @@ pub fn select(
         h.finish() as usize % nodes.len().max(1)
     };
     let mut found = 0;
+    // Refused at PreFilter: nothing evicted anywhere would change that.
+    let refused = crate::framework::rejection(state).is_some();
     for i in 0..nodes.len() {
         if found >= want {
             break;
         }
         let n = &nodes[(offset + i) % nodes.len()];
+        if refused {
+            *reasons
+                .entry("Preemption is not helpful for scheduling")
+                .or_default() += 1;
+            continue;
+        }
         if let Err(why) = profile.filter(pod, n, state) {
             if why.iter().any(|r| unresolvable(r)) {
                 *reasons

@@ -8,6 +8,8 @@ mod pod_affinity;
 mod spread;
 mod taints;
 pub mod volume_binding;
+mod volume_restrictions;
+mod volume_zone;
 
 use std::sync::Arc;
 
@@ -20,6 +22,8 @@ pub use pod_affinity::InterPodAffinity;
 pub use spread::PodTopologySpread;
 pub use taints::{tolerates, TaintToleration};
 pub use volume_binding::{bindings, NodeVolumeLimits, VolumeBinding};
+pub use volume_restrictions::VolumeRestrictions;
+pub use volume_zone::VolumeZone;
 
 use crate::framework::{Entry, Plugin, Profile};
 
@@ -66,6 +70,8 @@ pub fn by_name(name: &str, args: &serde_json::Value) -> Option<(Arc<dyn Plugin>,
         "ImageLocality" => (Arc::new(ImageLocality), 1),
         "VolumeBinding" => (Arc::new(VolumeBinding), 0),
         "NodeVolumeLimits" => (Arc::new(NodeVolumeLimits), 0),
+        "VolumeRestrictions" => (Arc::new(VolumeRestrictions), 0),
+        "VolumeZone" => (Arc::new(VolumeZone), 0),
         _ => return None,
     };
     Some(p)
@@ -78,8 +84,6 @@ pub const BUILT_IN: &[&str] = &["PrioritySort", "SchedulingGates", "DefaultBinde
 /// Upstream plugins this scheduler does not have yet (a config may name them; they are
 /// skipped with a warning).
 pub const NOT_YET: &[&str] = &[
-    "VolumeRestrictions",
-    "VolumeZone",
     "EBSLimits",
     "GCEPDLimits",
     "AzureDiskLimits",
@@ -95,8 +99,10 @@ pub const DEFAULT: &[&str] = &[
     "NodeAffinity",
     "NodePorts",
     "NodeResourcesFit",
+    "VolumeRestrictions",
     "NodeVolumeLimits",
     "VolumeBinding",
+    "VolumeZone",
     "PodTopologySpread",
     "InterPodAffinity",
     "NodeResourcesBalancedAllocation",
