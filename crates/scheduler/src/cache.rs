@@ -1,7 +1,7 @@
 //! The scheduler's cache: nodes with the pods on them, counting a pod from the moment it is
 //! assumed (before its binding is confirmed), so the next pod sees its resources taken.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
@@ -330,9 +330,10 @@ pub struct Cache {
     domains: Domains,
     /// Selectors whose matching pods each node counts.
     tracked: Tracked,
-    /// Victims this scheduler is evicting, until their deletion is seen: they count as
-    /// terminating, so their preemptor waits instead of preempting again.
-    preempting: HashSet<String>,
+    /// Victims this scheduler is evicting, until their deletion is seen → their
+    /// preemptor. They count as terminating: the preemptor waits for them instead of
+    /// preempting again.
+    preempting: HashMap<String, String>,
 }
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
@@ -538,19 +539,29 @@ impl Cache {
         self.nominated_to.get(key).map(String::as_str)
     }
 
-    /// Marks pods as being evicted by preemption (`false`: no longer).
-    pub fn set_preempting<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>, on: bool) {
-        for k in keys {
-            match on {
-                true => self.preempting.insert(k.to_string()),
-                false => self.preempting.remove(k),
-            };
+    /// Marks pods as being evicted by preemption for the pod `preemptor`.
+    pub fn preempting<'k>(&mut self, victims: impl IntoIterator<Item = &'k str>, preemptor: &str) {
+        for v in victims {
+            self.preempting.insert(v.to_string(), preemptor.to_string());
         }
+    }
+
+    /// The pod `key` is no longer being evicted (gone, or its eviction failed): its
+    /// preemptor, when it was that preemptor's last victim.
+    pub fn preempted(&mut self, key: &str) -> Option<String> {
+        let preemptor = self.preempting.remove(key)?;
+        let waits = self.preempting.values().any(|p| *p == preemptor);
+        (!waits).then_some(preemptor)
+    }
+
+    /// Whether victims of the pod `preemptor` are still on their node.
+    pub fn awaits_victims(&self, preemptor: &str) -> bool {
+        self.preempting.values().any(|p| p == preemptor)
     }
 
     /// Whether the pod `key` is being evicted by preemption.
     pub fn is_preempting(&self, key: &str) -> bool {
-        self.preempting.contains(key)
+        self.preempting.contains_key(key)
     }
 
     /// The pods nominated to each node.
@@ -590,5 +601,16 @@ mod tests {
         c.remove_node("n1");
         assert_eq!(c.node("n3").unwrap().name, "n3");
         assert_eq!(c.all().len(), 2);
+    }
+
+    #[test]
+    fn a_preemptor_waits_for_its_last_victim() {
+        let mut c = Cache::default();
+        c.preempting(["d/v1", "d/v2"], "d/high");
+        assert!(c.is_preempting("d/v1") && c.awaits_victims("d/high"));
+        assert_eq!(c.preempted("d/v1"), None, "v2 is still there");
+        assert_eq!(c.preempted("d/other"), None);
+        assert_eq!(c.preempted("d/v2").as_deref(), Some("d/high"));
+        assert!(!c.awaits_victims("d/high") && !c.is_preempting("d/v2"));
     }
 }

@@ -192,10 +192,13 @@ impl Scheduler {
         let mut cache = self.cache.lock().expect("cache lock");
         cache.remove_pod(&k);
         cache.nominate(&k, None);
-        cache.set_preempting([k.as_str()], false);
+        let preemptor = cache.preempted(&k);
         drop(cache);
         self.queue.remove(&k);
         self.queue.move_all();
+        if let Some(p) = preemptor {
+            self.queue.release(&p);
+        }
     }
 
     fn pdb_seen(&self, b: PodDisruptionBudget, deleted: bool) {
@@ -263,10 +266,13 @@ impl Scheduler {
         if finished {
             let mut cache = self.cache.lock().expect("cache lock");
             cache.remove_pod(&k);
-            cache.set_preempting([k.as_str()], false);
+            let preemptor = cache.preempted(&k);
             drop(cache);
             self.queue.remove(&k);
             self.queue.move_all();
+            if let Some(p) = preemptor {
+                self.queue.release(&p);
+            }
             return;
         }
         if let Some(node) = node {
@@ -353,7 +359,7 @@ impl Scheduler {
                             cache.nominate(&p.key, None);
                         }
                         cache.nominate(&info.key, Some((info.clone(), &c.node)));
-                        cache.set_preempting(c.victims.iter().map(|v| v.key.as_str()), true);
+                        cache.preempting(c.victims.iter().map(|v| v.key.as_str()), &info.key);
                         c
                     });
                     Err((d, preemption))
@@ -404,13 +410,33 @@ impl Scheduler {
                 tokio::spawn(async move {
                     match preemption {
                         Ok(candidate) => {
-                            me.preempt(&pod, candidate).await;
-                            me.queue.release(&info.key);
+                            let node = candidate.node.clone();
+                            if me.report_unschedulable(&pod, &msg, Some(&node)).await {
+                                me.preempt(&pod, candidate).await;
+                            } else {
+                                let mut cache = me.cache.lock().expect("cache lock");
+                                for v in &candidate.victims {
+                                    cache.preempted(&v.key);
+                                }
+                            }
+                            // Retried once its victims are gone from the cache (each
+                            // deletion seen releases it when it is the last).
+                            let waits = me
+                                .cache
+                                .lock()
+                                .expect("cache lock")
+                                .awaits_victims(&info.key);
+                            if !waits {
+                                me.queue.release(&info.key);
+                            }
                         }
-                        Err(why) if !why.is_empty() => msg = format!("{msg} preemption: {why}"),
-                        Err(_) => {}
+                        Err(why) => {
+                            if !why.is_empty() {
+                                msg = format!("{msg} preemption: {why}");
+                            }
+                            me.report_unschedulable(&pod, &msg, None).await;
+                        }
                     }
-                    me.report_unschedulable(&pod, &msg).await
                 });
             }
         }
@@ -507,25 +533,10 @@ impl Scheduler {
         }
     }
 
-    /// Nominates the candidate's node for `pod` and evicts the victims there: each gets
-    /// the `DisruptionTarget` condition, a `Preempted` event, and is deleted.
+    /// Evicts the victims on the candidate's node (nominated for `pod` already): less
+    /// important nominations there end, and each victim gets the `DisruptionTarget`
+    /// condition, a `Preempted` event, and is deleted.
     async fn preempt(&self, pod: &Pod, c: preemption::Candidate) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let nominate = serde_json::json!({"status": {"nominatedNodeName": c.node}});
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(nominate))
-            .await
-        {
-            tracing::warn!(pod = %name, error = %e, "nominating a node");
-            let victims = c.victims.iter().map(|v| v.key.as_str());
-            self.cache
-                .lock()
-                .expect("cache lock")
-                .set_preempting(victims, false);
-            return;
-        }
         for p in &c.cleared {
             let (pns, pname) = namespaced_name(&p.pod.metadata);
             let clear = serde_json::json!({"status": {"nominatedNodeName": null}});
@@ -541,50 +552,52 @@ impl Scheduler {
             .map(|p| p.scheduler_name.clone())
             .unwrap_or_else(|| "default-scheduler".into());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        for v in &c.victims {
-            let victim = &v.pod;
-            let vns = victim.metadata.namespace.clone().unwrap_or_default();
-            let vname = victim.metadata.name.clone().unwrap_or_default();
-            let vapi: Api<Pod> = Api::namespaced(self.client.clone(), &vns);
-            let condition = serde_json::json!({"status": {"conditions": [{
-                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
-                "lastTransitionTime": Time(jiff::Timestamp::now()),
-            }]}});
-            let _ = vapi
-                .patch_status(
-                    &vname,
-                    &PatchParams::default(),
-                    &Patch::Strategic(condition),
-                )
-                .await;
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: victim.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match vapi.delete(&vname, &dp).await {
-                Ok(_) => {
-                    let msg = format!("Preempted by pod {uid} on node {}", c.node);
-                    self.event(victim, "Normal", "Preempted", &msg).await;
-                }
-                // Gone already: its deletion is on its way to the cache.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(pod = %vname, error = %e, "deleting a victim");
-                    self.cache
-                        .lock()
-                        .expect("cache lock")
-                        .set_preempting([v.key.as_str()], false);
+        // The victims at once, as upstream's parallel eviction.
+        let evict = |v: &Arc<PodInfo>| {
+            let (victim, scheduler, uid, node) = (v.clone(), &scheduler, &uid, &c.node);
+            async move {
+                let meta = &victim.pod.metadata;
+                let (vns, vname) = namespaced_name(meta);
+                let vapi: Api<Pod> = Api::namespaced(self.client.clone(), vns);
+                let condition = serde_json::json!({"status": {"conditions": [{
+                    "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                    "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+                    "lastTransitionTime": Time(jiff::Timestamp::now()),
+                }]}});
+                let _ = vapi
+                    .patch_status(vname, &PatchParams::default(), &Patch::Strategic(condition))
+                    .await;
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: meta.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match vapi.delete(vname, &dp).await {
+                    Ok(_) => {
+                        let msg = format!("Preempted by pod {uid} on node {node}");
+                        self.event(&victim.pod, "Normal", "Preempted", &msg).await;
+                    }
+                    // Gone already: its deletion is on its way to the cache.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %vname, error = %e, "deleting a victim");
+                        self.cache
+                            .lock()
+                            .expect("cache lock")
+                            .preempted(&victim.key);
+                    }
                 }
             }
-        }
+        };
+        futures::future::join_all(c.victims.iter().map(evict)).await;
     }
 
-    /// The `PodScheduled=False` condition and a `FailedScheduling` event.
-    async fn report_unschedulable(&self, pod: &Pod, msg: &str) {
+    /// The `PodScheduled=False` condition, and the node preemption nominated, in one
+    /// status patch (as upstream's), and a `FailedScheduling` event. Whether the pod
+    /// could be written (false: it is gone).
+    async fn report_unschedulable(&self, pod: &Pod, msg: &str, nominate: Option<&str>) -> bool {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
@@ -598,19 +611,26 @@ impl Scheduler {
                     && c.status == "False"
                     && c.message.as_deref() == Some(msg)
             });
-        if !already {
-            let patch = serde_json::json!({"status": {"conditions": [{
+        if !already || nominate.is_some() {
+            let mut patch = serde_json::json!({"status": {"conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                 "message": msg, "lastTransitionTime": now, "lastProbeTime": null,
             }]}});
+            if let Some(node) = nominate {
+                patch["status"]["nominatedNodeName"] = node.into();
+            }
             if let Err(e) = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                 .await
             {
                 tracing::debug!(pod = %name, error = %e, "setting PodScheduled");
+                if nominate.is_some() {
+                    return false;
+                }
             }
         }
         self.event(pod, "Warning", "FailedScheduling", msg).await;
+        true
     }
 
     async fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
