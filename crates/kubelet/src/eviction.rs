@@ -7,7 +7,7 @@
 //! the pod's working set; disk its containers' writable layers and logs and its emptyDirs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -25,7 +25,7 @@ const INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Threshold {
     Bytes(u64),
-    Percent(u64),
+    Percent(f64),
 }
 
 impl Threshold {
@@ -33,13 +33,23 @@ impl Threshold {
     pub fn bytes(self, capacity: u64) -> u64 {
         match self {
             Threshold::Bytes(b) => b,
-            Threshold::Percent(p) => capacity / 100 * p,
+            // As upstream: capacity times the fraction, in floating point.
+            Threshold::Percent(p) => (capacity as f64 * p / 100.0) as u64,
         }
     }
 }
 
-/// The hard eviction thresholds this kubelet acts on (upstream's defaults: memory 100Mi,
-/// nodefs 10%).
+/// A soft threshold: pods are evicted once it has been met for its grace period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Soft {
+    pub threshold: Threshold,
+    /// As written, for eviction messages.
+    pub text: String,
+    pub grace: Duration,
+}
+
+/// The eviction thresholds this kubelet acts on: hard ones (upstream's defaults: memory
+/// 100Mi, nodefs 10%), and soft ones (none by default).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
     pub memory: Threshold,
@@ -48,6 +58,10 @@ pub struct Thresholds {
     pub nodefs: Threshold,
     /// As written.
     pub nodefs_text: String,
+    pub soft_memory: Option<Soft>,
+    pub soft_nodefs: Option<Soft>,
+    /// The longest grace period a soft eviction gives a pod (`--eviction-max-pod-grace-period`).
+    pub max_pod_grace: i64,
 }
 
 impl Default for Thresholds {
@@ -55,10 +69,41 @@ impl Default for Thresholds {
         Thresholds {
             memory: Threshold::Bytes(100 << 20),
             memory_text: "100Mi".into(),
-            nodefs: Threshold::Percent(10),
+            nodefs: Threshold::Percent(10.0),
             nodefs_text: "10%".into(),
+            soft_memory: None,
+            soft_nodefs: None,
+            max_pod_grace: 0,
         }
     }
+}
+
+/// `signal<value` items: (signal, threshold, value as written).
+fn parse_list(spec: &str) -> Result<Vec<(&str, Threshold, &str)>, String> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (signal, value) = item
+            .split_once('<')
+            .ok_or_else(|| format!("{item:?}: expected SIGNAL<VALUE"))?;
+        let threshold = match value.strip_suffix('%') {
+            Some(p) => match p.parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p),
+                _ => return Err(format!("{item:?}: bad percentage")),
+            },
+            None => match rkube_api::quantity::parse_units(value) {
+                Some(b) if b >= 0 => Threshold::Bytes(b as u64),
+                _ => return Err(format!("{item:?}: bad quantity")),
+            },
+        };
+        match signal {
+            "memory.available" | "nodefs.available" => out.push((signal, threshold, value)),
+            "imagefs.available" | "nodefs.inodesFree" | "imagefs.inodesFree" | "pid.available" => {
+                tracing::warn!(signal, "eviction signal not measured by rkube; ignored")
+            }
+            other => return Err(format!("unknown eviction signal {other:?}")),
+        }
+    }
+    Ok(out)
 }
 
 impl Thresholds {
@@ -67,37 +112,47 @@ impl Thresholds {
     /// ignored.
     pub fn parse(spec: &str) -> Result<Thresholds, String> {
         let mut t = Thresholds::default();
-        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (signal, value) = item
-                .split_once('<')
-                .ok_or_else(|| format!("{item:?}: expected SIGNAL<VALUE"))?;
-            let threshold = match value.strip_suffix('%') {
-                Some(p) => match p.parse::<f64>() {
-                    Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p as u64),
-                    _ => return Err(format!("{item:?}: bad percentage")),
-                },
-                None => match rkube_api::quantity::parse_units(value) {
-                    Some(b) if b >= 0 => Threshold::Bytes(b as u64),
-                    _ => return Err(format!("{item:?}: bad quantity")),
-                },
-            };
+        for (signal, threshold, value) in parse_list(spec)? {
             match signal {
-                "memory.available" => {
-                    t.memory = threshold;
-                    t.memory_text = value.to_string();
-                }
-                "nodefs.available" => {
-                    t.nodefs = threshold;
-                    t.nodefs_text = value.to_string();
-                }
-                "imagefs.available" | "nodefs.inodesFree" | "imagefs.inodesFree"
-                | "pid.available" => {
-                    tracing::warn!(signal, "eviction signal not measured by rkube; ignored")
-                }
-                other => return Err(format!("unknown eviction signal {other:?}")),
+                "memory.available" => (t.memory, t.memory_text) = (threshold, value.into()),
+                _ => (t.nodefs, t.nodefs_text) = (threshold, value.into()),
             }
         }
         Ok(t)
+    }
+
+    /// Adds `--eviction-soft` thresholds with their `--eviction-soft-grace-period`s
+    /// (`memory.available=1m30s,...`; every soft threshold needs one) and
+    /// `--eviction-max-pod-grace-period`.
+    pub fn set_soft(&mut self, spec: &str, graces: &str, max_pod_grace: i64) -> Result<(), String> {
+        let mut grace = std::collections::HashMap::new();
+        for item in graces.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (signal, d) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected SIGNAL=DURATION"))?;
+            grace.insert(signal, crate::parse_duration(d)?);
+        }
+        for (signal, threshold, value) in parse_list(spec)? {
+            let grace = grace.remove(signal).ok_or_else(|| {
+                format!("grace period must be specified for the soft eviction threshold {signal}")
+            })?;
+            let soft = Some(Soft {
+                threshold,
+                text: value.into(),
+                grace,
+            });
+            match signal {
+                "memory.available" => self.soft_memory = soft,
+                _ => self.soft_nodefs = soft,
+            }
+        }
+        if let Some(signal) = grace.keys().next() {
+            return Err(format!(
+                "grace period specified for {signal}, which has no soft eviction threshold"
+            ));
+        }
+        self.max_pod_grace = max_pod_grace;
+        Ok(())
     }
 }
 
@@ -209,9 +264,39 @@ fn message(
     m
 }
 
+/// Whether a signal (available, capacity) evicts now: its hard threshold is met, or its
+/// soft one has been for its grace period (`since`: when it was first seen met). The
+/// threshold as the message prints it, and whether it is the soft one.
+fn due(
+    hard: (Threshold, &str),
+    soft: Option<&Soft>,
+    (available, capacity): (u64, u64),
+    since: &mut Option<Instant>,
+) -> Option<(String, bool)> {
+    let printed = |t: Threshold, written: &str| match t {
+        Threshold::Bytes(_) => written.to_string(),
+        Threshold::Percent(_) => binary_si(t.bytes(capacity)),
+    };
+    let soft_met = soft.filter(|s| available < s.threshold.bytes(capacity));
+    match soft_met {
+        Some(_) => *since = Some(since.unwrap_or_else(Instant::now)),
+        None => *since = None,
+    }
+    if available < hard.0.bytes(capacity) {
+        return Some((printed(hard.0, hard.1), false));
+    }
+    let s = soft_met?;
+    since
+        .is_some_and(|t| t.elapsed() >= s.grace)
+        .then(|| (printed(s.threshold, &s.text), true))
+}
+
 /// Watches the memory and disk signals and marks one pod per interval for eviction while
-/// one is below its threshold (the pod's worker carries it out).
+/// one is below its hard threshold, or its soft one for the grace period (the pod's
+/// worker carries it out).
 pub async fn run(k: Arc<Kubelet>) {
+    // Since when each soft threshold (memory, nodefs) has been met.
+    let mut soft_since: [Option<Instant>; 2] = [None, None];
     loop {
         tokio::time::sleep(INTERVAL).await;
         let mut m = crate::node::Machine::read(&k.config.data_dir);
@@ -224,17 +309,29 @@ pub async fn run(k: Arc<Kubelet>) {
                 Err(e) => tracing::warn!(error = %e, "reclaiming disk space from images"),
             }
         }
-        let (starved, threshold, available) = if crate::node::memory_pressure(&m, eviction) {
-            let t = eviction.memory_text.clone();
-            (Starved::Memory, t, m.memory_available_ki * 1024)
-        } else if crate::node::disk_pressure(&m, eviction) {
-            let t = match eviction.nodefs {
-                Threshold::Bytes(_) => eviction.nodefs_text.clone(),
-                Threshold::Percent(_) => binary_si(eviction.nodefs.bytes(m.storage_ki * 1024)),
-            };
-            (Starved::EphemeralStorage, t, m.storage_available_ki * 1024)
-        } else {
-            continue;
+        let (memory, disk) = (
+            (m.memory_available_ki * 1024, m.memory_ki * 1024),
+            (m.storage_available_ki * 1024, m.storage_ki * 1024),
+        );
+        let memory_due = due(
+            (eviction.memory, &eviction.memory_text),
+            eviction.soft_memory.as_ref(),
+            memory,
+            &mut soft_since[0],
+        );
+        let disk_due = match disk.1 {
+            0 => None,
+            _ => due(
+                (eviction.nodefs, &eviction.nodefs_text),
+                eviction.soft_nodefs.as_ref(),
+                disk,
+                &mut soft_since[1],
+            ),
+        };
+        let (starved, (threshold, soft), available) = match (memory_due, disk_due) {
+            (Some(t), _) => (Starved::Memory, t, memory.0),
+            (None, Some(t)) => (Starved::EphemeralStorage, t, disk.0),
+            (None, None) => continue,
         };
         let api: Api<Pod> = Api::all(k.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", k.config.node_name));
@@ -300,6 +397,14 @@ pub async fn run(k: Arc<Kubelet>) {
         };
         let message = message(starved, &threshold, available, pod, usage.as_ref());
         tracing::info!(pod = %v.uid, %message, "evicting a pod");
+        // A soft eviction gives the pod its grace period, up to the configured most.
+        let grace = soft.then(|| {
+            let own = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds);
+            own.unwrap_or(30).min(eviction.max_pod_grace).max(0)
+        });
         k.evictions.lock().expect("evictions").insert(
             v.uid.clone(),
             Kill {
@@ -307,6 +412,7 @@ pub async fn run(k: Arc<Kubelet>) {
                 message,
                 eviction: true,
                 warning: true,
+                grace,
             },
         );
     }
@@ -343,6 +449,61 @@ mod tests {
         assert_eq!(victim(&pods).unwrap().uid, "over-a-lot");
         assert_eq!(victim(&pods[..1]).unwrap().uid, "within");
         assert!(victim(&[]).is_none());
+    }
+
+    #[test]
+    fn soft_thresholds_wait_for_their_grace_period() {
+        let mut t = Thresholds::default();
+        t.set_soft(
+            "memory.available<1Gi,nodefs.available<20%",
+            "memory.available=1m30s,nodefs.available=0s",
+            30,
+        )
+        .unwrap();
+        let soft = t.soft_memory.clone().unwrap();
+        assert_eq!(
+            (soft.text.as_str(), soft.grace),
+            ("1Gi", Duration::from_secs(90))
+        );
+        assert_eq!(t.max_pod_grace, 30);
+        let missing = Thresholds::default()
+            .set_soft("memory.available<1Gi", "", 0)
+            .unwrap_err();
+        assert!(
+            missing.contains("grace period must be specified"),
+            "{missing}"
+        );
+        let stray = Thresholds::default()
+            .set_soft("", "memory.available=1m", 0)
+            .unwrap_err();
+        assert!(stray.contains("no soft eviction threshold"), "{stray}");
+
+        let hard = (t.memory, t.memory_text.as_str());
+        let gi = 1u64 << 30;
+        let mut since = None;
+        // Above both: nothing, and no clock running.
+        assert_eq!(due(hard, Some(&soft), (2 * gi, 8 * gi), &mut since), None);
+        assert!(since.is_none());
+        // Under the soft threshold: the clock starts, no eviction within the grace period.
+        assert_eq!(due(hard, Some(&soft), (gi / 2, 8 * gi), &mut since), None);
+        assert!(since.is_some());
+        // Under the hard one: at once.
+        assert_eq!(
+            due(hard, Some(&soft), (1 << 20, 8 * gi), &mut since),
+            Some(("100Mi".into(), false))
+        );
+        // The grace period over: the soft threshold evicts; a percentage prints as bytes.
+        let mut long_ago = Some(Instant::now() - Duration::from_secs(91));
+        assert_eq!(
+            due(hard, Some(&soft), (gi / 2, 8 * gi), &mut long_ago),
+            Some(("1Gi".into(), true))
+        );
+        let nodefs = t.soft_nodefs.clone().unwrap();
+        let mut now = None;
+        assert_eq!(
+            due((t.nodefs, "10%"), Some(&nodefs), (gi, 10 * gi), &mut now),
+            Some(("2Gi".into(), true))
+        );
     }
 
     #[test]

@@ -180,14 +180,34 @@ fn conditions(
     ]
 }
 
-/// Whether the node filesystem's free space is below the hard eviction threshold.
+/// Whether the node filesystem's free space is below an eviction threshold.
 pub fn disk_pressure(m: &Machine, eviction: &crate::eviction::Thresholds) -> bool {
-    m.storage_ki > 0 && m.storage_available_ki * 1024 < eviction.nodefs.bytes(m.storage_ki * 1024)
+    let (available, capacity) = (m.storage_available_ki * 1024, m.storage_ki * 1024);
+    let soft = eviction.soft_nodefs.as_ref().map(|s| s.threshold);
+    capacity > 0 && below(available, capacity, eviction.nodefs, soft)
 }
 
-/// Whether the memory available is below the hard eviction threshold.
+/// Whether `available` is below the hard threshold, or the soft one (met at once for the
+/// condition; its grace period only delays evictions).
+fn below(
+    available: u64,
+    capacity: u64,
+    hard: crate::eviction::Threshold,
+    soft: Option<crate::eviction::Threshold>,
+) -> bool {
+    let under = |t: crate::eviction::Threshold| available < t.bytes(capacity);
+    under(hard) || soft.is_some_and(under)
+}
+
+/// Whether the memory available is below an eviction threshold.
 pub fn memory_pressure(m: &Machine, eviction: &crate::eviction::Thresholds) -> bool {
-    m.memory_available_ki * 1024 < eviction.memory.bytes(m.memory_ki * 1024)
+    let soft = eviction.soft_memory.as_ref().map(|s| s.threshold);
+    below(
+        m.memory_available_ki * 1024,
+        m.memory_ki * 1024,
+        eviction.memory,
+        soft,
+    )
 }
 
 /// The node's allocatable CPU (millicores), memory and ephemeral storage (KiB): capacity

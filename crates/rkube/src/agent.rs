@@ -64,6 +64,16 @@ pub struct NodeArgs {
     /// pods and evicts running ones; allocatable keeps the thresholds back.
     #[arg(long, env = "RKUBE_EVICTION_HARD")]
     pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds, same form (none by default): the pressure condition at
+    /// once, evictions once met for the signal's grace period.
+    #[arg(long)]
+    pub eviction_soft: Option<String>,
+    /// Each soft threshold's grace period: `memory.available=1m30s,nodefs.available=2m`.
+    #[arg(long, default_value = "")]
+    pub eviction_soft_grace_period: String,
+    /// The longest grace period (seconds) a pod gets when a soft threshold evicts it.
+    #[arg(long, default_value_t = 0)]
+    pub eviction_max_pod_grace_period: i64,
     /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub pod_max_pids: i64,
@@ -162,6 +172,15 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
     if let Some(e) = &n.eviction_hard {
         cfg.eviction = rkube_kubelet::eviction::Thresholds::parse(e)
             .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+    }
+    if let Some(soft) = &n.eviction_soft {
+        let (graces, max) = (
+            &n.eviction_soft_grace_period,
+            n.eviction_max_pod_grace_period,
+        );
+        cfg.eviction
+            .set_soft(soft, graces, max)
+            .map_err(|e| anyhow::anyhow!("--eviction-soft: {e}"))?;
     }
     for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)

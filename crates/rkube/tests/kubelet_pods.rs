@@ -1316,3 +1316,72 @@ spec:
         (p == "False").then_some(())
     });
 }
+
+#[test]
+fn soft_memory_threshold_evicts_after_its_grace_period() {
+    if !root_or_skip("soft_memory_threshold_evicts_after_its_grace_period") {
+        return;
+    }
+    let c = Cluster::start(
+        11,
+        &[
+            "--eviction-hard",
+            "memory.available<100Mi,nodefs.available<1Gi",
+            "--eviction-soft",
+            "memory.available<100Ti",
+            "--eviction-soft-grace-period",
+            "memory.available=15s",
+            "--eviction-max-pod-grace-period",
+            "5",
+        ],
+    );
+    let node = format!("node/{}", c.name);
+    // The soft threshold sets the condition at once; allocatable keeps only the hard one.
+    c.wait_for(60, "MemoryPressure", || {
+        let p = c.jsonpath(
+            &node,
+            "{.status.conditions[?(@.type==\"MemoryPressure\")].status}",
+        );
+        (p == "True").then_some(())
+    });
+    assert_ne!(c.jsonpath(&node, "{.status.allocatable.memory}"), "0Ki");
+    // A Burstable pod is admitted, runs, and is evicted once the grace period is over,
+    // with up to 5 s to stop: its TERM handler exits 0 instead of being killed.
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: patient}}
+spec:
+  nodeName: {name}
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    resources: {{requests: {{cpu: 10m}}}}
+"#,
+        name = c.name
+    ));
+    c.wait_for(60, "the pod to run", || {
+        (c.jsonpath("pod patient", "{.status.phase}") == "Running").then_some(())
+    });
+    c.wait_for(90, "the soft eviction", || {
+        (c.jsonpath("pod patient", "{.status.phase}") == "Failed").then_some(())
+    });
+    let msg = c.jsonpath("pod patient", "{.status.reason}: {.status.message}");
+    assert!(
+        msg.starts_with(
+            "Evicted: The node was low on resource: memory. Threshold quantity: 100Ti, available: "
+        ),
+        "{msg}"
+    );
+    assert_eq!(
+        c.jsonpath(
+            "pod patient",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "0",
+        "stopped with SIGTERM and a grace period, not killed"
+    );
+}

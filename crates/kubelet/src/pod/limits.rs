@@ -21,6 +21,8 @@ pub struct Kill {
     pub eviction: bool,
     /// The event is a warning (evictions, refusals), not a normal one (deadlines).
     pub warning: bool,
+    /// The containers' grace period (None: none for an eviction, else the pod's own).
+    pub grace: Option<i64>,
 }
 
 /// Whether the pod has been active longer than its `activeDeadlineSeconds`, counted from
@@ -34,6 +36,7 @@ pub fn deadline(pod: &Pod, start_time: Option<&str>, now: jiff::Timestamp) -> Op
         message: "Pod was active on the node longer than the specified deadline".into(),
         eviction: false,
         warning: false,
+        grace: None,
     })
 }
 
@@ -61,6 +64,7 @@ pub fn empty_dir(pod: &Pod, pod_dir: &Path) -> Option<Kill> {
                 ),
                 eviction: true,
                 warning: true,
+                grace: None,
             });
         }
     }
@@ -105,6 +109,7 @@ pub fn ephemeral_storage(pod: &Pod, usage: &PodUsage) -> Option<Kill> {
         message,
         eviction: true,
         warning: true,
+        grace: None,
     };
     let total: u64 = limits.iter().map(|l| l.1).sum();
     if usage.ephemeral() > total {

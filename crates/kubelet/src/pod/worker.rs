@@ -1094,6 +1094,7 @@ impl Worker {
                     message,
                     eviction: false,
                     warning: true,
+                    grace: None,
                 })?;
         }
         self.admitted = true;
@@ -1137,8 +1138,8 @@ impl Worker {
         super::limits::ephemeral_storage(pod, &usage)
     }
 
-    /// Ends the pod for `why`: an event, its containers stopped (at once for an eviction,
-    /// as upstream's local-storage eviction; else with the grace period), the sandbox
+    /// Ends the pod for `why`: an event, its containers stopped (with the eviction's grace
+    /// period, at once by default; else the pod's own), the sandbox
     /// stopped, and the pod Failed with the reason and message. The object stays.
     async fn kill(&mut self, pod: &Pod, why: super::limits::Kill, sandbox_id: &str) {
         let k = self.k.clone();
@@ -1149,9 +1150,10 @@ impl Worker {
             .pod(pod, None, kind, &why.reason, event.unwrap_or(&why.message))
             .await;
         k.admitted.release(&self.uid);
-        let grace = match why.eviction {
-            true => 0,
-            false => pod
+        let grace = match (why.grace, why.eviction) {
+            (Some(g), _) => g,
+            (None, true) => 0,
+            (None, false) => pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds)
@@ -1392,6 +1394,7 @@ fn killed_before(
         message: st.message.clone().unwrap_or_default(),
         eviction: true,
         warning: true,
+        grace: None,
     })
 }
 
