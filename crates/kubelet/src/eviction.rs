@@ -62,6 +62,28 @@ pub struct Thresholds {
     pub soft_nodefs: Option<Soft>,
     /// The longest grace period a soft eviction gives a pod (`--eviction-max-pod-grace-period`).
     pub max_pod_grace: i64,
+    /// How long a pressure condition stays after its signal recovers
+    /// (`--eviction-pressure-transition-period`, upstream's 5 minutes).
+    pub transition_period: Duration,
+}
+
+/// When the memory and disk pressures were last observed: a condition holds for the
+/// transition period after its signal recovers, so it does not flap.
+#[derive(Debug, Default)]
+pub struct PressureSeen([Option<Instant>; 2]);
+
+impl PressureSeen {
+    /// The conditions (memory, disk), given whether each signal is past a threshold now.
+    pub fn observe(&mut self, now: [bool; 2], period: Duration) -> [bool; 2] {
+        let mut out = [false; 2];
+        for (i, met) in now.into_iter().enumerate() {
+            if met {
+                self.0[i] = Some(Instant::now());
+            }
+            out[i] = met || self.0[i].is_some_and(|t| t.elapsed() < period);
+        }
+        out
+    }
 }
 
 impl Default for Thresholds {
@@ -74,6 +96,7 @@ impl Default for Thresholds {
             soft_memory: None,
             soft_nodefs: None,
             max_pod_grace: 0,
+            transition_period: Duration::from_secs(300),
         }
     }
 }
@@ -449,6 +472,18 @@ mod tests {
         assert_eq!(victim(&pods).unwrap().uid, "over-a-lot");
         assert_eq!(victim(&pods[..1]).unwrap().uid, "within");
         assert!(victim(&[]).is_none());
+    }
+
+    #[test]
+    fn pressure_conditions_outlast_their_signal() {
+        let mut seen = PressureSeen::default();
+        let period = Duration::from_secs(300);
+        assert_eq!(seen.observe([false, false], period), [false, false]);
+        assert_eq!(seen.observe([false, true], period), [false, true]);
+        // The disk recovered: DiskPressure stays within the transition period...
+        assert_eq!(seen.observe([false, false], period), [false, true]);
+        // ...and ends at once without one.
+        assert_eq!(seen.observe([false, false], Duration::ZERO), [false, false]);
     }
 
     #[test]

@@ -151,9 +151,25 @@ pub struct Kubelet {
     pub evictions: Mutex<std::collections::HashMap<String, pod::limits::Kill>>,
     /// When image garbage collection first saw each image, and last saw it used.
     pub images_seen: tokio::sync::Mutex<image_gc::Seen>,
+    /// When the memory and disk pressures were last observed.
+    pressure_seen: Mutex<eviction::PressureSeen>,
 }
 
 impl Kubelet {
+    /// The node's pressure conditions: a signal past a hard or soft threshold now, or
+    /// within the transition period since it last was. Node status and pod admission
+    /// both read them.
+    pub fn pressure(&self, m: &node::Machine) -> pod::admission::Pressure {
+        let e = &self.config.eviction;
+        let now = [node::memory_pressure(m, e), node::disk_pressure(m, e)];
+        let [memory, disk] = self
+            .pressure_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(now, e.transition_period);
+        pod::admission::Pressure { memory, disk }
+    }
+
     /// Connects to the runtime (waiting up to 30 s for it) and prepares the state.
     pub async fn new(config: Config, client: kube::Client) -> Result<Arc<Kubelet>, String> {
         let cri = cri::Cri::connect(&config.cri_socket, Duration::from_secs(30)).await?;
@@ -207,6 +223,7 @@ impl Kubelet {
             qos_cgroups: Default::default(),
             evictions: Mutex::default(),
             images_seen: Default::default(),
+            pressure_seen: Default::default(),
             admitted: Default::default(),
             recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
             config,

@@ -122,15 +122,15 @@ struct Condition {
     message: String,
 }
 
-/// The node's conditions from the machine and the runtime's readiness (None = ready,
-/// Some(message) = why not).
+/// The node's conditions from the pressures and the machine, and the runtime's readiness
+/// (None = ready, Some(message) = why not).
 fn conditions(
     m: &Machine,
-    eviction: &crate::eviction::Thresholds,
+    pressure: crate::pod::admission::Pressure,
     not_ready: Option<String>,
 ) -> Vec<Condition> {
-    let mem_pressure = memory_pressure(m, eviction);
-    let disk_pressure = disk_pressure(m, eviction);
+    let mem_pressure = pressure.memory;
+    let disk_pressure = pressure.disk;
     let pid_pressure = m.pids_used * 100 > m.pids_max * 90;
     let pressure = |type_, on: bool, yes: &str, no: &str, msg_yes: &str, msg_no: &str| Condition {
         type_,
@@ -332,7 +332,7 @@ pub async fn run(k: std::sync::Arc<Kubelet>) {
         let not_ready = k.runtime_not_ready().await;
         let ready = not_ready.is_none();
         let now = jiff::Timestamp::now();
-        let conds = conditions(&machine, &k.config.eviction, not_ready);
+        let conds = conditions(&machine, k.pressure(&machine), not_ready);
         for c in &conds {
             let e = transitions.entry(c.type_).or_insert((c.status, now));
             if e.0 != c.status {

@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// The longest grace period (seconds) a pod gets when a soft threshold evicts it.
     #[arg(long, default_value_t = 0)]
     pub eviction_max_pod_grace_period: i64,
+    /// How long a pressure condition stays after its signal recovers.
+    #[arg(long, default_value = "5m")]
+    pub eviction_pressure_transition_period: String,
     /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub pod_max_pids: i64,
@@ -173,6 +176,10 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
         cfg.eviction = rkube_kubelet::eviction::Thresholds::parse(e)
             .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
     }
+    cfg.eviction.transition_period = duration(
+        "eviction-pressure-transition-period",
+        &n.eviction_pressure_transition_period,
+    )?;
     if let Some(soft) = &n.eviction_soft {
         let (graces, max) = (
             &n.eviction_soft_grace_period,

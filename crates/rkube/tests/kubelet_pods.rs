@@ -1203,7 +1203,16 @@ fn ephemeral_storage_limits_and_disk_pressure_evict_pods() {
     // The node comes under DiskPressure once 384Mi more of its disk are taken.
     let threshold = available_bytes(&std::env::temp_dir()) - (384 << 20);
     let eviction = format!("memory.available<100Mi,nodefs.available<{threshold}");
-    let c = Cluster::start(9, &["--eviction-hard", &eviction]);
+    let c = Cluster::start(
+        9,
+        &[
+            "--eviction-hard",
+            &eviction,
+            // DiskPressure ends as soon as the disk recovers (upstream keeps it 5 min).
+            "--eviction-pressure-transition-period",
+            "0s",
+        ],
+    );
     let node = format!("node/{}", c.name);
     c.wait_for(60, "the node to be Ready", || {
         let ready = c.jsonpath(&node, "{.status.conditions[?(@.type==\"Ready\")].status}");

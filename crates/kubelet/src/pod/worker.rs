@@ -1083,10 +1083,7 @@ impl Worker {
                 memory: memory_ki as i64 * 1024,
                 pods: k.config.max_pods as i64,
             };
-            let pressure = super::admission::Pressure {
-                memory: crate::node::memory_pressure(&m, &k.config.eviction),
-                disk: crate::node::disk_pressure(&m, &k.config.eviction),
-            };
+            let pressure = k.pressure(&m);
             k.admitted
                 .admit(&self.uid, pod, node, pressure)
                 .map_err(|(reason, message)| super::limits::Kill {
