@@ -92,9 +92,7 @@ spec:
         node = c.name
     ));
     // Running but not yet ready: the readiness probe waits for /work/ready.
-    c.wait_for(60, "pod web running", || {
-        (c.jsonpath("pod web", "{.status.phase}") == "Running").then_some(())
-    });
+    c.wait_phase("web", "Running", 60);
     let ready = c.jsonpath(
         "pod web",
         "{.status.conditions[?(@.type==\"Ready\")].status}",
@@ -481,16 +479,12 @@ spec:
     );
 
     // OnFailure restarts until success; Never fails for good.
-    c.wait_for(60, "once to succeed", || {
-        (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(())
-    });
+    c.wait_phase("once", "Succeeded", 60);
     assert_eq!(
         c.jsonpath("pod once", "{.status.containerStatuses[0].restartCount}"),
         "1"
     );
-    c.wait_for(60, "never to fail", || {
-        (c.jsonpath("pod never", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("never", "Failed", 60);
     assert_eq!(
         c.jsonpath(
             "pod never",
@@ -504,9 +498,7 @@ spec:
     );
 
     // The memory hog is OOM-killed.
-    c.wait_for(60, "hog to be OOM-killed", || {
-        (c.jsonpath("pod hog", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("hog", "Failed", 60);
     assert_eq!(
         c.jsonpath(
             "pod hog",
@@ -523,9 +515,7 @@ spec:
     );
 
     // The deadline: Failed with upstream's reason; the object stays.
-    c.wait_for(60, "deadline to pass", || {
-        (c.jsonpath("pod deadline", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("deadline", "Failed", 60);
     assert_eq!(
         c.jsonpath("pod deadline", "{.status.reason}: {.status.message}"),
         "DeadlineExceeded: Pod was active on the node longer than the specified deadline"
@@ -536,9 +526,7 @@ spec:
     );
     assert!(!stopped.is_empty(), "its container was stopped");
     // The emptyDir over its limit: evicted, with the DisruptionTarget condition and event.
-    c.wait_for(60, "filler to be evicted", || {
-        (c.jsonpath("pod filler", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("filler", "Failed", 60);
     let evicted = "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ";
     assert_eq!(c.jsonpath("pod filler", "{.status.reason}"), "Evicted");
     assert_eq!(c.jsonpath("pod filler", "{.status.message}"), evicted);
@@ -1035,9 +1023,7 @@ fn unused_images_are_garbage_collected() {
         "pod/keeper",
         "--timeout=60s",
     ]);
-    c.wait_for(60, "once to finish", || {
-        (c.jsonpath("pod once", "{.status.phase}") == "Succeeded").then_some(())
-    });
+    c.wait_phase("once", "Succeeded", 60);
     // Whether `rkube images list` shows a busybox image with this tag.
     let has = |list: &str, tag: &str| {
         list.lines()
@@ -1081,13 +1067,7 @@ fn memory_pressure_evicts_pods() {
         ],
     );
     let node = format!("node/{}", c.name);
-    c.wait_for(60, "MemoryPressure", || {
-        let p = c.jsonpath(
-            &node,
-            "{.status.conditions[?(@.type==\"MemoryPressure\")].status}",
-        );
-        (p == "True").then_some(())
-    });
+    c.wait_node_condition("MemoryPressure", "True", 60);
     assert_eq!(
         c.jsonpath(&node, "{.status.allocatable.memory}"),
         "0Ki",
@@ -1146,9 +1126,7 @@ spec:
         events.starts_with("Node didn't have enough resource: memory"),
         "{events}"
     );
-    c.wait_for(60, "the pod to be evicted", || {
-        (c.jsonpath("pod victim", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("victim", "Failed", 60);
     assert_eq!(c.jsonpath("pod victim", "{.status.reason}"), "Evicted");
     let msg = c.jsonpath("pod victim", "{.status.message}");
     assert!(
@@ -1213,18 +1191,8 @@ fn ephemeral_storage_limits_and_disk_pressure_evict_pods() {
             "0s",
         ],
     );
-    let node = format!("node/{}", c.name);
-    c.wait_for(60, "the node to be Ready", || {
-        let ready = c.jsonpath(&node, "{.status.conditions[?(@.type==\"Ready\")].status}");
-        (ready == "True").then_some(())
-    });
-    assert_eq!(
-        c.jsonpath(
-            &node,
-            "{.status.conditions[?(@.type==\"DiskPressure\")].status}"
-        ),
-        "False"
-    );
+    c.wait_node_condition("Ready", "True", 60);
+    c.wait_node_condition("DiskPressure", "False", 1);
     // A container over its own ephemeral-storage limit is evicted (the pod's total,
     // 101Mi, is checked first and holds).
     c.apply(&format!(
@@ -1246,9 +1214,7 @@ spec:
 "#,
         name = c.name
     ));
-    c.wait_for(60, "the limited pod to be evicted", || {
-        (c.jsonpath("pod limited", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("limited", "Failed", 60);
     assert_eq!(
         c.jsonpath("pod limited", "{.status.reason}: {.status.message}"),
         "Evicted: Container fill exceeded its local ephemeral storage limit \"1Mi\". "
@@ -1276,9 +1242,7 @@ spec:
 "#,
         name = c.name
     ));
-    c.wait_for(90, "the writer to be evicted", || {
-        (c.jsonpath("pod writer", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("writer", "Failed", 90);
     assert_eq!(c.jsonpath("pod writer", "{.status.reason}"), "Evicted");
     let msg = c.jsonpath("pod writer", "{.status.message}");
     let expected = format!(
@@ -1287,13 +1251,7 @@ spec:
     assert!(msg.starts_with(&expected), "{msg}");
     assert!(msg.contains("Container writer was using "), "{msg}");
     assert!(msg.ends_with(", which exceeds its request of 0. "), "{msg}");
-    c.wait_for(30, "DiskPressure", || {
-        let p = c.jsonpath(
-            &node,
-            "{.status.conditions[?(@.type==\"DiskPressure\")].status}",
-        );
-        (p == "True").then_some(())
-    });
+    c.wait_node_condition("DiskPressure", "True", 30);
     // Under DiskPressure every new pod is refused.
     c.apply(&format!(
         r#"
@@ -1307,9 +1265,7 @@ spec:
 "#,
         name = c.name
     ));
-    c.wait_for(60, "the refusal", || {
-        (c.jsonpath("pod late", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("late", "Failed", 60);
     assert_eq!(
         c.jsonpath("pod late", "{.status.reason}: {.status.message}"),
         "Evicted: Pod was rejected: The node had condition: [DiskPressure]. "
@@ -1317,13 +1273,7 @@ spec:
     // The evicted pod gone, its container's layer goes with it and the pressure ends.
     c.kubectl
         .ok(&["delete", "pod", "writer", "late", "limited"]);
-    c.wait_for(90, "DiskPressure to end", || {
-        let p = c.jsonpath(
-            &node,
-            "{.status.conditions[?(@.type==\"DiskPressure\")].status}",
-        );
-        (p == "False").then_some(())
-    });
+    c.wait_node_condition("DiskPressure", "False", 90);
 }
 
 #[test]
@@ -1346,13 +1296,7 @@ fn soft_memory_threshold_evicts_after_its_grace_period() {
     );
     let node = format!("node/{}", c.name);
     // The soft threshold sets the condition at once; allocatable keeps only the hard one.
-    c.wait_for(60, "MemoryPressure", || {
-        let p = c.jsonpath(
-            &node,
-            "{.status.conditions[?(@.type==\"MemoryPressure\")].status}",
-        );
-        (p == "True").then_some(())
-    });
+    c.wait_node_condition("MemoryPressure", "True", 60);
     assert_ne!(c.jsonpath(&node, "{.status.allocatable.memory}"), "0Ki");
     // A Burstable pod is admitted, runs, and is evicted once the grace period is over,
     // with up to 5 s to stop: its TERM handler exits 0 instead of being killed.
@@ -1372,12 +1316,8 @@ spec:
 "#,
         name = c.name
     ));
-    c.wait_for(60, "the pod to run", || {
-        (c.jsonpath("pod patient", "{.status.phase}") == "Running").then_some(())
-    });
-    c.wait_for(90, "the soft eviction", || {
-        (c.jsonpath("pod patient", "{.status.phase}") == "Failed").then_some(())
-    });
+    c.wait_phase("patient", "Running", 60);
+    c.wait_phase("patient", "Failed", 90);
     let msg = c.jsonpath("pod patient", "{.status.reason}: {.status.message}");
     assert!(
         msg.starts_with(

@@ -125,6 +125,22 @@ impl Cluster {
         self.kubectl.ok(&args)
     }
 
+    /// Waits up to `secs` for this node's condition `type_` to have `status`.
+    pub fn wait_node_condition(&self, type_: &str, status: &str, secs: u64) {
+        let node = format!("node/{}", self.name);
+        let path = format!("{{.status.conditions[?(@.type==\"{type_}\")].status}}");
+        self.wait_for(secs, &format!("{type_}={status}"), || {
+            (self.jsonpath(&node, &path) == status).then_some(())
+        });
+    }
+
+    /// Waits up to `secs` for the pod's phase to be `phase`.
+    pub fn wait_phase(&self, pod: &str, phase: &str, secs: u64) {
+        self.wait_for(secs, &format!("pod {pod} {phase}"), || {
+            (self.jsonpath(&format!("pod {pod}"), "{.status.phase}") == phase).then_some(())
+        });
+    }
+
     /// Polls `f` until it returns Some, or panics after `secs` with the server log.
     pub fn wait_for<T>(&self, secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
