@@ -160,7 +160,9 @@ impl Queue {
 
     /// Forgets a pod (scheduled, bound elsewhere, or deleted).
     pub fn remove(&self, key: &str) {
-        self.inner.lock().expect("queue lock").items.remove(key);
+        let mut q = self.inner.lock().expect("queue lock");
+        q.items.remove(key);
+        q.held.remove(key);
     }
 
     /// The next pod to schedule: the highest priority, then the oldest.
@@ -301,12 +303,13 @@ impl Queue {
         q.held.insert(key.to_string());
     }
 
-    /// The preemption is done: an event that came meanwhile sends the pod to the back-off.
+    /// The preemption is done (its victims gone): the pod goes to the back-off, tried
+    /// early when nothing else is active (upstream activates it).
     pub fn release(&self, key: &str) {
         let mut q = self.inner.lock().expect("queue lock");
         q.held.remove(key);
         if let Some(it) = q.items.get_mut(key) {
-            if matches!(it.state, State::Unschedulable(_)) && it.moved {
+            if matches!(it.state, State::Unschedulable(_)) {
                 it.state = State::Backoff(Instant::now() + Inner::backoff_for(it.attempts));
             }
         }
@@ -359,15 +362,10 @@ mod tests {
         // Victims' deletions come in while the preemption runs: the pod stays put.
         q.move_all();
         assert_eq!(q.counts(), (0, 0, 1));
-        // Once it is done, the events seen meanwhile retry it.
+        // Once it is done, it is retried.
         q.release("d/high");
         assert_eq!(q.counts(), (0, 1, 0));
         assert_eq!(q.pop().await.metadata.name.as_deref(), Some("high"));
-        // Without events meanwhile, it waits for the next.
-        q.hold("d/high");
-        q.unschedulable("d/high");
-        q.release("d/high");
-        assert_eq!(q.counts(), (0, 0, 1));
     }
 
     #[tokio::test]
