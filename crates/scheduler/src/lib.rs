@@ -188,13 +188,18 @@ impl Scheduler {
         if !deleted {
             return self.pod_seen(p);
         }
-        let k = key(&p);
+        self.pod_gone(&key(&p));
+    }
+
+    /// A pod deleted or finished: its room is free (pods waiting for room are retried),
+    /// its nomination ends, and a preemptor whose last victim it was is retried.
+    fn pod_gone(&self, k: &str) {
         let mut cache = self.cache.lock().expect("cache lock");
-        cache.remove_pod(&k);
-        cache.nominate(&k, None);
-        let preemptor = cache.preempted(&k);
+        cache.remove_pod(k);
+        cache.nominate(k, None);
+        let preemptor = cache.preempted(k);
         drop(cache);
-        self.queue.remove(&k);
+        self.queue.remove(k);
         self.queue.move_all();
         if let Some(p) = preemptor {
             self.queue.release(&p);
@@ -264,16 +269,7 @@ impl Scheduler {
             }
         }
         if finished {
-            let mut cache = self.cache.lock().expect("cache lock");
-            cache.remove_pod(&k);
-            let preemptor = cache.preempted(&k);
-            drop(cache);
-            self.queue.remove(&k);
-            self.queue.move_all();
-            if let Some(p) = preemptor {
-                self.queue.release(&p);
-            }
-            return;
+            return self.pod_gone(&k);
         }
         if let Some(node) = node {
             let info = Arc::new(PodInfo::new(Arc::new(pod)));
