@@ -13,6 +13,26 @@ mod server;
 
 use std::path::PathBuf;
 
+/// mimalloc: the API server's request path allocates many small, short-lived JSON
+/// values, and glibc's malloc took ~18% of its CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `arena_eager_commit` option (index 4 of `mi_option_e`).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Commits arena memory as it is used rather than up front: with eager commit an idle
+/// server held ~18 MiB more resident memory. It runs as an ELF constructor because the
+/// first arena is made by the first allocation, before `main`.
+extern "C" fn tune_allocator() {
+    // SAFETY: mi_option_set only stores the value; options may be set at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 use clap::{Parser, Subcommand};
 
 /// Kubernetes, rewritten in Rust, in one binary.
