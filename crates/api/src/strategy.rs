@@ -52,7 +52,9 @@ pub trait Strategy: Send + Sync {
     }
 
     /// The value of a kind-specific field selector label (`spec.nodeName` for pods).
-    /// `metadata.name` and `metadata.namespace` are handled for every kind.
+    /// `metadata.name` and `metadata.namespace` are handled for every kind. It may read
+    /// only scalars at most two levels deep: the watch cache passes an object holding
+    /// just those (see the apiserver's `selectable`).
     fn field(&self, _obj: &Value, _label: &str) -> Option<String> {
         None
     }

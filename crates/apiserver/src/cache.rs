@@ -51,7 +51,7 @@ const META_FIELDS: [&str; 2] = ["metadata.name", "metadata.namespace"];
 impl Entry {
     /// Extracts labels and selectable fields from a stored object.
     pub fn new(strategy: &'static dyn Strategy, kv: &KeyValue) -> Option<Entry> {
-        let obj: Value = serde_json::from_slice(&kv.value).ok()?;
+        let obj = crate::selectable::parse(&kv.value)?;
         Some(Self::from_object(strategy, kv, &obj))
     }
 

@@ -19,6 +19,7 @@ mod priority;
 mod request;
 mod respond;
 mod rest;
+mod selectable;
 mod serve;
 mod storage;
 mod validation;
