@@ -10,7 +10,7 @@ use crate::strategy::Strategy;
 
 /// Decodes a JSON object as the kind's typed struct and encodes it back: checks types and
 /// drops unknown fields. The error names the path of the bad field.
-pub type Roundtrip = fn(Value) -> Result<Value, String>;
+pub type Roundtrip = fn(&Value) -> Result<Value, String>;
 
 /// One served resource.
 pub struct ResourceInfo {
@@ -149,7 +149,7 @@ impl KindBuilder {
     }
 }
 
-fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
+fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
     let typed: T = serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         if path == "." || path.is_empty() {

@@ -40,7 +40,7 @@ pub fn decode_typed(
     if let (Some(raw), true) = (raw, mode != FieldValidation::Ignore) {
         duplicate_fields(raw, &mut problems);
     }
-    let out = (info.roundtrip)(obj.clone()).map_err(|e| {
+    let out = (info.roundtrip)(&obj).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             info.kind, info.version, info.kind

@@ -195,7 +195,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         }
     });
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
+        next_frame(&mut rx)
             .await
             .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
@@ -209,6 +209,28 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         http::HeaderValue::from_static("no-cache, private"),
     );
     Ok(r)
+}
+
+/// Most bytes of queued event lines sent as one frame.
+const FRAME: usize = 64 * 1024;
+
+/// The next frame of a watch body: every line already queued, up to `FRAME` bytes, so
+/// a burst of events goes out in one write (and TLS record) instead of one per event.
+async fn next_frame(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Option<Bytes> {
+    let first = rx.recv().await?;
+    let Ok(second) = rx.try_recv() else {
+        return Some(first);
+    };
+    let mut buf = Vec::with_capacity((first.len() + second.len()) * 2);
+    buf.extend_from_slice(&first);
+    buf.extend_from_slice(&second);
+    while buf.len() < FRAME {
+        match rx.try_recv() {
+            Ok(line) => buf.extend_from_slice(&line),
+            Err(_) => break,
+        }
+    }
+    Some(Bytes::from(buf))
 }
 
 /// The full current list (no paging) and its revision.
@@ -385,4 +407,31 @@ fn fastrand_secs(max: u64) -> u64 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     u64::from(nanos) % max.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queued_lines_go_out_together_in_order() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+        tx.send(Bytes::from_static(b"a\n")).await.unwrap();
+        assert_eq!(next_frame(&mut rx).await.unwrap(), "a\n");
+        let line = Bytes::from(vec![b'x'; 1000]);
+        for _ in 0..100 {
+            tx.send(line.clone()).await.unwrap();
+        }
+        tx.send(Bytes::from_static(b"end")).await.unwrap();
+        let mut frames = Vec::new();
+        drop(tx);
+        while let Some(f) = next_frame(&mut rx).await {
+            frames.push(f);
+        }
+        // 100,003 bytes: one frame up to 64 KiB plus a line, then the rest.
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].len(), 66_000);
+        assert_eq!(frames.concat().len(), 100_003);
+        assert!(frames[1].ends_with(b"xend"));
+    }
 }
