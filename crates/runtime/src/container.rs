@@ -12,7 +12,6 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -324,14 +323,10 @@ impl Containers {
             .stdout(Stdio::piped())
             .stderr(shim_log)
             .env("RKUBE_LOG", "warn");
-        // SAFETY: setsid is async-signal-safe; the shim leaves our session so signals to
-        // the runtime's process group never reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // The shim leaves our session itself (`shim::run`), so signals to the runtime's
+        // process group never reach it. Without a pre_exec hook, std spawns it with
+        // posix_spawn (vfork) rather than fork, which copied this large process's page
+        // tables for every container.
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::Io(format!("starting the shim {}", self.shim.display()), e))?;

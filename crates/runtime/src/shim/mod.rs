@@ -57,9 +57,12 @@ extern "C" fn on_usr1(_: libc::c_int) {
 /// Runs the shim; returns the process exit code. Reports `ok PID` or `error MESSAGE` as
 /// one line on stdout, then detaches from it.
 pub fn run(a: ShimArgs) -> i32 {
-    // SAFETY: prctl and signal with constant arguments and a handler that only stores
-    // to an atomic.
+    // SAFETY: setsid, prctl and signal with constant arguments and a handler that only
+    // stores to an atomic.
     unsafe {
+        // Our own session: the runtime that started us can restart, or be sent a signal
+        // for its process group, without touching the container.
+        libc::setsid();
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
