@@ -65,6 +65,9 @@ pub struct Thresholds {
     /// How long a pressure condition stays after its signal recovers
     /// (`--eviction-pressure-transition-period`, upstream's 5 minutes).
     pub transition_period: Duration,
+    /// How far past its threshold a signal that evicted must recover before evictions
+    /// stop (`--eviction-minimum-reclaim`; memory, nodefs; none by default).
+    pub min_reclaim: [Threshold; 2],
 }
 
 /// When the memory and disk pressures were last observed: a condition holds for the
@@ -97,17 +100,19 @@ impl Default for Thresholds {
             soft_nodefs: None,
             max_pod_grace: 0,
             transition_period: Duration::from_secs(300),
+            min_reclaim: [Threshold::Bytes(0); 2],
         }
     }
 }
 
-/// `signal<value` items: (signal, threshold, value as written).
-fn parse_list(spec: &str) -> Result<Vec<(&str, Threshold, &str)>, String> {
+/// `signal<value` (or `signal=value`, by `sep`) items: (signal, threshold, value as
+/// written).
+fn parse_list(spec: &str, sep: char) -> Result<Vec<(&str, Threshold, &str)>, String> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (signal, value) = item
-            .split_once('<')
-            .ok_or_else(|| format!("{item:?}: expected SIGNAL<VALUE"))?;
+            .split_once(sep)
+            .ok_or_else(|| format!("{item:?}: expected SIGNAL{sep}VALUE"))?;
         let threshold = match value.strip_suffix('%') {
             Some(p) => match p.parse::<f64>() {
                 Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p),
@@ -135,7 +140,7 @@ impl Thresholds {
     /// ignored.
     pub fn parse(spec: &str) -> Result<Thresholds, String> {
         let mut t = Thresholds::default();
-        for (signal, threshold, value) in parse_list(spec)? {
+        for (signal, threshold, value) in parse_list(spec, '<')? {
             match signal {
                 "memory.available" => (t.memory, t.memory_text) = (threshold, value.into()),
                 _ => (t.nodefs, t.nodefs_text) = (threshold, value.into()),
@@ -155,7 +160,7 @@ impl Thresholds {
                 .ok_or_else(|| format!("{item:?}: expected SIGNAL=DURATION"))?;
             grace.insert(signal, crate::parse_duration(d)?);
         }
-        for (signal, threshold, value) in parse_list(spec)? {
+        for (signal, threshold, value) in parse_list(spec, '<')? {
             let grace = grace.remove(signal).ok_or_else(|| {
                 format!("grace period must be specified for the soft eviction threshold {signal}")
             })?;
@@ -177,6 +182,27 @@ impl Thresholds {
         self.max_pod_grace = max_pod_grace;
         Ok(())
     }
+
+    /// Sets `--eviction-minimum-reclaim` (`memory.available=500Mi,nodefs.available=1Gi`,
+    /// quantities or percentages of capacity).
+    pub fn set_min_reclaim(&mut self, spec: &str) -> Result<(), String> {
+        for (signal, amount, _) in parse_list(spec, '=')? {
+            let i = usize::from(signal != "memory.available");
+            self.min_reclaim[i] = amount;
+        }
+        Ok(())
+    }
+}
+
+/// What the eviction loop keeps of one signal between intervals.
+#[derive(Debug, Default)]
+struct SignalState {
+    /// Since when the soft threshold has been met.
+    since: Option<Instant>,
+    /// Whether the signal was acted on last time (an eviction, or node-level reclaim):
+    /// then it counts as met until it recovers past its threshold by the minimum
+    /// reclaim, as upstream's "thresholds not yet resolved".
+    acting: bool,
 }
 
 /// A running pod as the ranking sees it.
@@ -288,44 +314,60 @@ fn message(
 }
 
 /// Whether a signal (available, capacity) evicts now: its hard threshold is met, or its
-/// soft one has been for its grace period (`since`: when it was first seen met). The
-/// threshold as the message prints it, and whether it is the soft one.
+/// soft one has been for its grace period. A signal acted on last time must recover past
+/// a threshold by `min_reclaim` to stop counting as met. The threshold as the message
+/// prints it, and whether it is the soft one.
 fn due(
     hard: (Threshold, &str),
     soft: Option<&Soft>,
+    min_reclaim: Threshold,
     (available, capacity): (u64, u64),
-    since: &mut Option<Instant>,
+    state: &mut SignalState,
 ) -> Option<(String, bool)> {
     let printed = |t: Threshold, written: &str| match t {
         Threshold::Bytes(_) => written.to_string(),
         Threshold::Percent(_) => binary_si(t.bytes(capacity)),
     };
-    let soft_met = soft.filter(|s| available < s.threshold.bytes(capacity));
+    let extra = if state.acting {
+        min_reclaim.bytes(capacity)
+    } else {
+        0
+    };
+    let met = |t: Threshold| available < t.bytes(capacity).saturating_add(extra);
+    let soft_met = soft.filter(|s| met(s.threshold));
     match soft_met {
-        Some(_) => *since = Some(since.unwrap_or_else(Instant::now)),
-        None => *since = None,
+        Some(_) => state.since = Some(state.since.unwrap_or_else(Instant::now)),
+        None => state.since = None,
     }
-    if available < hard.0.bytes(capacity) {
-        return Some((printed(hard.0, hard.1), false));
-    }
-    let s = soft_met?;
-    since
-        .is_some_and(|t| t.elapsed() >= s.grace)
-        .then(|| (printed(s.threshold, &s.text), true))
+    let out = if met(hard.0) {
+        Some((printed(hard.0, hard.1), false))
+    } else {
+        soft_met.and_then(|s| {
+            let since = state.since;
+            since
+                .is_some_and(|t| t.elapsed() >= s.grace)
+                .then(|| (printed(s.threshold, &s.text), true))
+        })
+    };
+    state.acting = out.is_some();
+    out
 }
 
 /// Watches the memory and disk signals and marks one pod per interval for eviction while
 /// one is below its hard threshold, or its soft one for the grace period (the pod's
 /// worker carries it out).
 pub async fn run(k: Arc<Kubelet>) {
-    // Since when each soft threshold (memory, nodefs) has been met.
-    let mut soft_since: [Option<Instant>; 2] = [None, None];
+    // Memory, nodefs.
+    let mut signals: [SignalState; 2] = Default::default();
     loop {
         tokio::time::sleep(INTERVAL).await;
         let mut m = crate::node::Machine::read(&k.config.data_dir);
         let eviction = &k.config.eviction;
-        if !crate::node::memory_pressure(&m, eviction) && crate::node::disk_pressure(&m, eviction) {
+        let disk_starved = crate::node::disk_pressure(&m, eviction) || signals[1].acting;
+        if !crate::node::memory_pressure(&m, eviction) && disk_starved {
             // Node-level reclaim first: unused images.
+            // As upstream, pods are spared only if this reclaims the minimum too.
+            signals[1].acting = true;
             match crate::image_gc::reclaim(&k).await {
                 Ok(freed) if freed > 0 => m = crate::node::Machine::read(&k.config.data_dir),
                 Ok(_) => {}
@@ -336,19 +378,22 @@ pub async fn run(k: Arc<Kubelet>) {
             (m.memory_available_ki * 1024, m.memory_ki * 1024),
             (m.storage_available_ki * 1024, m.storage_ki * 1024),
         );
+        let [memory_state, disk_state] = &mut signals;
         let memory_due = due(
             (eviction.memory, &eviction.memory_text),
             eviction.soft_memory.as_ref(),
+            eviction.min_reclaim[0],
             memory,
-            &mut soft_since[0],
+            memory_state,
         );
         let disk_due = match disk.1 {
             0 => None,
             _ => due(
                 (eviction.nodefs, &eviction.nodefs_text),
                 eviction.soft_nodefs.as_ref(),
+                eviction.min_reclaim[1],
                 disk,
-                &mut soft_since[1],
+                disk_state,
             ),
         };
         let (starved, (threshold, soft), available) = match (memory_due, disk_due) {
@@ -515,30 +560,104 @@ mod tests {
 
         let hard = (t.memory, t.memory_text.as_str());
         let gi = 1u64 << 30;
-        let mut since = None;
+        let none = Threshold::Bytes(0);
+        let mut st = SignalState::default();
         // Above both: nothing, and no clock running.
-        assert_eq!(due(hard, Some(&soft), (2 * gi, 8 * gi), &mut since), None);
-        assert!(since.is_none());
+        assert_eq!(
+            due(hard, Some(&soft), none, (2 * gi, 8 * gi), &mut st),
+            None
+        );
+        assert!(st.since.is_none());
         // Under the soft threshold: the clock starts, no eviction within the grace period.
-        assert_eq!(due(hard, Some(&soft), (gi / 2, 8 * gi), &mut since), None);
-        assert!(since.is_some());
+        assert_eq!(
+            due(hard, Some(&soft), none, (gi / 2, 8 * gi), &mut st),
+            None
+        );
+        assert!(st.since.is_some());
         // Under the hard one: at once.
         assert_eq!(
-            due(hard, Some(&soft), (1 << 20, 8 * gi), &mut since),
+            due(hard, Some(&soft), none, (1 << 20, 8 * gi), &mut st),
             Some(("100Mi".into(), false))
         );
         // The grace period over: the soft threshold evicts; a percentage prints as bytes.
-        let mut long_ago = Some(Instant::now() - Duration::from_secs(91));
+        let mut long_ago = SignalState {
+            since: Some(Instant::now() - Duration::from_secs(91)),
+            acting: false,
+        };
         assert_eq!(
-            due(hard, Some(&soft), (gi / 2, 8 * gi), &mut long_ago),
+            due(hard, Some(&soft), none, (gi / 2, 8 * gi), &mut long_ago),
             Some(("1Gi".into(), true))
         );
         let nodefs = t.soft_nodefs.clone().unwrap();
-        let mut now = None;
+        let mut now = SignalState::default();
         assert_eq!(
-            due((t.nodefs, "10%"), Some(&nodefs), (gi, 10 * gi), &mut now),
+            due(
+                (t.nodefs, "10%"),
+                Some(&nodefs),
+                none,
+                (gi, 10 * gi),
+                &mut now
+            ),
             Some(("2Gi".into(), true))
         );
+    }
+
+    #[test]
+    fn evicting_goes_on_until_the_minimum_is_reclaimed() {
+        let mut t = Thresholds::parse("memory.available<1Gi,nodefs.available<10%").unwrap();
+        t.set_min_reclaim("memory.available=512Mi,nodefs.available=5%,imagefs.available=2Gi")
+            .unwrap();
+        assert_eq!(
+            t.min_reclaim,
+            [Threshold::Bytes(512 << 20), Threshold::Percent(5.0)]
+        );
+        assert!(t.set_min_reclaim("memory.available<1Gi").is_err());
+        assert!(t.set_min_reclaim("memory.available=lots").is_err());
+
+        let mi = 1u64 << 20;
+        let hard = (t.memory, "1Gi");
+        let mut st = SignalState::default();
+        let mut at = |available| {
+            due(
+                hard,
+                None,
+                t.min_reclaim[0],
+                (available, 8192 * mi),
+                &mut st,
+            )
+        };
+        // Just above the threshold, never met: no eviction.
+        assert_eq!(at(1100 * mi), None);
+        // Met: evict; then just above the threshold is not enough...
+        assert_eq!(at(900 * mi), Some(("1Gi".into(), false)));
+        assert_eq!(at(1100 * mi), Some(("1Gi".into(), false)));
+        // ...until the signal is past threshold + minimum reclaim.
+        assert_eq!(at(1600 * mi), None);
+        assert_eq!(at(1100 * mi), None);
+
+        // A percentage of capacity: 10% + 5% of 100 GiB.
+        let gi = 1u64 << 30;
+        let mut disk = SignalState {
+            since: None,
+            acting: true,
+        };
+        let nodefs = (t.nodefs, "10%");
+        assert!(due(
+            nodefs,
+            None,
+            t.min_reclaim[1],
+            (14 * gi, 100 * gi),
+            &mut disk
+        )
+        .is_some());
+        assert!(due(
+            nodefs,
+            None,
+            t.min_reclaim[1],
+            (16 * gi, 100 * gi),
+            &mut disk
+        )
+        .is_none());
     }
 
     #[test]

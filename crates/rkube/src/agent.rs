@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// How long a pressure condition stays after its signal recovers.
     #[arg(long, default_value = "5m")]
     pub eviction_pressure_transition_period: String,
+    /// How much a signal that evicted must recover past its threshold before evictions
+    /// stop: `memory.available=500Mi,nodefs.available=1Gi` (quantities or percentages;
+    /// none by default).
+    #[arg(long, default_value = "")]
+    pub eviction_minimum_reclaim: String,
     /// The most processes one pod may run (its cgroup's pids.max; -1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub pod_max_pids: i64,
@@ -189,6 +194,9 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
             .set_soft(soft, graces, max)
             .map_err(|e| anyhow::anyhow!("--eviction-soft: {e}"))?;
     }
+    cfg.eviction
+        .set_min_reclaim(&n.eviction_minimum_reclaim)
+        .map_err(|e| anyhow::anyhow!("--eviction-minimum-reclaim: {e}"))?;
     for r in a.node.system_reserved.iter().chain(&a.node.kube_reserved) {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;
