@@ -175,6 +175,35 @@ async fn events(c: &Client, pod: &str, reason: &str) -> Vec<String> {
     }
 }
 
+/// The count of the pod's one FailedScheduling event once it is a series (waits up to
+/// 20 s); panics if there is more than one such event.
+async fn failed_series(c: &Client, pod: &str) -> i32 {
+    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found: Vec<Event> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some("FailedScheduling")
+            })
+            .collect();
+        assert!(found.len() <= 1, "{} FailedScheduling events", found.len());
+        let count = found
+            .first()
+            .and_then(|e| e.series.as_ref())
+            .map_or(1, |s| s.count.unwrap_or(0));
+        if count >= 2 || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn pods_land_where_they_fit_and_wait_for_room() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +283,11 @@ async fn pods_land_where_they_fit_and_wait_for_room() {
     let msg = unschedulable(c, "big").await;
     assert!(msg.starts_with("0/3 nodes are available: "), "{msg}");
     assert!(msg.contains("2 Insufficient cpu"), "{msg}");
+    // A node too small for it makes the scheduler try again: the repeated
+    // FailedScheduling joins a series on the first event (events.k8s.io/v1, as upstream).
+    node(c, "n5", "1", json!({"zone": "e"}), json!([])).await;
+    let series = failed_series(c, "big").await;
+    assert!(series >= 2, "series count {series}");
     node(c, "n4", "32", json!({"zone": "d"}), json!([])).await;
     assert_eq!(bound(c, "big").await, "n4");
 

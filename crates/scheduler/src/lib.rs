@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod counts;
+mod events;
 pub mod framework;
 pub mod leader;
 pub mod owners;
@@ -25,12 +26,12 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Binding, Event, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    Binding, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
     ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -81,11 +82,13 @@ pub struct Scheduler {
     binds: Arc<tokio::sync::Semaphore>,
     /// PodDisruptionBudgets by `namespace/name`, which preemption tries not to break.
     pdbs: Mutex<std::collections::BTreeMap<String, PodDisruptionBudget>>,
+    events: Arc<events::Recorder>,
 }
 
 impl Scheduler {
     pub fn new(client: Client, profiles: Vec<Profile>) -> Arc<Scheduler> {
         Arc::new(Scheduler {
+            events: events::Recorder::new(client.clone()),
             client,
             cache: Mutex::new(Cache::default()),
             queue: Queue::default(),
@@ -515,7 +518,7 @@ impl Scheduler {
         match res {
             Ok(_) => {
                 let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                self.event(pod, "Normal", "Scheduled", &msg).await;
+                self.event(pod, "Normal", "Scheduled", &msg);
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
                 // Gone, or bound by someone else: the watch brings the truth.
@@ -573,7 +576,7 @@ impl Scheduler {
                 match vapi.delete(vname, &dp).await {
                     Ok(_) => {
                         let msg = format!("Preempted by pod {uid} on node {node}");
-                        self.event(&victim.pod, "Normal", "Preempted", &msg).await;
+                        self.event(&victim.pod, "Normal", "Preempted", &msg);
                     }
                     // Gone already: its deletion is on its way to the cache.
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -625,59 +628,21 @@ impl Scheduler {
                 }
             }
         }
-        self.event(pod, "Warning", "FailedScheduling", msg).await;
+        self.event(pod, "Warning", "FailedScheduling", msg);
         true
     }
 
-    async fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
+    /// Records an event about `pod` as its profile's scheduler.
+    fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
         let reporter = self
             .profile_of(pod)
-            .map(|p| p.scheduler_name.clone())
-            .unwrap_or_else(|| "default-scheduler".into());
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let now = jiff::Timestamp::now();
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name),
-                namespace: Some(ns.clone()),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(msg.into()),
-            type_: Some(kind.into()),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some(reporter.clone()),
-                host: None,
-            }),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            action: Some(
-                if reason == "Scheduled" {
-                    "Binding"
-                } else {
-                    "Scheduling"
-                }
-                .into(),
-            ),
-            reporting_instance: Some(format!("{reporter}-rkube")),
-            reporting_component: Some(reporter),
-            ..Default::default()
+            .map(|p| p.scheduler_name.as_str())
+            .unwrap_or("default-scheduler");
+        let action = if reason == "Scheduled" {
+            "Binding"
+        } else {
+            "Scheduling"
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::debug!(error = %e, "recording an event");
-        }
+        self.events.record(pod, kind, reason, action, msg, reporter);
     }
 }
