@@ -137,11 +137,14 @@ impl Recorder {
             action: action.into(),
             reporter: reporter.into(),
         };
-        let write = self
-            .book
-            .lock()
-            .expect("event book")
-            .occur(key, &ns, &name, now);
+        // A pod is bound once, so its Scheduled event never repeats: not kept (in bulk
+        // scheduling the book would otherwise hold one entry per pod for six minutes).
+        let write = if action == "Binding" {
+            Write::Create
+        } else {
+            let mut book = self.book.lock().expect("event book");
+            book.occur(key, &ns, &name, now)
+        };
         let ev = match write {
             Write::Nothing => return,
             Write::Count(ns, name, n) => {
