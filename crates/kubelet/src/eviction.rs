@@ -642,22 +642,17 @@ mod tests {
             acting: true,
         };
         let nodefs = (t.nodefs, "10%");
-        assert!(due(
-            nodefs,
-            None,
-            t.min_reclaim[1],
-            (14 * gi, 100 * gi),
-            &mut disk
-        )
-        .is_some());
-        assert!(due(
-            nodefs,
-            None,
-            t.min_reclaim[1],
-            (16 * gi, 100 * gi),
-            &mut disk
-        )
-        .is_none());
+        let mut disk_at = |available| {
+            due(
+                nodefs,
+                None,
+                t.min_reclaim[1],
+                (available, 100 * gi),
+                &mut disk,
+            )
+        };
+        assert!(disk_at(14 * gi).is_some());
+        assert!(disk_at(16 * gi).is_none());
     }
 
     #[test]

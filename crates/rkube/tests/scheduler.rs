@@ -150,26 +150,29 @@ async fn unschedulable(c: &Client, name: &str) -> String {
     }
 }
 
+/// The pod's events with this reason, as they are now.
+async fn pod_events(c: &Client, pod: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
+}
+
 /// The messages of the pod's events with this reason, once there is one (events are
 /// written after the binding or the condition, so they may trail them).
 async fn events(c: &Client, pod: &str, reason: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let found: Vec<String> = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.involved_object.name.as_deref() == Some(pod)
-                    && e.reason.as_deref() == Some(reason)
-            })
-            .map(|e| e.message.unwrap_or_default())
-            .collect();
+        let found = pod_events(c, pod, reason).await;
         if !found.is_empty() || Instant::now() > deadline {
-            return found;
+            return found
+                .into_iter()
+                .map(|e| e.message.unwrap_or_default())
+                .collect();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -178,20 +181,9 @@ async fn events(c: &Client, pod: &str, reason: &str) -> Vec<String> {
 /// The count of the pod's one FailedScheduling event once it is a series (waits up to
 /// 20 s); panics if there is more than one such event.
 async fn failed_series(c: &Client, pod: &str) -> i32 {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let found: Vec<Event> = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.involved_object.name.as_deref() == Some(pod)
-                    && e.reason.as_deref() == Some("FailedScheduling")
-            })
-            .collect();
+        let found = pod_events(c, pod, "FailedScheduling").await;
         assert!(found.len() <= 1, "{} FailedScheduling events", found.len());
         let count = found
             .first()

@@ -54,6 +54,16 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.run_server(n);
+        // The agent registers its Node moments after the API is up; `kubectl wait` on a
+        // node that does not exist yet fails at once, so tests start once it does.
+        let node = format!("node/{}", c.name);
+        c.wait_for(60, "the node to register", || {
+            c.kubectl
+                .run(&["get", &node], None)
+                .status
+                .success()
+                .then_some(())
+        });
         c
     }
 
