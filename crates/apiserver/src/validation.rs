@@ -1,6 +1,9 @@
 //! Field validation shared by every kind: decoding into the typed struct (type errors),
 //! unknown and duplicate fields under `fieldValidation`, and ObjectMeta rules.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+
 use rkube_api::meta::ObjectMeta;
 use rkube_api::names;
 use rkube_api::{ApiError, Cause, ResourceInfo};
@@ -100,61 +103,122 @@ fn unknown_fields(input: &Value, typed: &Value, path: &mut String, out: &mut Vec
 fn duplicate_fields(raw: &[u8], out: &mut Vec<String>) {
     let mut de = serde_json::Deserializer::from_slice(raw);
     let _ = DupSeed {
-        path: String::new(),
+        path: &mut Vec::new(),
         out,
     }
     .deserialize(&mut de);
 }
 
-struct DupSeed<'a> {
-    path: String,
+/// One step of a path into the body: a member's key or a list index.
+enum Step<'de> {
+    Key(Cow<'de, str>),
+    Index(usize),
+}
+
+/// The dotted path of `steps` (`spec.containers[0].name`).
+fn path_of(steps: &[Step<'_>]) -> String {
+    let mut p = String::new();
+    for s in steps {
+        match s {
+            Step::Key(k) => {
+                if !p.is_empty() {
+                    p.push('.');
+                }
+                p.push_str(k);
+            }
+            Step::Index(i) => p.push_str(&format!("[{i}]")),
+        }
+    }
+    p
+}
+
+/// Walks the body without building it; the path is kept as a stack of borrowed keys and
+/// only written out for a duplicate.
+struct DupSeed<'a, 'de> {
+    path: &'a mut Vec<Step<'de>>,
     out: &'a mut Vec<String>,
 }
 
-impl<'de> DeserializeSeed<'de> for DupSeed<'_> {
+impl<'de> DeserializeSeed<'de> for DupSeed<'_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for DupSeed<'_> {
+/// A member key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+impl<'de> Visitor<'de> for DupSeed<'_, 'de> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let DupSeed { path: base, out } = self;
-        let mut seen = std::collections::HashSet::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let path = if base.is_empty() {
-                k.clone()
-            } else {
-                format!("{base}.{k}")
+        let DupSeed { path, out } = self;
+        // Keys seen so far: most objects have a few, so a list; a set past 16.
+        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: Option<HashSet<Cow<'de, str>>> = None;
+        while let Some(k) = map.next_key_seed(Key)? {
+            let dup = match &mut many {
+                Some(set) => !set.insert(k.clone()),
+                None if seen.contains(&k) => true,
+                None => {
+                    seen.push(k.clone());
+                    if seen.len() > 16 {
+                        many = Some(std::mem::take(&mut seen).into_iter().collect());
+                    }
+                    false
+                }
             };
-            if !seen.insert(k) {
-                out.push(format!("duplicate field \"{path}\""));
+            path.push(Step::Key(k));
+            if dup {
+                out.push(format!("duplicate field \"{}\"", path_of(path)));
             }
-            map.next_value_seed(DupSeed {
-                path,
+            let r = map.next_value_seed(DupSeed {
+                path: &mut *path,
                 out: &mut *out,
-            })?;
+            });
+            path.pop();
+            r?;
         }
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let DupSeed { path: base, out } = self;
+        let DupSeed { path, out } = self;
         let mut i = 0;
-        while seq
-            .next_element_seed(DupSeed {
-                path: format!("{base}[{i}]"),
+        loop {
+            path.push(Step::Index(i));
+            let r = seq.next_element_seed(DupSeed {
+                path: &mut *path,
                 out: &mut *out,
-            })?
-            .is_some()
-        {
+            });
+            path.pop();
+            if r?.is_none() {
+                return Ok(());
+            }
             i += 1;
         }
-        Ok(())
     }
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
         Ok(())
@@ -262,6 +326,22 @@ mod tests {
                 "duplicate field \"b.c\"",
                 "duplicate field \"a\"",
                 "duplicate field \"l[0].x\""
+            ]
+        );
+        // Past 16 keys (a set), and keys spelt with escapes.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        let body = format!(
+            r#"{{"m": {{{}, "k3": 0, "k39": 0}}, "e": {{"\u0061": 1, "a": 2}}}}"#,
+            keys.join(", ")
+        );
+        let mut out = Vec::new();
+        duplicate_fields(body.as_bytes(), &mut out);
+        assert_eq!(
+            out,
+            vec![
+                "duplicate field \"m.k3\"",
+                "duplicate field \"m.k39\"",
+                "duplicate field \"e.a\""
             ]
         );
     }
