@@ -887,6 +887,13 @@ async fn a_high_priority_pod_preempts() {
         events(c, "l3", "Preempted").await,
         [format!("Preempted by pod {uid} on node n2")]
     );
+    // As upstream: the preemptor is the event's related object.
+    let preempted = pod_events(c, "l3", "Preempted").await;
+    let related = preempted[0]
+        .related
+        .as_ref()
+        .and_then(|r| r.name.as_deref());
+    assert_eq!(related, Some("vip"));
     // The lower-priority pod still waits: the freed room went to the preemptor.
     assert!(pods
         .get("meek")

@@ -1,6 +1,6 @@
 //! Events about pods through events.k8s.io/v1, as upstream's scheduler records them. A
-//! repeat of an event (same pod, reason, action and reporter: upstream's "isomorphic"
-//! events) within six minutes joins a series on the first event instead of adding an
+//! repeat of an event (same pod, reason, action, reporter and related object: upstream's
+//! "isomorphic" events) within six minutes joins a series on the first event instead of adding an
 //! object, so `kubectl describe` shows "(x5 over 2m)" for a pod that keeps failing. The
 //! series is written at its second occurrence, then at most every `FLUSH`. Writes run off
 //! the caller's path, each in its own task.
@@ -28,6 +28,8 @@ struct Key {
     reason: String,
     action: String,
     reporter: String,
+    /// The related object's uid, if any.
+    related: String,
 }
 
 /// An event already written, and its repeats.
@@ -99,6 +101,17 @@ impl Book {
     }
 }
 
+/// One occurrence of an event, as the scheduler reports it.
+pub struct Occurrence<'a> {
+    /// Normal or Warning.
+    pub type_: &'a str,
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub note: &'a str,
+    /// The profile's scheduler name.
+    pub reporter: &'a str,
+}
+
 /// Records the scheduler's events.
 pub struct Recorder {
     client: Client,
@@ -117,16 +130,16 @@ impl Recorder {
         r
     }
 
-    /// Records `reason` (with `action` and `note`) about `pod` as `reporter`.
-    pub fn record(
-        self: &Arc<Self>,
-        pod: &Pod,
-        type_: &str,
-        reason: &str,
-        action: &str,
-        note: &str,
-        reporter: &str,
-    ) {
+    /// Records an event about `pod`, and optionally a pod it concerns too (`related`:
+    /// the preemptor of a Preempted pod).
+    pub fn record(self: &Arc<Self>, pod: &Pod, related: Option<&Pod>, o: Occurrence<'_>) {
+        let Occurrence {
+            type_,
+            reason,
+            action,
+            note,
+            reporter,
+        } = o;
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let now = Timestamp::now();
@@ -136,6 +149,9 @@ impl Recorder {
             reason: reason.into(),
             action: action.into(),
             reporter: reporter.into(),
+            related: related
+                .and_then(|r| r.metadata.uid.clone())
+                .unwrap_or_default(),
         };
         // A pod is bound once, so its Scheduled event never repeats: not kept (in bulk
         // scheduling the book would otherwise hold one entry per pod for six minutes).
@@ -163,15 +179,8 @@ impl Recorder {
                 reason: Some(reason.into()),
                 note: Some(note.into()),
                 type_: Some(type_.into()),
-                regarding: Some(ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(pod_name),
-                    namespace: Some(ns.clone()),
-                    uid: pod.metadata.uid.clone(),
-                    resource_version: pod.metadata.resource_version.clone(),
-                    ..Default::default()
-                }),
+                regarding: Some(pod_ref(pod)),
+                related: related.map(pod_ref),
                 reporting_controller: Some(reporter.into()),
                 reporting_instance: Some(format!("{reporter}-rkube")),
                 ..Default::default()
@@ -202,6 +211,19 @@ impl Recorder {
     }
 }
 
+/// A reference to a pod, as events name it.
+fn pod_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        resource_version: pod.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
 /// Writes the counts of series that grew, every `FLUSH`, while the recorder lives.
 async fn flush(recorder: Weak<Recorder>) {
     loop {
@@ -226,6 +248,7 @@ mod tests {
             reason: reason.into(),
             action: "Scheduling".into(),
             reporter: "default-scheduler".into(),
+            related: String::new(),
         }
     }
 

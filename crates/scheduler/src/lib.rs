@@ -518,7 +518,7 @@ impl Scheduler {
         match res {
             Ok(_) => {
                 let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                self.event(pod, "Normal", "Scheduled", &msg);
+                self.event(pod, None, "Normal", "Scheduled", &msg);
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
                 // Gone, or bound by someone else: the watch brings the truth.
@@ -576,7 +576,7 @@ impl Scheduler {
                 match vapi.delete(vname, &dp).await {
                     Ok(_) => {
                         let msg = format!("Preempted by pod {uid} on node {node}");
-                        self.event(&victim.pod, "Normal", "Preempted", &msg);
+                        self.event(&victim.pod, Some(pod), "Normal", "Preempted", &msg);
                     }
                     // Gone already: its deletion is on its way to the cache.
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -628,21 +628,30 @@ impl Scheduler {
                 }
             }
         }
-        self.event(pod, "Warning", "FailedScheduling", msg);
+        self.event(pod, None, "Warning", "FailedScheduling", msg);
         true
     }
 
     /// Records an event about `pod` as its profile's scheduler.
-    fn event(&self, pod: &Pod, kind: &str, reason: &str, msg: &str) {
+    /// The action is upstream's for the reason: Binding for Scheduled, Preempting for
+    /// Preempted (with the preemptor as the related object), else Scheduling.
+    fn event(&self, pod: &Pod, related: Option<&Pod>, kind: &str, reason: &str, msg: &str) {
         let reporter = self
             .profile_of(pod)
             .map(|p| p.scheduler_name.as_str())
             .unwrap_or("default-scheduler");
-        let action = if reason == "Scheduled" {
-            "Binding"
-        } else {
-            "Scheduling"
+        let action = match reason {
+            "Scheduled" => "Binding",
+            "Preempted" => "Preempting",
+            _ => "Scheduling",
         };
-        self.events.record(pod, kind, reason, action, msg, reporter);
+        let o = events::Occurrence {
+            type_: kind,
+            reason,
+            action,
+            note: msg,
+            reporter,
+        };
+        self.events.record(pod, related, o);
     }
 }
