@@ -28,8 +28,51 @@ fn pod(name: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
-/// Runs the pods `names` at once; returns each one's create → Running latency.
-async fn start_batch(api: &Api<Pod>, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+/// The machine's busy CPU time so far, all processes (user, system, interrupts), in ms.
+fn busy_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq: idle and iowait are not busy.
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy * 1000.0 / hz
+}
+
+/// CPU time (user and system) of process `pid` so far, in ms; its children not counted.
+fn process_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks * 1000.0 / hz
+}
+
+/// A batch's outcome: each pod's create → Running latency (sorted), and the machine's
+/// busy CPU time from the first create to the last pod Running.
+struct Batch {
+    latencies: Vec<Duration>,
+    cpu_ms: f64,
+    /// The server process's own CPU time in that window (not runc's, nor the shims').
+    server_cpu_ms: f64,
+}
+
+/// Runs the pods `names` at once.
+async fn start_batch(api: &Api<Pod>, server: u32, names: &[String]) -> anyhow::Result<Batch> {
     let cfg = watcher::Config::default().labels("bench=kubelet");
     let mut events = watcher(api.clone(), cfg).boxed();
     // The watch is established once its initial list is through.
@@ -39,6 +82,8 @@ async fn start_batch(api: &Api<Pod>, names: &[String]) -> anyhow::Result<Vec<Dur
         }
     }
     let mut created: HashMap<String, Instant> = HashMap::new();
+    let cpu0 = busy_cpu_ms();
+    let server0 = process_cpu_ms(server);
     let creates = names.iter().map(|n| {
         let api = api.clone();
         async move {
@@ -68,8 +113,14 @@ async fn start_batch(api: &Api<Pod>, names: &[String]) -> anyhow::Result<Vec<Dur
             }
         }
     }
+    let cpu_ms = busy_cpu_ms() - cpu0;
+    let server_cpu_ms = process_cpu_ms(server) - server0;
     latencies.sort();
-    Ok(latencies)
+    Ok(Batch {
+        latencies,
+        cpu_ms,
+        server_cpu_ms,
+    })
 }
 
 /// The summed RSS (KiB) of the container shims this data dir's runtime started.
@@ -198,13 +249,16 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
         node_ready.as_secs_f64() * 1000.0
     );
     // A first pod sets up the pod network; the batch measures the steady state.
-    let warm = start_batch(&api, &["warmup".to_string()]).await?;
+    let warm = start_batch(&api, srv.child.id(), &["warmup".to_string()]).await?;
     println!(
         "  first pod on the node, create→Running {:>6.0} ms",
-        warm[0].as_secs_f64() * 1000.0
+        warm.latencies[0].as_secs_f64() * 1000.0
     );
     let names: Vec<String> = (0..pods).map(|i| format!("bench-{i}")).collect();
-    let lat = start_batch(&api, &names).await?;
+    let batch = start_batch(&api, srv.child.id(), &names).await?;
+    let mut cpu = vec![batch.cpu_ms];
+    let mut server_cpu = vec![batch.server_cpu_ms];
+    let lat = batch.latencies;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_agent = rss_of(srv.child.id());
     let (nshims, shim_kib) = shims_rss(&data);
@@ -224,7 +278,10 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
     for round in 2..=rounds {
         delete_all(&api).await?;
         let names: Vec<String> = (0..pods).map(|i| format!("bench-{round}-{i}")).collect();
-        let lat = start_batch(&api, &names).await?;
+        let batch = start_batch(&api, srv.child.id(), &names).await?;
+        cpu.push(batch.cpu_ms);
+        server_cpu.push(batch.server_cpu_ms);
+        let lat = batch.latencies;
         show(&format!("pod startup, round {round}"), &lat);
         medians.push(percentile(&lat, 0.5));
         all.extend(lat);
@@ -238,6 +295,18 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
             medians[medians.len() / 2]
         );
     }
+    let per_pod = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] / pods as f64
+    };
+    println!(
+        "  CPU per pod, whole machine (median round)  {:>5.1} ms",
+        per_pod(cpu)
+    );
+    println!(
+        "  CPU per pod, server process alone          {:>5.1} ms",
+        per_pod(server_cpu)
+    );
     println!(
         "  server RSS, control plane only        {:>8.1} MiB",
         base as f64 / 1024.0
@@ -260,5 +329,27 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
     let _ = delete_all(&api).await;
     drop(srv);
     let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+    unmount_under(tmp.path());
+    let state = rkube_runtime::Paths::under(&data).state;
+    unmount_under(&state);
+    let _ = std::fs::remove_dir_all(state);
     Ok(())
+}
+
+/// Detaches every mount under `dir` (containers' roots the agent had not yet removed when
+/// the server stopped), deepest first, so the benchmark's directory can go.
+fn unmount_under(dir: &std::path::Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| std::path::Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: a valid C string; a failure leaves the mount, as before.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }

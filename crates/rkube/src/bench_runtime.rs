@@ -192,7 +192,7 @@ pub async fn runtime(dir: PathBuf, runs: usize) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let res = measure(&mut c, &paths.root, &runc_bin, runs).await;
+    let res = measure(&mut c, &paths.state, &runc_bin, runs).await;
     // Clean up whatever is left, even after an error.
     let pods = c
         .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
@@ -205,6 +205,7 @@ pub async fn runtime(dir: PathBuf, runs: usize) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+    let _ = std::fs::remove_dir_all(&paths.state);
     for h in [
         "memory", "cpu", "cpuacct", "pids", "cpuset", "blkio", "devices", "freezer",
     ] {

@@ -81,6 +81,8 @@ pub struct ShimArgs {
     #[arg(long)]
     pub dir: PathBuf,
     #[arg(long)]
+    pub record_dir: PathBuf,
+    #[arg(long)]
     pub runc: PathBuf,
     #[arg(long)]
     pub runc_root: PathBuf,
@@ -95,6 +97,7 @@ pub fn shim(a: ShimArgs) -> i32 {
     rkube_runtime::shim::run(rkube_runtime::shim::ShimArgs {
         id: a.id,
         dir: a.dir,
+        record_dir: a.record_dir,
         runc: a.runc,
         runc_root: a.runc_root,
         log: a.log,

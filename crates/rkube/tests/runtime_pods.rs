@@ -409,16 +409,16 @@ fn runtime_restart_and_clean_removal() {
         .unwrap();
     });
     let data = node.data().display().to_string();
+    let state = rkube_runtime::Paths::under(&node.data())
+        .state
+        .display()
+        .to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&data),
-        "mounts left: {}",
-        mounts
-            .lines()
-            .filter(|l| l.contains(&data))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&data) || l.contains(&state))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {}", left.join("\n"));
     assert_eq!(count_veths(&node.bridge), veths_before);
     let cg = format!(
         "/sys/fs/cgroup/memory/rkube-test/steady-{}/{}",

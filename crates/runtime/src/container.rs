@@ -1,19 +1,23 @@
 //! Containers: an overlay root over the image's snapshots, an OCI bundle, and, once
-//! started, a shim (`rkube shim`) that runs it under runc. State lives in
-//! `ROOT/containers/<id>/` (`container.json` from the runtime, `started`; `shim.pid` and
-//! `exit.json` from the shim), so a restarted runtime reports exactly what it did before.
+//! started, a shim (`rkube shim`) that runs it under runc. What must outlive a reboot lives
+//! in `ROOT/containers/<id>/`: `container.json` and `started` from the runtime, `exit.json`
+//! from the shim, and the writable layer (`upper/`, `work/`), so a restarted runtime
+//! reports exactly what it did before. The rest lives in `STATE/containers/<id>/`: the
+//! bundle and its root mount, the shim's pid file, socket and log, runc's pid file and log.
 //!
 //! CreateContainer prepares the root filesystem and the bundle only; StartContainer
 //! starts the shim, which runs the container with one `runc run --detach`. (A runc
 //! `create` then `start` costs a third Go process per container, a large share of a
 //! pod's start-up on a small machine.)
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
@@ -50,20 +54,35 @@ pub enum State {
     Exited,
 }
 
+/// Start times (and exits) of containers already read, by ID: neither changes once known.
+type Settled = Arc<Mutex<HashMap<String, (i64, Option<Exit>)>>>;
+
 /// What runs containers: runc, the shim binary, and where their state goes.
 #[derive(Clone, Debug)]
 pub struct Containers {
-    records: crate::RecordDir,
+    records: crate::RecordDir<Container>,
+    /// `STATE/containers`.
+    state: PathBuf,
     pub runc: PathBuf,
     runc_root: PathBuf,
     shim: PathBuf,
+    settled: Settled,
 }
 
 impl Containers {
-    pub fn open(root: &Path, runc: PathBuf, shim: PathBuf) -> Result<Containers, Error> {
-        let runc_root = root.join("runc");
-        fs::create_dir_all(&runc_root).map_err(io_err(&runc_root))?;
+    pub fn open(
+        root: &Path,
+        state: &Path,
+        runc: PathBuf,
+        shim: PathBuf,
+    ) -> Result<Containers, Error> {
+        let runc_root = state.join("runc");
+        let state = state.join("containers");
+        for d in [&runc_root, &state] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
         Ok(Containers {
+            state,
             records: crate::RecordDir::open(
                 root.join("containers"),
                 "container.json",
@@ -72,12 +91,19 @@ impl Containers {
             runc,
             runc_root,
             shim,
+            settled: Default::default(),
         })
     }
 
-    /// A container's state directory.
+    /// A container's directory that outlives a reboot: its record, start and exit, and
+    /// its writable layer.
     pub fn dir(&self, id: &str) -> PathBuf {
         self.records.dir.join(id)
+    }
+
+    /// A container's directory of volatile state: bundle, shim and runc files.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.state.join(id)
     }
 
     /// The address of a container's shim socket (`attach.sock`), valid while the returned
@@ -85,7 +111,7 @@ impl Containers {
     /// limit of unix socket addresses.
     pub fn shim_socket(&self, id: &str) -> Result<ShimSocket, Error> {
         use std::os::fd::AsRawFd;
-        let dir = self.dir(id);
+        let dir = self.run_dir(id);
         let d = fs::File::open(&dir).map_err(io_err(&dir))?;
         let path = format!(
             "/proc/self/fd/{}/{}",
@@ -136,29 +162,74 @@ impl Containers {
         v
     }
 
+    /// The containers for which `keep` holds, oldest first.
+    pub fn filter(&self, keep: impl Fn(&Container) -> bool) -> Vec<Container> {
+        let mut v = self.records.filter(keep);
+        v.sort_by_key(|c| c.created_at);
+        v
+    }
+
     /// State, start time and exit of a container.
     pub fn state(&self, c: &Container) -> (State, i64, Option<Exit>) {
+        let known = self
+            .settled
+            .lock()
+            .expect("settled lock")
+            .get(&c.id)
+            .cloned();
+        if let Some((started, Some(exit))) = known {
+            return (State::Exited, started, Some(exit));
+        }
         let dir = self.dir(&c.id);
-        let started: i64 = fs::read_to_string(dir.join("started"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        let recorded: Option<i64> = match known {
+            Some((t, _)) => Some(t),
+            None => fs::read_to_string(dir.join("started"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        };
+        let started = recorded
             // A runtime that stopped between the shim's start and this record: the shim's
             // own file tells when.
             .or_else(|| {
-                let m = fs::metadata(dir.join("shim.pid")).ok()?.modified().ok()?;
+                let m = fs::metadata(self.run_dir(&c.id).join("shim.pid"))
+                    .ok()?
+                    .modified()
+                    .ok()?;
                 let d = m.duration_since(std::time::UNIX_EPOCH).ok()?;
                 i64::try_from(d.as_nanos()).ok()
             })
             .unwrap_or(0);
         let exit: Option<Exit> = fs::read(dir.join("exit.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .or_else(|| self.lost(c, recorded));
         let state = match (&exit, started) {
             (Some(_), _) => State::Exited,
             (None, 0) => State::Created,
             (None, _) => State::Running,
         };
+        if let (Some(t), true) = (recorded, known.is_none() || exit.is_some()) {
+            self.settled
+                .lock()
+                .expect("settled lock")
+                .insert(c.id.clone(), (t, exit.clone()));
+        }
         (state, started, exit)
+    }
+
+    /// The exit of a container that was started but whose volatile state is gone (the
+    /// machine restarted under it), as containerd reports one: code 255, reason Unknown.
+    fn lost(&self, c: &Container, started: Option<i64>) -> Option<Exit> {
+        let started = started?;
+        if self.run_dir(&c.id).exists() {
+            return None;
+        }
+        Some(Exit {
+            exit_code: 255,
+            finished_at: started,
+            reason: "Unknown".into(),
+            message: "the container's runtime state is gone: the machine restarted".into(),
+        })
     }
 
     /// Creates a container in `sandbox` from `config`: its root filesystem and bundle.
@@ -182,11 +253,12 @@ impl Containers {
         if name.name.is_empty() {
             return Err(Error::Format("container metadata.name is required".into()));
         }
-        let clash = self.list().into_iter().find(|c| {
-            let m = c.config.metadata.clone().unwrap_or_default();
-            c.sandbox_id == sandbox.id && m.name == name.name && m.attempt == name.attempt
+        let clash = self.records.filter(|c| {
+            let m = c.config.metadata.as_ref();
+            c.sandbox_id == sandbox.id
+                && m.is_some_and(|m| m.name == name.name && m.attempt == name.attempt)
         });
-        if let Some(c) = clash {
+        if let Some(c) = clash.first() {
             return Err(Error::AlreadyExists(format!(
                 "container {} (attempt {}) exists in the pod as {}",
                 name.name, name.attempt, c.id
@@ -231,7 +303,8 @@ impl Containers {
         record: &crate::images::ImageRecord,
         image: &crate::images::oci::ImageConfig,
     ) -> Result<Container, Error> {
-        let rootfs = dir.join("bundle/rootfs");
+        let bundle = self.run_dir(id).join("bundle");
+        let rootfs = bundle.join("rootfs");
         for d in [rootfs.clone(), dir.join("upper"), dir.join("work")] {
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
@@ -265,7 +338,7 @@ impl Containers {
             rootfs: &rootfs,
             cgroup: cgroup.clone(),
         })?;
-        let spec_path = dir.join("bundle/config.json");
+        let spec_path = bundle.join("config.json");
         fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("json"))
             .map_err(io_err(&spec_path))?;
         let log_dir = &sandbox.config.log_directory;
@@ -302,7 +375,7 @@ impl Containers {
 
     /// Starts `rkube shim` in its own session and waits for its report: the container runs.
     fn start_shim(&self, c: &Container) -> Result<(), Error> {
-        let dir = self.dir(&c.id);
+        let dir = self.run_dir(&c.id);
         let shim_log = fs::File::create(dir.join("shim.log")).map_err(io_err(&dir))?;
         let mut cmd = Command::new(&self.shim);
         cmd.arg("shim")
@@ -310,6 +383,8 @@ impl Containers {
             .arg(&c.id)
             .arg("--dir")
             .arg(&dir)
+            .arg("--record-dir")
+            .arg(self.dir(&c.id))
             .arg("--runc")
             .arg(&self.runc)
             .arg("--runc-root")
@@ -398,7 +473,7 @@ impl Containers {
             self.runc_with(&["update", "--resources", "-", &c.id], Some(&input))?;
         } else {
             // Not running yet: the bundle's spec carries the limits to `runc run`.
-            let p = self.dir(&c.id).join("bundle/config.json");
+            let p = self.run_dir(&c.id).join("bundle/config.json");
             let mut spec: serde_json::Value = fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -465,7 +540,7 @@ impl Containers {
     /// Whether the container's shim was started (its `shim.pid`): from then on runc
     /// knows the container.
     fn has_shim(&self, id: &str) -> bool {
-        self.dir(id).join("shim.pid").exists()
+        self.run_dir(id).join("shim.pid").exists()
     }
 
     /// Stops a container: its stop signal, up to `timeout` for it to exit, then SIGKILL.
@@ -549,9 +624,12 @@ impl Containers {
         if self.has_shim(id) && !dir.join("exit.json").exists() {
             let _ = self.runc(&["delete", "--force", id]);
         }
-        unmount(&dir.join("bundle/rootfs"));
+        let run = self.run_dir(id);
+        unmount(&run.join("bundle/rootfs"));
+        let _ = fs::remove_dir_all(&run);
         images.release(id);
-        let _ = fs::remove_dir_all(&dir);
+        self.settled.lock().expect("settled lock").remove(id);
+        let _ = self.records.remove(id);
     }
 }
 
@@ -627,6 +705,68 @@ fn unmount(target: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use super::{Container, Containers, State};
+
+    fn record(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            sandbox_id: "sb".into(),
+            config: Default::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            created_at: 1,
+            log_path: String::new(),
+            cgroup: String::new(),
+            stop_signal: "SIGTERM".into(),
+        }
+    }
+
+    /// What a container's files say about it, and what a reboot (its volatile state gone)
+    /// leaves: a started container that never recorded an exit ends as Unknown.
+    #[test]
+    fn states_from_the_record_and_the_volatile_state() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, state) = (d.path().join("root"), d.path().join("run"));
+        let open = || Containers::open(&root, &state, "runc".into(), "shim".into()).unwrap();
+        let cs = open();
+        for id in ["created", "running", "lost"] {
+            std::fs::create_dir_all(cs.dir(id)).unwrap();
+            std::fs::create_dir_all(cs.run_dir(id)).unwrap();
+            cs.records.save(id, &record(id)).unwrap();
+        }
+        for id in ["running", "lost"] {
+            std::fs::write(cs.dir(id).join("started"), "42").unwrap();
+        }
+        assert_eq!(cs.state(&cs.get("created").unwrap()).0, State::Created);
+        assert_eq!(cs.state(&cs.get("running").unwrap()).0, State::Running);
+        assert_eq!(cs.state(&cs.get("lost").unwrap()).0, State::Running);
+        // The shim records an exit: seen at once, though the start time was cached.
+        std::fs::write(
+            cs.dir("running").join("exit.json"),
+            r#"{"exit_code":3,"finished_at":50,"reason":"Error"}"#,
+        )
+        .unwrap();
+        let (st, started, exit) = cs.state(&cs.get("running").unwrap());
+        assert_eq!(
+            (st, started, exit.map(|e| e.exit_code)),
+            (State::Exited, 42, Some(3))
+        );
+        // A reboot: /run is empty, the records remain.
+        std::fs::remove_dir_all(&state).unwrap();
+        let cs = open();
+        let (st, _, exit) = cs.state(&cs.get("lost").unwrap());
+        let exit = exit.unwrap();
+        assert_eq!(
+            (st, exit.exit_code, exit.reason.as_str()),
+            (State::Exited, 255, "Unknown")
+        );
+        assert_eq!(cs.state(&cs.get("created").unwrap()).0, State::Created);
+        assert_eq!(
+            cs.state(&cs.get("running").unwrap()).2.unwrap().exit_code,
+            3
+        );
+    }
+
     #[test]
     fn signal_numbers() {
         use super::signal_number;

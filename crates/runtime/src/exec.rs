@@ -47,7 +47,7 @@ impl Containers {
             runc: self.runc.clone(),
             runc_root: self.runc_root().to_path_buf(),
             pid_file: self
-                .dir(&c.id)
+                .run_dir(&c.id)
                 .join(format!("exec-{}.pid", &crate::new_id()[..12])),
             id: c.id,
             cmd: cmd.to_vec(),

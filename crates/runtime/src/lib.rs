@@ -14,6 +14,7 @@ pub mod images;
 pub mod namespaces;
 pub mod netlink;
 pub mod pty;
+pub mod records;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
@@ -23,6 +24,7 @@ pub mod stream;
 use std::path::{Path, PathBuf};
 
 use digest::Digest;
+pub use records::RecordDir;
 
 /// What can go wrong in the runtime; each maps to a gRPC status with a message that says
 /// what to do.
@@ -64,20 +66,45 @@ pub fn io_err(p: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Io(p.display().to_string(), e)
 }
 
+/// The tmpfs that holds every runtime's volatile state (`Paths::state`).
+pub const STATE_MOUNT: &str = "/run/rkube/state";
+
 /// Where the runtime keeps its state, as k3s lays out its agent directory.
 #[derive(Clone, Debug)]
 pub struct Paths {
-    /// `DATA_DIR/agent/runtime`: images, snapshots, containers.
+    /// `DATA_DIR/agent/runtime`: images, snapshots, and the records of sandboxes and
+    /// containers (with their writable layers), which outlive a reboot.
     pub root: PathBuf,
+    /// What lives only as long as the containers do: OCI bundles and root mounts, runc's
+    /// state, shim sockets and pid files, namespace handles. On tmpfs under `/run`, as
+    /// containerd keeps its own in `/run/containerd`: nothing there is worth a disk
+    /// write, and a reboot clears it along with the containers it described.
+    pub state: PathBuf,
     /// `DATA_DIR/agent/images`: tarballs imported at start (air-gapped installs).
     pub import_dir: PathBuf,
 }
 
 impl Paths {
-    /// The runtime's directories under an rkube data dir.
+    /// The runtime's directories for an rkube data dir: `root` under it, and `state` at
+    /// `/run/rkube/<hash of the data dir>` (under `root` when `/run` is not writable).
     pub fn under(data_dir: &Path) -> Paths {
+        let root = data_dir.join("agent/runtime");
+        let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let hash = ring::digest::digest(&ring::digest::SHA256, abs.as_os_str().as_encoded_bytes());
+        let key: String = hash.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // SAFETY: access on a constant C string.
+        let run_writable = unsafe { libc::access(c"/run".as_ptr(), libc::W_OK) } == 0;
+        let state = if run_writable {
+            PathBuf::from(STATE_MOUNT).join(key)
+        } else {
+            root.join("state")
+        };
         Paths {
-            root: data_dir.join("agent/runtime"),
+            root,
+            state,
             import_dir: data_dir.join("agent/images"),
         }
     }
@@ -86,6 +113,81 @@ impl Paths {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+
+    /// Creates the state directory and names the data dir it belongs to in it, for
+    /// people who find it under `/run`. The volatile state must be gone after a reboot
+    /// and is worth no disk write: where `/run` is not a tmpfs (a minimal VM or container
+    /// without an init that mounts one), a tmpfs is mounted at `STATE_MOUNT`.
+    pub fn create_state(&self) -> Result<(), Error> {
+        if self.state.parent() == Some(Path::new(STATE_MOUNT)) {
+            ensure_tmpfs(Path::new(STATE_MOUNT))?;
+        }
+        std::fs::create_dir_all(&self.state).map_err(io_err(&self.state))?;
+        let owner = self.state.join("data-dir");
+        if !owner.exists() {
+            let data_dir = self
+                .root
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(&self.root);
+            let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+            std::fs::write(&owner, format!("{}\n", abs.display())).map_err(io_err(&owner))?;
+        }
+        Ok(())
+    }
+}
+
+/// Mounts a tmpfs at `dir` unless it is on one already; a lock beside it keeps two
+/// runtimes starting at once from stacking two mounts.
+fn ensure_tmpfs(dir: &Path) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let on_tmpfs = |p: &Path| -> Result<bool, Error> {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::Format(format!("bad path {}", p.display())))?;
+        // SAFETY: statfs into a zeroed struct we own, on a valid C string.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io_err(p)(std::io::Error::last_os_error()));
+        }
+        Ok(st.f_type as i64 == TMPFS_MAGIC)
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if on_tmpfs(dir)? {
+        return Ok(());
+    }
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err(&lock_path)(std::io::Error::last_os_error()));
+    }
+    if on_tmpfs(dir)? {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Format(format!("bad path {}", dir.display())))?;
+    // SAFETY: valid C strings for source, target, type and data.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=0711,size=128m".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Io(
+            format!(
+                "mounting a tmpfs for the runtime's state at {}",
+                dir.display()
+            ),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// A new 64-hex-digit ID for a sandbox or container.
@@ -101,68 +203,4 @@ pub fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-/// The full ID of the entry in `dir` named `id` or uniquely starting with it (as crictl
-/// accepts ID prefixes).
-pub fn resolve_id(dir: &Path, id: &str) -> Option<String> {
-    if id.is_empty() || id.contains('/') || id.starts_with('.') {
-        return None;
-    }
-    if dir.join(id).is_dir() {
-        return Some(id.to_string());
-    }
-    let mut hits = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(id));
-    let first = hits.next()?;
-    hits.next().is_none().then_some(first)
-}
-
-/// A directory of `<id>/<file>` JSON records (sandboxes, containers), read fresh from disk
-/// so a restarted runtime sees exactly what was there.
-#[derive(Clone, Debug)]
-pub struct RecordDir {
-    pub dir: PathBuf,
-    file: &'static str,
-    /// What a record is, for errors ("pod sandbox", "container").
-    what: &'static str,
-}
-
-impl RecordDir {
-    pub fn open(dir: PathBuf, file: &'static str, what: &'static str) -> Result<RecordDir, Error> {
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(RecordDir { dir, file, what })
-    }
-
-    /// The record with this ID or unique ID prefix.
-    pub fn get<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<T, Error> {
-        let missing = || Error::NotFound(format!("{} {id}", self.what));
-        let full = resolve_id(&self.dir, id).ok_or_else(missing)?;
-        let p = self.dir.join(full).join(self.file);
-        let b = std::fs::read(&p).map_err(|_| missing())?;
-        serde_json::from_slice(&b).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
-    }
-
-    /// Every readable record.
-    pub fn list<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        rd.flatten()
-            .filter_map(|e| std::fs::read(e.path().join(self.file)).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
-    }
-
-    /// Writes a record atomically.
-    pub fn save<T: serde::Serialize>(&self, id: &str, record: &T) -> Result<(), Error> {
-        let p = self.dir.join(id).join(self.file);
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(record).expect("json"))
-            .map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io_err(&p))
-    }
 }

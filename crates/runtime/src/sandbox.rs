@@ -1,6 +1,7 @@
 //! Pod sandboxes: the namespaces a pod's containers share (network, UTS, IPC), the pod's
-//! network attachment, and its `resolv.conf` and `hostname`. State lives in
-//! `ROOT/sandboxes/<id>/sandbox.json`, so a restarted runtime reports the same sandboxes.
+//! network attachment, and its `resolv.conf` and `hostname`. The record lives in
+//! `ROOT/sandboxes/<id>/sandbox.json`, so a restarted runtime reports the same sandboxes;
+//! the namespace handles and the two files in `STATE/sandboxes/<id>/`.
 
 use std::fs;
 use std::net::IpAddr;
@@ -59,21 +60,27 @@ impl Sandbox {
     }
 }
 
-/// The sandboxes under `ROOT/sandboxes`.
+/// The sandboxes under `ROOT/sandboxes` and `STATE/sandboxes`.
 #[derive(Clone, Debug)]
 pub struct Sandboxes {
-    records: crate::RecordDir,
+    records: crate::RecordDir<Sandbox>,
+    state: PathBuf,
 }
 
 impl Sandboxes {
-    pub fn open(root: &Path) -> Result<Sandboxes, Error> {
+    pub fn open(root: &Path, state: &Path) -> Result<Sandboxes, Error> {
+        let state = state.join("sandboxes");
+        fs::create_dir_all(&state).map_err(io_err(&state))?;
         Ok(Sandboxes {
             records: crate::RecordDir::open(root.join("sandboxes"), "sandbox.json", "pod sandbox")?,
+            state,
         })
     }
 
+    /// A sandbox's directory of volatile state: namespace handles, `hostname` and
+    /// `resolv.conf`.
     pub fn dir(&self, id: &str) -> PathBuf {
-        self.records.dir.join(id)
+        self.state.join(id)
     }
 
     fn save(&self, s: &Sandbox) -> Result<(), Error> {
@@ -99,9 +106,9 @@ impl Sandboxes {
     ) -> Result<Sandbox, Error> {
         let key = Sandbox::key(&config);
         if let Some(s) = self
-            .list()
-            .into_iter()
-            .find(|s| Sandbox::key(&s.config) == key)
+            .records
+            .filter(|s| Sandbox::key(&s.config) == key)
+            .first()
         {
             return Err(Error::AlreadyExists(format!(
                 "pod sandbox {key} exists as {}; remove it first",
@@ -117,8 +124,9 @@ impl Sandboxes {
         let host_network = opts.network == cri::NamespaceMode::Node as i32;
         let host_ipc = opts.ipc == cri::NamespaceMode::Node as i32;
         let id = crate::new_id();
-        let dir = self.dir(&id);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for dir in [self.records.dir.join(&id), self.dir(&id)] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
         let mut sb = Sandbox {
             id: id.clone(),
             config,
@@ -133,7 +141,8 @@ impl Sandboxes {
         let res = self.setup(&mut sb, network, host_ipc);
         if let Err(e) = res {
             let _ = self.teardown(&mut sb, network);
-            let _ = fs::remove_dir_all(&dir);
+            let _ = self.records.remove(&id);
+            let _ = fs::remove_dir_all(self.dir(&id));
             return Err(e);
         }
         sb.ready = true;
@@ -240,6 +249,10 @@ impl Sandboxes {
         };
         self.teardown(&mut sb, network)?;
         let dir = self.dir(&sb.id);
-        fs::remove_dir_all(&dir).map_err(io_err(&dir))
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir)(e)),
+            _ => {}
+        }
+        self.records.remove(&sb.id)
     }
 }

@@ -277,6 +277,8 @@ pub fn remove_pods(data: &std::path::Path, bridge: &str, netns: Option<&str>) {
             let _ = Command::new("umount").arg("-l").arg(v.path()).output();
         }
     }
+    // The runtime's volatile state under /run, emptied by the removals above.
+    let _ = std::fs::remove_dir_all(rkube_runtime::Paths::under(data).state);
 }
 
 /// Imports the test busybox image into an agent data dir.

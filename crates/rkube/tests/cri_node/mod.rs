@@ -176,6 +176,8 @@ impl Drop for Node {
                 }
             }
         }
+        // The runtime's volatile state under /run, emptied by the removals above.
+        let _ = std::fs::remove_dir_all(rkube_runtime::Paths::under(&self.data()).state);
     }
 }
 

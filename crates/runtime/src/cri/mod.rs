@@ -77,9 +77,11 @@ impl Runtime {
     /// Opens the state under `paths` and imports the air-gap image directory.
     pub fn open(paths: Paths, options: Options) -> Result<Arc<Runtime>, Error> {
         let images = ImageStore::open(&paths.images())?;
-        let sandboxes = crate::sandbox::Sandboxes::open(&paths.root)?;
+        paths.create_state()?;
+        let sandboxes = crate::sandbox::Sandboxes::open(&paths.root, &paths.state)?;
         let containers = crate::container::Containers::open(
             &paths.root,
+            &paths.state,
             options.runc.clone(),
             options.shim.clone(),
         )?;

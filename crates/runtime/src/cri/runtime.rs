@@ -378,11 +378,18 @@ impl RuntimeService for Containers {
         req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
         let filter = req.into_inner().filter.unwrap_or_default();
+        let want = filter.state.as_ref().map(|s| s.state);
+        // Matched in memory first: only the matches' state is read from disk.
         let all = self
-            .blocking(|rt| {
+            .blocking(move |rt| {
                 Ok(rt
                     .containers
-                    .list()
+                    .filter(|c| {
+                        (filter.id.is_empty() || c.id.starts_with(&filter.id))
+                            && (filter.pod_sandbox_id.is_empty()
+                                || c.sandbox_id.starts_with(&filter.pod_sandbox_id))
+                            && labels_match(&filter.label_selector, &c.config.labels)
+                    })
                     .into_iter()
                     .map(|c| {
                         let st = rt.containers.state(&c).0;
@@ -393,17 +400,7 @@ impl RuntimeService for Containers {
             .await?;
         let containers = all
             .into_iter()
-            .filter(|(c, _)| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|(c, _)| {
-                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|(_, st)| {
-                filter
-                    .state
-                    .as_ref()
-                    .is_none_or(|s| s.state == container_state(*st) as i32)
-            })
-            .filter(|(c, _)| labels_match(&filter.label_selector, &c.config.labels))
+            .filter(|(_, st)| want.is_none_or(|w| w == container_state(*st) as i32))
             .map(|(c, st)| cri::Container {
                 id: c.id.clone(),
                 pod_sandbox_id: c.sandbox_id.clone(),

@@ -28,8 +28,12 @@ use hub::{Hub, REOPEN};
 #[derive(Clone, Debug)]
 pub struct ShimArgs {
     pub id: String,
-    /// The container's state directory (with `bundle/` and `container.json`).
+    /// The container's volatile directory (with `bundle/`): the shim's working directory,
+    /// where its pid file, socket and runc's files go.
     pub dir: PathBuf,
+    /// The container's lasting directory: `container.json` is read from it and
+    /// `exit.json` written to it.
+    pub record_dir: PathBuf,
     pub runc: PathBuf,
     pub runc_root: PathBuf,
     /// The CRI log file, if the kubelet asked for one.
@@ -108,8 +112,8 @@ pub fn run(a: ShimArgs) -> i32 {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            let p = a.dir.join("exit.json");
-            let tmp = a.dir.join("exit.json.tmp");
+            let p = a.record_dir.join("exit.json");
+            let tmp = a.record_dir.join("exit.json.tmp");
             if fs::write(&tmp, serde_json::to_vec(&exit).expect("json")).is_ok() {
                 let _ = fs::rename(&tmp, &p);
             }
@@ -154,7 +158,7 @@ fn wants(dir: &Path) -> (bool, bool, bool) {
 /// `runc run --detach` with the container's stdio on our pipes (or a terminal received
 /// over the console socket); starts the output copiers and the attach socket.
 fn run_container(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
-    let (tty, stdin, stdin_once) = wants(&a.dir);
+    let (tty, stdin, stdin_once) = wants(&a.record_dir);
     let pid_file = a.dir.join("init.pid");
     let runc_log = a.dir.join("runc.log");
     let mut cmd = Command::new(&a.runc);
