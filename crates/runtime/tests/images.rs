@@ -28,6 +28,13 @@ struct Cri {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+impl Drop for Cri {
+    fn drop(&mut self) {
+        // The runtime's (empty) volatile state under /run.
+        let _ = std::fs::remove_dir_all(Paths::under(self._dir.path()).state);
+    }
+}
+
 async fn start_cri() -> Cri {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::open(Paths::under(dir.path()), Default::default()).unwrap();
