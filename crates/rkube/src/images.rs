@@ -85,6 +85,8 @@ pub struct ShimArgs {
     #[arg(long)]
     pub runc: PathBuf,
     #[arg(long)]
+    pub runc_image: Option<PathBuf>,
+    #[arg(long)]
     pub runc_root: PathBuf,
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -99,6 +101,7 @@ pub fn shim(a: ShimArgs) -> i32 {
         dir: a.dir,
         record_dir: a.record_dir,
         runc: a.runc,
+        runc_image: a.runc_image,
         runc_root: a.runc_root,
         log: a.log,
         cgroup: a.cgroup,

@@ -64,6 +64,8 @@ pub struct Containers {
     /// `STATE/containers`.
     state: PathBuf,
     pub runc: PathBuf,
+    /// The sealed copy of runc that commands run from, when one could be made.
+    image: Option<Arc<crate::runc_image::RuncImage>>,
     runc_root: PathBuf,
     shim: PathBuf,
     settled: Settled,
@@ -81,7 +83,18 @@ impl Containers {
         for d in [&runc_root, &state] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
+        let is_runc = runc
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("runc"));
+        let image = is_runc
+            .then(|| crate::runc_image::RuncImage::seal(&runc))
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!("running runc from disk: no sealed copy: {e}"))
+                    .ok()
+            })
+            .map(Arc::new);
         Ok(Containers {
+            image,
             state,
             records: crate::RecordDir::open(
                 root.join("containers"),
@@ -93,6 +106,13 @@ impl Containers {
             shim,
             settled: Default::default(),
         })
+    }
+
+    /// What this process runs runc by: the sealed copy, else the binary on disk.
+    pub fn runc_exe(&self) -> PathBuf {
+        self.image
+            .as_ref()
+            .map_or_else(|| self.runc.clone(), |i| i.exe())
     }
 
     /// A container's directory that outlives a reboot: its record, start and exit, and
@@ -394,6 +414,9 @@ impl Containers {
         if !c.log_path.is_empty() {
             cmd.arg("--log").arg(&c.log_path);
         }
+        if let Some(image) = &self.image {
+            cmd.arg("--runc-image").arg(image.shared());
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(shim_log)
@@ -430,7 +453,7 @@ impl Containers {
     /// Runs runc with `input` on its stdin, if any; its stderr becomes the error.
     fn runc_with(&self, args: &[&str], input: Option<&[u8]>) -> Result<(), Error> {
         use std::io::Write;
-        let mut child = Command::new(&self.runc)
+        let mut child = crate::runc_image::command(&self.runc_exe())
             .arg("--root")
             .arg(&self.runc_root)
             .args(args)

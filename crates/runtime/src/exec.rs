@@ -44,7 +44,7 @@ impl Containers {
             return Err(Error::Format(format!("container {} is not running", c.id)));
         }
         Ok(ExecCommand {
-            runc: self.runc.clone(),
+            runc: self.runc_exe(),
             runc_root: self.runc_root().to_path_buf(),
             pid_file: self
                 .run_dir(&c.id)
@@ -58,7 +58,7 @@ impl Containers {
 impl ExecCommand {
     /// The runc command line; `tty` asks runc for a terminal on its own stdio.
     pub fn command(&self, tty: bool) -> tokio::process::Command {
-        let mut c = std::process::Command::new(&self.runc);
+        let mut c = crate::runc_image::command(&self.runc);
         c.arg("--root").arg(&self.runc_root).arg("exec");
         if tty {
             c.arg("--tty");

@@ -15,6 +15,7 @@ pub mod namespaces;
 pub mod netlink;
 pub mod pty;
 pub mod records;
+pub mod runc_image;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;

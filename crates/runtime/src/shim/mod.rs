@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct ShimArgs {
     /// `exit.json` written to it.
     pub record_dir: PathBuf,
     pub runc: PathBuf,
+    /// The runtime's sealed copy of runc (`/proc/PID/fd/N`), run instead of `runc`.
+    pub runc_image: Option<PathBuf>,
     pub runc_root: PathBuf,
     /// The CRI log file, if the kubelet asked for one.
     pub log: Option<PathBuf>,
@@ -60,7 +62,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
 
 /// Runs the shim; returns the process exit code. Reports `ok PID` or `error MESSAGE` as
 /// one line on stdout, then detaches from it.
-pub fn run(a: ShimArgs) -> i32 {
+pub fn run(mut a: ShimArgs) -> i32 {
     // SAFETY: setsid, prctl and signal with constant arguments and a handler that only
     // stores to an atomic.
     unsafe {
@@ -77,6 +79,15 @@ pub fn run(a: ShimArgs) -> i32 {
         return 1;
     }
     let _ = fs::write("shim.pid", std::process::id().to_string());
+    // Held for the shim's life: `runc delete` at the end runs from it too, long after the
+    // runtime that made it may have restarted.
+    let image = a
+        .runc_image
+        .as_deref()
+        .and_then(|p| crate::runc_image::RuncImage::open(p).ok());
+    if let Some(i) = &image {
+        a.runc = i.exe();
+    }
     match run_container(&a) {
         Ok((pid, hub, copiers)) => {
             report(&format!("ok {pid}"));
@@ -105,7 +116,7 @@ pub fn run(a: ShimArgs) -> i32 {
                 message: String::new(),
             };
             // runc's record goes first: once exit.json exists, the container is gone.
-            let _ = Command::new(&a.runc)
+            let _ = crate::runc_image::command(&a.runc)
                 .arg("--root")
                 .arg(&a.runc_root)
                 .args(["delete", "--force", &a.id])
@@ -161,7 +172,7 @@ fn run_container(a: &ShimArgs) -> Result<(i32, Arc<Hub>, Copiers), String> {
     let (tty, stdin, stdin_once) = wants(&a.record_dir);
     let pid_file = a.dir.join("init.pid");
     let runc_log = a.dir.join("runc.log");
-    let mut cmd = Command::new(&a.runc);
+    let mut cmd = crate::runc_image::command(&a.runc);
     cmd.arg("--root")
         .arg(&a.runc_root)
         .arg("--log")
