@@ -11,10 +11,8 @@
 //! pod's start-up on a small machine.)
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -684,43 +682,26 @@ pub fn signal_number(name: &str) -> Option<i32> {
     Some(n)
 }
 
-fn cpath(p: &Path) -> Result<CString, Error> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::Format(format!("bad path {}", p.display())))
-}
-
 fn mount_overlay(target: &Path, opts: &str) -> Result<(), Error> {
     if opts.len() >= 4096 {
         return Err(Error::Format(
             "too many image layers for one overlay mount".into(),
         ));
     }
-    let t = cpath(target)?;
-    let o = CString::new(opts).map_err(|_| Error::Format("bad overlay options".into()))?;
-    // SAFETY: valid C strings for source, target, type and data.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            t.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            o.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(Error::Io(
-            format!(
-                "mounting the container's overlay root at {} (needs root and overlayfs)",
-                target.display()
-            ),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::mount_fs(
+        c"overlay",
+        target,
+        0,
+        opts,
+        &format!(
+            "mounting the container's overlay root at {} (needs root and overlayfs)",
+            target.display()
+        ),
+    )
 }
 
 fn unmount(target: &Path) {
-    if let Ok(t) = cpath(target) {
+    if let Ok(t) = crate::cpath(target) {
         // SAFETY: valid C string; failure (not mounted) is fine.
         unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
     }

@@ -142,11 +142,9 @@ impl Paths {
 /// runtimes starting at once from stacking two mounts.
 fn ensure_tmpfs(dir: &Path) -> Result<(), Error> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     let on_tmpfs = |p: &Path| -> Result<bool, Error> {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| Error::Format(format!("bad path {}", p.display())))?;
+        let c = cpath(p)?;
         // SAFETY: statfs into a zeroed struct we own, on a valid C string.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -167,26 +165,49 @@ fn ensure_tmpfs(dir: &Path) -> Result<(), Error> {
     if on_tmpfs(dir)? {
         return Ok(());
     }
-    let target = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| Error::Format(format!("bad path {}", dir.display())))?;
+    mount_fs(
+        c"tmpfs",
+        dir,
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0711,size=128m",
+        &format!(
+            "mounting a tmpfs for the runtime's state at {}",
+            dir.display()
+        ),
+    )
+}
+
+/// A path as a C string.
+pub(crate) fn cpath(p: &Path) -> Result<std::ffi::CString, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::Format(format!("bad path {}", p.display())))
+}
+
+/// Mounts a filesystem of type `fstype` (also its source name) at `target` with `data`
+/// as its options; an error says it was `what`.
+pub(crate) fn mount_fs(
+    fstype: &std::ffi::CStr,
+    target: &Path,
+    flags: libc::c_ulong,
+    data: &str,
+    what: &str,
+) -> Result<(), Error> {
+    let t = cpath(target)?;
+    let d = std::ffi::CString::new(data)
+        .map_err(|_| Error::Format(format!("bad mount options {data:?}")))?;
     // SAFETY: valid C strings for source, target, type and data.
     let rc = unsafe {
         libc::mount(
-            c"tmpfs".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=0711,size=128m".as_ptr().cast(),
+            fstype.as_ptr(),
+            t.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            d.as_ptr().cast(),
         )
     };
     if rc != 0 {
-        return Err(Error::Io(
-            format!(
-                "mounting a tmpfs for the runtime's state at {}",
-                dir.display()
-            ),
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::Io(what.to_string(), std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -3,13 +3,11 @@
 //! to files that keep them alive; containers join them by path. (A thread may unshare
 //! these in a multi-threaded process; nothing forks.)
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::{io_err, Error};
+use crate::{cpath, io_err, Error};
 
 /// The namespaces a pod shares.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,11 +107,6 @@ pub fn remove(dir: &Path) {
 
 fn os_err(what: &str) -> Error {
     Error::Io(what.to_string(), io::Error::last_os_error())
-}
-
-fn cpath(p: &Path) -> Result<CString, Error> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::Format(format!("bad path {}", p.display())))
 }
 
 /// Bind-mounts `src` on `dst`.
