@@ -8,10 +8,21 @@
 //! creation time) instead lets the first pods finish first, with the same total work. Two
 //! per core, not one: the steps also wait (on the kernel's namespace and mount work, on
 //! child processes), and one per core measured slower overall.
+//!
+//! A step that the same pod surely follows with another (a sandbox with its first
+//! container, a created container with its start) keeps its permit for that pod a short
+//! while ([`Pass::reserve`]): the kubelet needs a few milliseconds between the calls, and
+//! a younger pod's sandbox taking the permit in that gap would delay the older pod by a
+//! whole step.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a permit waits for the next step of its pod: the kubelet's gap between
+/// the calls, with room for a busy machine.
+pub const NEXT_STEP_HOLD: Duration = Duration::from_millis(100);
 
 /// A counting gate whose waiters enter in key order (smallest first, then arrival).
 #[derive(Debug)]
@@ -25,6 +36,18 @@ struct State {
     free: usize,
     next: u64,
     waiting: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Permits kept for a key's next step, until the deadline.
+    reserved: Vec<(i64, Instant)>,
+}
+
+impl State {
+    /// Frees the reservations whose time is up; the earliest deadline still pending.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let before = self.reserved.len();
+        self.reserved.retain(|(_, until)| *until > now);
+        self.free += before - self.reserved.len();
+        self.reserved.iter().map(|(_, until)| *until).min()
+    }
 }
 
 /// Held while a step runs; dropping it lets the next waiter in.
@@ -39,6 +62,7 @@ impl Gate {
                 free: permits.max(1),
                 next: 0,
                 waiting: BinaryHeap::new(),
+                reserved: Vec::new(),
             }),
             freed: Condvar::new(),
         }
@@ -50,13 +74,22 @@ impl Gate {
     }
 
     /// Blocks until a permit is free and no waiter with a smaller key (an older pod)
-    /// is ahead.
+    /// is ahead, or until the permit reserved for `key` is there.
     pub fn enter(&self, key: i64) -> Pass<'_> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = Reverse((key, s.next));
         s.next += 1;
         s.waiting.push(ticket);
         loop {
+            let now = Instant::now();
+            let deadline = s.expire(now);
+            if let Some(i) = s.reserved.iter().position(|(k, _)| *k == key) {
+                s.reserved.swap_remove(i);
+                s.waiting.retain(|t| *t != ticket);
+                // It may have been the head of the queue.
+                self.freed.notify_all();
+                return Pass(self);
+            }
             if s.free > 0 && s.waiting.peek() == Some(&ticket) {
                 s.waiting.pop();
                 s.free -= 1;
@@ -64,8 +97,30 @@ impl Gate {
                 self.freed.notify_all();
                 return Pass(self);
             }
-            s = self.freed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = match deadline {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(now);
+                    self.freed
+                        .wait_timeout(s, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.freed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            };
         }
+    }
+}
+
+impl Pass<'_> {
+    /// Keeps the permit for the next step of `key` for at most `hold`; after that, or
+    /// when that step has entered, it serves the others again.
+    pub fn reserve(self, key: i64, hold: Duration) {
+        let gate = self.0;
+        std::mem::forget(self);
+        let mut s = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.reserved.push((key, Instant::now() + hold));
+        // Waiters must learn the new deadline (and the reserved key may be waiting).
+        gate.freed.notify_all();
     }
 }
 
@@ -123,5 +178,26 @@ mod tests {
         let _c = gate.enter(3);
         drop(b);
         assert_eq!(gate.state.lock().unwrap().free, 1);
+    }
+
+    #[test]
+    fn a_reserved_permit_waits_for_its_key_then_expires() {
+        let gate = Arc::new(Gate::new(1));
+        gate.enter(5).reserve(5, Duration::from_secs(60));
+        // Key 5 takes its reservation; an older key must wait for it.
+        let again = gate.enter(5);
+        drop(again);
+        assert_eq!(gate.state.lock().unwrap().free, 1);
+
+        gate.enter(5).reserve(5, Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        let other = gate.enter(1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "the reserved permit was taken by another key"
+        );
+        drop(other);
+        let s = gate.state.lock().unwrap();
+        assert_eq!((s.free, s.reserved.len()), (1, 0));
     }
 }

@@ -189,7 +189,7 @@ impl RuntimeService for Containers {
         let sb = self
             .blocking(move |rt| {
                 crate::hostport::check_free(&config, &rt.sandboxes.list())?;
-                let _pass = rt.start_gate.enter(crate::now_nanos());
+                let pass = rt.start_gate.enter(crate::now_nanos());
                 let net = rt.network();
                 let sb = rt.sandboxes.run(config, net.as_ref())?;
                 if let Err(e) = rt.sync_host_ports() {
@@ -197,6 +197,8 @@ impl RuntimeService for Containers {
                     let _ = rt.sync_host_ports();
                     return Err(e);
                 }
+                // Its first container comes next.
+                pass.reserve(sb.created_at, crate::gate::NEXT_STEP_HOLD);
                 Ok(sb)
             })
             .await?;
@@ -320,9 +322,13 @@ impl RuntimeService for Containers {
         let c = self
             .blocking(move |rt| {
                 let sb = rt.sandboxes.get(&req.pod_sandbox_id)?;
-                let _pass = rt.start_gate.enter(sb.created_at);
-                rt.containers
-                    .create(&sb, &rt.sandboxes.dir(&sb.id), config, &rt.images)
+                let pass = rt.start_gate.enter(sb.created_at);
+                let c = rt
+                    .containers
+                    .create(&sb, &rt.sandboxes.dir(&sb.id), config, &rt.images)?;
+                // Its start comes next.
+                pass.reserve(sb.created_at, crate::gate::NEXT_STEP_HOLD);
+                Ok(c)
             })
             .await?;
         Ok(Response::new(cri::CreateContainerResponse {
