@@ -57,7 +57,8 @@ bench: deps
 	$(TARGET)/release/rkube bench datastore
 	$(TARGET)/release/rkube bench apiserver
 	for shape in basic topology-spreading anti-affinity preemption; do \
-		$(SUDO) $(TARGET)/release/rkube bench scheduler --shape $$shape --dir /var/lib || exit 1; done
+		$(SUDO) $(TARGET)/release/rkube bench scheduler --shape $$shape --dir /var/lib \
+			$$([ $$shape = basic ] && echo --backlog) || exit 1; done
 	$(SUDO) $(TARGET)/release/rkube bench runtime
 	$(SUDO) $(TARGET)/release/rkube bench kubelet
 

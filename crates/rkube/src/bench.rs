@@ -57,6 +57,11 @@ pub enum BenchCommand {
         /// anti-affinity, 500 for preemption).
         #[arg(long)]
         pods: Option<usize>,
+        /// Then also time the scheduler alone: it is paused (SIGSTOP) while as many pods
+        /// again are created, then resumed; timed from the resume to the last pod bound
+        /// (not for preemption).
+        #[arg(long)]
+        backlog: bool,
     },
     /// Container runtime (root): pod sandbox setup, sandbox + first container running,
     /// container create+start+stop+remove beside bare `runc run` of the same bundle
@@ -97,7 +102,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             shape,
             nodes,
             pods,
-        } => crate::bench_scheduler::scheduler(dir, shape, nodes, pods).await,
+            backlog,
+        } => crate::bench_scheduler::scheduler(dir, shape, nodes, pods, backlog).await,
         BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
         BenchCommand::Kubelet { dir, pods, rounds } => {
             crate::bench_kubelet::kubelet(dir, pods, rounds.max(1)).await

@@ -11,6 +11,10 @@
 //!   another of their kind, 1,000 of them placed first.
 //! - `preemption` (PreemptionBasic): nodes full of low-priority pods; each measured pod
 //!   has a high priority and fits only by preempting.
+//!
+//! With `--backlog` (not for preemption), the scheduler is then paused while as many pods again are created,
+//! and timed alone from its resume to the last of them bound: its throughput without
+//! the creates competing for the two cores (still through `pods/binding` and watches).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -156,6 +160,7 @@ pub async fn scheduler(
     shape: Shape,
     nodes: Option<usize>,
     pods: Option<usize>,
+    backlog: bool,
 ) -> anyhow::Result<()> {
     let (default_nodes, default_pods) = match shape {
         Shape::Basic => (5000, 10_000),
@@ -164,6 +169,11 @@ pub async fn scheduler(
         Shape::Preemption => (500, 500),
     };
     let (nodes, pods) = (nodes.unwrap_or(default_nodes), pods.unwrap_or(default_pods));
+    anyhow::ensure!(
+        !(backlog && shape == Shape::Preemption),
+        "--backlog does not apply to preemption: its nodes have no room for a second batch of \
+         measured pods (no low-priority victims are left for them); use another shape"
+    );
     let tmp = tempfile::Builder::new()
         .prefix("rkube-bench-")
         .tempdir_in(&dir)
@@ -217,19 +227,25 @@ pub async fn scheduler(
         .spawn()
         .context("starting the scheduler")?;
     let sched_pid = sched.id();
-    let res = measure(&client, shape, init, pods, sched_pid, srv.child.id()).await;
+    let mut res = measure(&client, shape, init, pods, sched_pid, srv.child.id()).await;
+    if backlog && res.is_ok() {
+        res = measure_backlog(&client, shape, pods, sched_pid, srv.child.id()).await;
+    }
     let _ = sched.kill();
     let _ = sched.wait();
     res
 }
 
 /// Creates `n` pods named `PREFIX-i` from `make`, 64 in flight, and waits until a watch
-/// has seen them all bound; (creation time, first create → last bound).
+/// has seen them all bound; (creation time, first create → last bound). With `paused`,
+/// that process (the scheduler) is stopped during the creates and the time to the last
+/// bound runs from its resume, when `at_resume` is called.
 async fn create_and_bind(
     client: &kube::Client,
     prefix: &'static str,
     n: usize,
     make: impl Fn(&str) -> anyhow::Result<Pod>,
+    paused: Option<(u32, &mut dyn FnMut())>,
 ) -> anyhow::Result<(Duration, Duration)> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
     let watch_api: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -267,8 +283,11 @@ async fn create_and_bind(
     let _ = ready_rx.await;
     let api = Arc::new(Api::<Pod>::namespaced(client.clone(), "default"));
     let make = &make;
-    let t0 = Instant::now();
-    create_all(n, 64, |i| {
+    if let Some((pid, _)) = &paused {
+        signal(*pid, libc::SIGSTOP)?;
+    }
+    let mut t0 = Instant::now();
+    let created = create_all(n, 64, |i| {
         let api = api.clone();
         async move {
             api.create(&PostParams::default(), &make(&format!("{prefix}-{i}"))?)
@@ -276,13 +295,19 @@ async fn create_and_bind(
             Ok(())
         }
     })
-    .await?;
-    let created = t0.elapsed();
+    .await;
+    let created_in = t0.elapsed();
+    if let Some((pid, at_resume)) = paused {
+        at_resume();
+        t0 = Instant::now();
+        signal(pid, libc::SIGCONT)?;
+    }
+    created?;
     let done = tokio::time::timeout(Duration::from_secs(900), done_rx)
         .await
         .with_context(|| format!("not every {prefix} pod was bound within 15 min"))??;
     counter.abort();
-    Ok((created, done.duration_since(t0)))
+    Ok((created_in, done.duration_since(t0)))
 }
 
 async fn measure(
@@ -315,11 +340,12 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if init > 0 {
-        let (_, took) = create_and_bind(client, "init", init, |n| shape.init_pod(n)).await?;
+        let (_, took) = create_and_bind(client, "init", init, |n| shape.init_pod(n), None).await?;
         println!("{init} pods placed first in {:.1} s", took.as_secs_f64());
     }
     let (cpu_s0, cpu_a0) = (cpu_seconds(sched_pid), cpu_seconds(server_pid));
-    let (created, took) = create_and_bind(client, "pod", pods, |n| shape.measured_pod(n)).await?;
+    let (created, took) =
+        create_and_bind(client, "pod", pods, |n| shape.measured_pod(n), None).await?;
     let peak = (rss_of(sched_pid), rss_of(server_pid));
     if shape == Shape::Preemption {
         let left = api
@@ -366,6 +392,51 @@ async fn measure(
         peak.0 as f64 / 1024.0,
         100.0 * cpu_a / took.as_secs_f64(),
         peak.1 as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Sends `sig` to `pid`.
+fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill has no memory preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("signalling the scheduler");
+    }
+    Ok(())
+}
+
+/// The scheduler alone: `pods` more pods created while it is paused, timed from its
+/// resume to the last of them bound.
+async fn measure_backlog(
+    client: &kube::Client,
+    shape: Shape,
+    pods: usize,
+    sched_pid: u32,
+    server_pid: u32,
+) -> anyhow::Result<()> {
+    let mut at_resume = (0.0, 0.0);
+    let (created, took) = create_and_bind(
+        client,
+        "queued",
+        pods,
+        |n| shape.measured_pod(n),
+        Some((sched_pid, &mut || {
+            at_resume = (cpu_seconds(sched_pid), cpu_seconds(server_pid))
+        })),
+    )
+    .await?;
+    let cpu_s = cpu_seconds(sched_pid) - at_resume.0;
+    let cpu_a = cpu_seconds(server_pid) - at_resume.1;
+    let took_s = took.as_secs_f64();
+    println!(
+        "scheduler alone: {pods} pods created while it was paused ({:.2} s); resumed → last bound: {took_s:.2} s = {:.0} pods/s",
+        created.as_secs_f64(),
+        pods as f64 / took_s,
+    );
+    println!(
+        "  scheduler {cpu_s:.1} CPU s ({:.0}% of a core), apiserver {cpu_a:.1} CPU s ({:.0}%)",
+        100.0 * cpu_s / took_s,
+        100.0 * cpu_a / took_s,
     );
     Ok(())
 }
