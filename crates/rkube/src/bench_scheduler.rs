@@ -12,9 +12,10 @@
 //! - `preemption` (PreemptionBasic): nodes full of low-priority pods; each measured pod
 //!   has a high priority and fits only by preempting.
 //!
-//! With `--backlog` (not for preemption), the scheduler is then paused while as many pods again are created,
-//! and timed alone from its resume to the last of them bound: its throughput without
-//! the creates competing for the two cores (still through `pods/binding` and watches).
+//! With `--backlog` (not for preemption), the scheduler is then paused while as many pods
+//! again are created, and timed alone from its resume to the last of them bound: its
+//! throughput without the creates competing for the two cores (still through
+//! `pods/binding` and watches).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
