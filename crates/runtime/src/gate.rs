@@ -82,7 +82,12 @@ impl Gate {
         s.waiting.push(ticket);
         loop {
             let now = Instant::now();
+            let free = s.free;
             let deadline = s.expire(now);
+            if s.free > free {
+                // Expired reservations: the head of the queue may now go.
+                self.freed.notify_all();
+            }
             if let Some(i) = s.reserved.iter().position(|(k, _)| *k == key) {
                 s.reserved.swap_remove(i);
                 s.waiting.retain(|t| *t != ticket);
@@ -199,5 +204,33 @@ mod tests {
         drop(other);
         let s = gate.state.lock().unwrap();
         assert_eq!((s.free, s.reserved.len()), (1, 0));
+    }
+
+    #[test]
+    fn pods_with_reservations_never_lose_a_permit() {
+        // Many pods at once, each a sandbox, a create and a start as the runtime runs
+        // them; some never come back for their reservation (a failed step).
+        let gate = Arc::new(Gate::new(2));
+        let threads: Vec<_> = (0..16i64)
+            .map(|key| {
+                let g = gate.clone();
+                std::thread::spawn(move || {
+                    g.enter(key).reserve(key, Duration::from_millis(20));
+                    if key % 4 == 0 {
+                        return;
+                    }
+                    g.enter(key).reserve(key, Duration::from_millis(20));
+                    drop(g.enter(key));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // The abandoned reservations expire on the next entry.
+        std::thread::sleep(Duration::from_millis(30));
+        drop(gate.enter(100));
+        let s = gate.state.lock().unwrap();
+        assert_eq!((s.free, s.reserved.len(), s.waiting.len()), (2, 0, 0));
     }
 }
