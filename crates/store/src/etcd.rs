@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchRequestSender, WatchResponseStream,
+    BalancedChannelBuilder, Channel, Client, Compare, CompareOp, ConnectOptions, DeleteOptions,
+    GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchRequestSender,
+    WatchResponseStream,
 };
 use futures::stream;
+use tokio::sync::mpsc::Sender;
+use tonic::codegen::http::Uri;
+use tonic::transport::channel::Change;
+use tonic::transport::Endpoint;
 
 use crate::error::lossy;
 use crate::{
@@ -119,7 +124,7 @@ impl EtcdStore {
         let unreachable = |e: etcd_client::Error| {
             StoreError::Etcd(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))
         };
-        let mut client = Client::connect(endpoints, Some(opts))
+        let mut client = Client::connect_with_balanced_channel(endpoints, Some(opts), WideWindow)
             .await
             .map_err(unreachable)?;
         tokio::time::timeout(Duration::from_secs(10), client.status())
@@ -412,6 +417,44 @@ impl EtcdStore {
         }
     }
 }
+
+/// Makes the client's channel with the largest HTTP/2 connection window.
+///
+/// h2 closes a whole connection (`GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"`) once
+/// the small DATA frames it holds unread cost more than half the connection window. Watch
+/// events are small frames and every watch shares the client's connection, so one slow
+/// watcher used to end every watch and request on it. With the window at its maximum, what
+/// is held stays bounded by each stream's own window (hyper's 2 MiB), as gRPC intends.
+struct WideWindow;
+
+impl BalancedChannelBuilder for WideWindow {
+    type Error = tonic::transport::Error;
+
+    fn balanced_channel(
+        self,
+        buffer: usize,
+    ) -> std::result::Result<(Channel, Sender<Change<Uri, Endpoint>>), Self::Error> {
+        let (channel, inner) = tonic::transport::Channel::balance_channel(buffer);
+        let (updates, mut rx) = tokio::sync::mpsc::channel::<Change<Uri, Endpoint>>(buffer);
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let change = match change {
+                    Change::Insert(uri, endpoint) => {
+                        Change::Insert(uri, endpoint.initial_connection_window_size(MAX_WINDOW))
+                    }
+                    other => other,
+                };
+                if inner.send(change).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((Channel::Tonic(channel), updates))
+    }
+}
+
+/// HTTP/2's largest flow-control window (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 struct EtcdCursor {
     sender: WatchRequestSender,
