@@ -111,12 +111,15 @@ pub(crate) async fn start_server_with(dir: &Path, extra: &[&str]) -> anyhow::Res
     })
 }
 
+/// The `p` quantile of sorted latencies, in ms, by nearest rank: the smallest sample with
+/// at least `p` of all samples at or below it (upstream's e2e framework and clusterloader2
+/// take their pod startup percentiles this way; of 20 pods, p50 is the 10th).
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    let rank = (sorted.len() as f64 * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
 /// Runs `total` operations over `concurrency` tasks; returns ops/s and sorted latencies.
@@ -415,4 +418,29 @@ pub async fn apiserver(dir: PathBuf, scale: f64) -> anyhow::Result<()> {
         srv.rss_mib()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        let twenty = ms(&(1..=20).collect::<Vec<_>>());
+        assert_eq!(percentile(&twenty, 0.5), 10.0);
+        assert_eq!(percentile(&twenty, 0.9), 18.0);
+        assert_eq!(percentile(&twenty, 0.99), 20.0);
+        assert_eq!(percentile(&twenty, 1.0), 20.0);
+        assert_eq!(percentile(&ms(&[7]), 0.5), 7.0);
+        assert_eq!(percentile(&ms(&[7, 9, 30]), 0.5), 9.0);
+        assert_eq!(percentile(&ms(&[7, 9, 30]), 0.0), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        let many = ms(&(1..=10_000).collect::<Vec<_>>());
+        assert_eq!(percentile(&many, 0.99), 9_900.0);
+    }
 }
