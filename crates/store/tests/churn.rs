@@ -1,5 +1,10 @@
-//! Under steady churn the data directory stops growing: 1,000 keys updated 200,000 times
+//! Under steady churn the data directory stops growing: 1,000 keys updated 400,000 times
 //! with automatic compaction and checkpoints.
+//!
+//! The store keeps the revisions of the last `retention` (250 ms here, compacted on a
+//! 100 ms tick), so what it must hold grows with the machine's write rate, not with the
+//! updates: 26,000 revisions (6 MB checkpoints) at the 74,000 updates/s a freshly booted
+//! CI machine reached. The run is long enough that this window is a small part of it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +13,9 @@ use bytes::Bytes;
 use rkube_store::{EmbeddedOptions, EmbeddedStore, RangeRequest, Store};
 
 const KEYS: u64 = 1000;
-const UPDATES: u64 = 200_000;
+const UPDATES: u64 = 400_000;
 const WRITERS: u64 = 32;
-const SAMPLES: u64 = 40;
+const SAMPLES: u64 = 80;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_data_directory_levels_off_under_churn() {
