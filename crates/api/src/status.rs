@@ -57,6 +57,15 @@ impl Cause {
         )
     }
 
+    /// Upstream's `field.TooLong` (1.32+ wording).
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Self::new(
+            "FieldValueTooLong",
+            field,
+            format!("Too long: may not be more than {max_bytes} bytes"),
+        )
+    }
+
     pub fn immutable(field: impl Into<String>) -> Self {
         Self::new("FieldValueInvalid", field, "field is immutable".to_string())
     }

@@ -150,6 +150,9 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
         StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         )),
+        e @ StoreError::TooLarge { .. } => {
+            ApiError::new(413, "RequestEntityTooLarge", e.to_string())
+        }
         other => ApiError::internal(other.to_string()),
     }
 }

@@ -290,11 +290,7 @@ pub fn validate_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             }
         }
         if total > 256 * 1024 {
-            errs.push(Cause::new(
-                "FieldValueTooLong",
-                "metadata.annotations",
-                "Too long: must have at most 262144 bytes".into(),
-            ));
+            errs.push(Cause::too_long("metadata.annotations", 256 * 1024));
         }
     }
     for (i, f) in obj.finalizers().iter().enumerate() {

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The etcd cluster failed or could not be reached.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// A write larger than [`crate::MAX_WRITE_BYTES`], refused as etcd refuses it
+    /// (the apiserver answers 413).
+    #[error("etcdserver: request is too large")]
+    TooLarge { size: usize, limit: usize },
     /// The request itself is invalid.
     #[error("invalid request: {0}")]
     Invalid(String),

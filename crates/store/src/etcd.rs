@@ -43,6 +43,12 @@ fn etcd_err(e: etcd_client::Error) -> StoreError {
             compacted: 0,
         };
     }
+    if msg.contains("request is too large") {
+        return StoreError::TooLarge {
+            size: 0,
+            limit: crate::MAX_WRITE_BYTES,
+        };
+    }
     if msg.contains("required revision is a future revision") {
         return StoreError::FutureRevision {
             requested: 0,
@@ -279,6 +285,7 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<Revision> {
+        crate::check_request_size(key, &value)?;
         let put = self.lease(ttl).await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
@@ -304,6 +311,7 @@ impl Store for EtcdStore {
         expected: Option<Revision>,
         ttl: Option<Duration>,
     ) -> Result<(Revision, KeyValue)> {
+        crate::check_request_size(key, &value)?;
         let put = self.lease(ttl).await?;
         self.guarded(
             key,

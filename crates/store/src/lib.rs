@@ -28,6 +28,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+/// The largest write (key and value) either backend takes: etcd's default
+/// `--max-request-bytes` (1.5 MiB) less 4 KiB for the transaction that carries the write.
+/// Both backends check it before writing, so an object that fits one fits the other.
+pub const MAX_WRITE_BYTES: usize = 3 * 512 * 1024 - 4096;
+
+/// Refuses a write of `key` = `value` over [`MAX_WRITE_BYTES`].
+pub fn check_request_size(key: &[u8], value: &[u8]) -> Result<()> {
+    let size = key.len() + value.len();
+    if size > MAX_WRITE_BYTES {
+        return Err(StoreError::TooLarge {
+            size,
+            limit: MAX_WRITE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// A key-value store with etcd v3 semantics.
 ///
 /// One global revision counts every committed write; each key carries its create and

@@ -417,7 +417,27 @@ async fn concurrent_creates_of_one_key(f: &Fixture) {
     assert_eq!(kv.version, 1);
 }
 
+/// Writes over 1.5 MiB (key and value) fail the same way on both backends, and change
+/// nothing; a write just under the limit succeeds.
+async fn writes_over_the_request_limit(f: &Fixture) {
+    let s = &*f.store;
+    let key = b"/big";
+    let fits = Bytes::from(vec![b'x'; rkube_store::MAX_WRITE_BYTES - key.len()]);
+    let over = Bytes::from(vec![b'x'; rkube_store::MAX_WRITE_BYTES - key.len() + 1]);
+    let before = s.current_revision().await.unwrap();
+    let e = s.create(key, over.clone(), None).await.unwrap_err();
+    assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
+    assert_eq!(e.to_string(), "etcdserver: request is too large");
+    assert_eq!(s.current_revision().await.unwrap(), before);
+    let rev = s.create(key, fits, None).await.unwrap();
+    let e = s.update(key, over, Some(rev), None).await.unwrap_err();
+    assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
+    let kv = s.get(key, 0).await.unwrap().0.unwrap();
+    assert_eq!(kv.mod_revision, rev);
+}
+
 both_backends!(
+    writes_over_the_request_limit,
     create_get_update_delete,
     cas_conflicts,
     range_paging_at_fixed_revision,

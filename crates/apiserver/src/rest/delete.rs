@@ -12,75 +12,26 @@ use crate::respond::{raw, Resp};
 use crate::serve::RequestBody;
 use crate::storage;
 
-/// `DeleteOptions` from the body and the query.
-#[derive(Default, Clone)]
-pub struct DeleteOptions {
-    pub grace_period: Option<i64>,
-    pub propagation: Option<String>,
-    pub precondition_uid: Option<String>,
-    pub precondition_rv: Option<String>,
-}
+pub use super::delete_options::DeleteOptions;
 
+/// The options of a DELETE or DELETECOLLECTION: the body (if any) as a `DeleteOptions`,
+/// then the query.
 fn options(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let mut o = DeleteOptions::default();
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
-        let v = ctx.decode_object(
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(ctx.decode_object(
             bytes,
             Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
-        )?;
-        let grace = v.get("gracePeriodSeconds");
-        if let Some(g) = grace.filter(|g| !g.is_null()) {
-            o.grace_period =
-                Some(g.as_i64().ok_or_else(|| {
-                    ApiError::bad_request("gracePeriodSeconds must be an integer")
-                })?);
-        }
-        o.propagation = v
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .map(String::from);
-        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-            && o.propagation.is_none()
-        {
-            o.propagation = Some("Orphan".into());
-        }
-        o.precondition_uid = v
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(String::from);
-        o.precondition_rv = v
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(String::from);
-    }
-    if let Some(g) = ctx.query.get("gracePeriodSeconds") {
-        o.grace_period = Some(g.parse().map_err(|_| {
-            ApiError::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}"))
-        })?);
-    }
-    if let Some(p) = ctx.query.get("propagationPolicy") {
-        o.propagation = Some(p.to_string());
-    }
-    if ctx.query.get("orphanDependents") == Some("true") && o.propagation.is_none() {
-        o.propagation = Some("Orphan".into());
-    }
-    if let Some(p) = &o.propagation {
-        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""),
-            ));
-        }
-    }
-    Ok(o)
+        )?)
+    };
+    DeleteOptions::from_request(body.as_ref(), ctx.query, &ctx.group_version())
 }
 
 pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let opts = options(ctx, &bytes)?;
-    let dry_run = ctx.dry_run()?;
-    let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts, dry_run).await?;
+    let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts).await?;
     Ok(ctx.object_response(code, obj, &[]))
 }
 
@@ -89,9 +40,9 @@ pub async fn delete_one(
     ctx: &Ctx<'_>,
     name: &str,
     opts: &DeleteOptions,
-    dry_run: bool,
 ) -> Result<(Value, u16), ApiError> {
     let info = ctx.info;
+    let dry_run = opts.is_dry_run();
     let store = &ctx.state.store;
     for _ in 0..10 {
         let (obj, rev) = storage::get(store, info, ctx.ns(), name).await?;
@@ -117,7 +68,7 @@ pub async fn delete_one(
         }
         let mut marked = obj.clone();
         let mut finalizers = obj.finalizers();
-        match opts.propagation.as_deref() {
+        match opts.policy() {
             Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
                 finalizers.push("orphan".into())
             }
@@ -249,7 +200,6 @@ fn grace_period(kind: &str, obj: &Value, requested: Option<i64>) -> i64 {
 pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let opts = options(ctx, &bytes)?;
-    let dry_run = ctx.dry_run()?;
     let sel = Selectors::parse(ctx)?;
     let listed = list_objects(ctx, &sel).await?;
     let mut deleted = Vec::new();
@@ -268,7 +218,7 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
             headers: ctx.headers,
             output: ctx.output,
         };
-        match delete_one(&sub, &name, &opts, dry_run).await {
+        match delete_one(&sub, &name, &opts).await {
             Ok((o, _)) => deleted.push(o),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),

@@ -3,6 +3,7 @@
 
 mod apply;
 mod delete;
+mod delete_options;
 mod node_proxy;
 mod read;
 mod sub;
@@ -50,6 +51,15 @@ impl Ctx<'_> {
             }
         }
         Ok(!vals.is_empty())
+    }
+
+    /// The request's group-version, as `apiVersion` spells it (`v1`, `apps/v1`).
+    pub fn group_version(&self) -> String {
+        if self.ri.group.is_empty() {
+            self.ri.version.clone()
+        } else {
+            format!("{}/{}", self.ri.group, self.ri.version)
+        }
     }
 
     pub fn content_type(&self) -> Option<&str> {

@@ -95,7 +95,7 @@ async fn scale_write(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError>
             match rkube_api::patch::PatchType::from_content_type(ct) {
                 Some(rkube_api::patch::PatchType::Json) => {
                     rkube_api::patch::json_patch(&current, &doc)
-                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
+                        .map_err(super::write::patch_error)?
                 }
                 Some(
                     rkube_api::patch::PatchType::Merge
@@ -264,6 +264,12 @@ async fn binding(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
 async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let ev = ctx.decode_object(&bytes, Some("io.k8s.api.policy.v1.Eviction"))?;
+    // The eviction's own DeleteOptions (kubectl drain --dry-run=server sends dryRun there).
+    let opts = super::delete::DeleteOptions::from_request(
+        ev.get("deleteOptions").filter(|d| !d.is_null()),
+        ctx.query,
+        &ctx.group_version(),
+    )?;
     let (pod, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let finished = matches!(
         pod.pointer("/status/phase").and_then(Value::as_str),
@@ -307,14 +313,7 @@ async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
             }
         }
     }
-    let grace = ev
-        .pointer("/deleteOptions/gracePeriodSeconds")
-        .and_then(Value::as_i64);
-    let opts = super::delete::DeleteOptions {
-        grace_period: grace,
-        ..Default::default()
-    };
-    super::delete::delete_one(ctx, &ctx.ri.name, &opts, ctx.dry_run()?).await?;
+    super::delete::delete_one(ctx, &ctx.ri.name, &opts).await?;
     Ok(json_resp(201, &success_status(Value::Null)))
 }
 

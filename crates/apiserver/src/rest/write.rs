@@ -528,11 +528,21 @@ fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiE
         }
         PatchType::Apply => unreachable!("refused above"),
     };
-    r.map_err(|e| match e {
+    r.map_err(patch_error)
+}
+
+/// The Status of a patch that cannot be applied, as upstream answers it.
+pub(super) fn patch_error(e: PatchError) -> ApiError {
+    match e {
         PatchError::Malformed(m) => ApiError::bad_request(m),
         PatchError::Failed(m) => ApiError::new(422, "Invalid", m),
         PatchError::TestFailed(m) => ApiError::new(422, "Invalid", m),
-    })
+        e @ PatchError::TooManyOperations(_) => ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: {e}"),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn create(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<Revision> {
+        crate::check_request_size(key, &value)?;
         let key = Bytes::copy_from_slice(key);
         match self
             .write(Op::Create {
@@ -267,6 +268,7 @@ impl Store for EmbeddedStore {
         expected: Option<Revision>,
         ttl: Option<Duration>,
     ) -> Result<(Revision, KeyValue)> {
+        crate::check_request_size(key, &value)?;
         let key = Bytes::copy_from_slice(key);
         match self
             .write(Op::Update {

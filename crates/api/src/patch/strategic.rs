@@ -1,204 +1,11 @@
-//! Patches: JSON Patch (RFC 6902), JSON Merge Patch (RFC 7386) and Kubernetes strategic
-//! merge patch with its directives.
+//! Kubernetes strategic merge patch: lists merged by key or as sets, and the `$patch`,
+//! `$retainKeys`, `$setElementOrder` and `$deleteFromPrimitiveList` directives.
+
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
 
-/// The patch content types the apiserver accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
-    Json,
-    Merge,
-    StrategicMerge,
-    Apply,
-}
-
-impl PatchType {
-    pub const ACCEPTED: [&'static str; 4] = [
-        "application/json-patch+json",
-        "application/merge-patch+json",
-        "application/strategic-merge-patch+json",
-        "application/apply-patch+yaml",
-    ];
-
-    pub fn from_content_type(ct: &str) -> Option<Self> {
-        match ct.split(';').next().unwrap_or("").trim() {
-            "application/json-patch+json" => Some(Self::Json),
-            "application/merge-patch+json" => Some(Self::Merge),
-            "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(Self::Apply),
-            _ => None,
-        }
-    }
-}
-
-/// A patch that cannot be applied; the apiserver answers 422 (or 400 for a malformed patch).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PatchError {
-    #[error("{0}")]
-    Malformed(String),
-    #[error("{0}")]
-    Failed(String),
-    /// A JSON Patch `test` operation did not match.
-    #[error("{0}")]
-    TestFailed(String),
-}
-
-/// Applies an RFC 6902 JSON Patch document.
-pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| PatchError::Malformed("json patch must be an array of operations".into()))?;
-    let mut doc = doc.clone();
-    for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).ok_or_else(|| {
-            PatchError::Malformed(format!("invalid JSON Patch: operation has no 'op': {op}"))
-        })?;
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| {
-            PatchError::Malformed(format!("invalid JSON Patch: operation has no 'path': {op}"))
-        })?;
-        let value = || {
-            op.get("value").cloned().ok_or_else(|| {
-                PatchError::Malformed(format!("missing value for operation {kind:?} at {path}"))
-            })
-        };
-        let from = || {
-            op.get("from").and_then(Value::as_str).ok_or_else(|| {
-                PatchError::Malformed(format!("missing from for operation {kind:?}"))
-            })
-        };
-        match kind {
-            "add" => add(&mut doc, path, value()?)?,
-            "remove" => {
-                remove(&mut doc, path)?;
-            }
-            "replace" => {
-                remove(&mut doc, path)?;
-                add(&mut doc, path, value()?)?;
-            }
-            "move" => {
-                let v = remove(&mut doc, from()?)?;
-                add(&mut doc, path, v)?;
-            }
-            "copy" => {
-                let v = doc.pointer(&pointer(from()?)?).cloned().ok_or_else(|| {
-                    PatchError::Failed(format!(
-                        "copy from {} failed: not found",
-                        from().unwrap_or("")
-                    ))
-                })?;
-                add(&mut doc, path, v)?;
-            }
-            "test" => {
-                let want = value()?;
-                if doc.pointer(&pointer(path)?) != Some(&want) {
-                    return Err(PatchError::TestFailed(format!(
-                        "testing value {path} failed: test failed"
-                    )));
-                }
-            }
-            other => return Err(PatchError::Malformed(format!("Unexpected kind: {other}"))),
-        }
-    }
-    Ok(doc)
-}
-
-fn pointer(path: &str) -> Result<String, PatchError> {
-    if !path.is_empty() && !path.starts_with('/') {
-        return Err(PatchError::Malformed(format!(
-            "invalid JSON pointer {path:?}"
-        )));
-    }
-    Ok(path.to_string())
-}
-
-fn split_parent(path: &str) -> Result<(String, String), PatchError> {
-    let p = pointer(path)?;
-    let idx = p
-        .rfind('/')
-        .ok_or_else(|| PatchError::Failed("cannot operate on the whole document".into()))?;
-    let last = p[idx + 1..].replace("~1", "/").replace("~0", "~");
-    Ok((p[..idx].to_string(), last))
-}
-
-fn add(doc: &mut Value, path: &str, v: Value) -> Result<(), PatchError> {
-    if path.is_empty() {
-        *doc = v;
-        return Ok(());
-    }
-    let (parent, last) = split_parent(path)?;
-    let target = doc.pointer_mut(&parent).ok_or_else(|| {
-        PatchError::Failed(format!(
-            "add operation does not apply: doc is missing path: {path:?}"
-        ))
-    })?;
-    match target {
-        Value::Object(m) => {
-            m.insert(last, v);
-        }
-        Value::Array(a) => {
-            let i = if last == "-" {
-                a.len()
-            } else {
-                last.parse::<usize>()
-                    .ok()
-                    .filter(|i| *i <= a.len())
-                    .ok_or_else(|| {
-                        PatchError::Failed(format!(
-                            "add operation does not apply: index out of range: {path:?}"
-                        ))
-                    })?
-            };
-            a.insert(i, v);
-        }
-        _ => {
-            return Err(PatchError::Failed(format!(
-                "add operation does not apply: doc is missing path: {path:?}"
-            )))
-        }
-    }
-    Ok(())
-}
-
-fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
-    let (parent, last) = split_parent(path)?;
-    let missing = || {
-        PatchError::Failed(format!(
-            "remove operation does not apply: doc is missing path: {path:?}"
-        ))
-    };
-    match doc.pointer_mut(&parent).ok_or_else(missing)? {
-        Value::Object(m) => m.remove(&last).ok_or_else(missing),
-        Value::Array(a) => {
-            let i = last
-                .parse::<usize>()
-                .ok()
-                .filter(|i| *i < a.len())
-                .ok_or_else(missing)?;
-            Ok(a.remove(i))
-        }
-        _ => Err(missing()),
-    }
-}
-
-/// Applies an RFC 7386 JSON Merge Patch.
-pub fn merge_patch(doc: &Value, patch: &Value) -> Value {
-    let Value::Object(p) = patch else {
-        return patch.clone();
-    };
-    let mut out = match doc {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    for (k, v) in p {
-        if v.is_null() {
-            out.remove(k);
-        } else {
-            let merged = merge_patch(out.get(k).unwrap_or(&Value::Null), v);
-            out.insert(k.clone(), merged);
-        }
-    }
-    Value::Object(out)
-}
+use super::PatchError;
 
 /// How a list field merges under a strategic merge patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,8 +137,11 @@ fn merge_value<'a>(
     for (k, v) in p {
         if let Some(field) = k.strip_prefix(DELETE_PRIMITIVES) {
             if let Some(Value::Array(items)) = out.get_mut(field) {
-                let del = v.as_array().cloned().unwrap_or_default();
-                items.retain(|x| !del.contains(x));
+                let del: HashSet<String> = v
+                    .as_array()
+                    .map(|d| d.iter().map(identity).collect())
+                    .unwrap_or_default();
+                items.retain(|x| !del.contains(&identity(x)));
             }
         } else if let Some(field) = k.strip_prefix(SET_ORDER) {
             if !p.contains_key(field) {
@@ -375,15 +185,25 @@ fn merge_list<'a>(
         None => patch.iter().map(strip_directives).collect(),
         Some(ListStrategy::MergePrimitives) => {
             let mut out = old.to_vec();
+            let mut seen: HashSet<String> = out.iter().map(identity).collect();
             for v in patch {
-                if !out.contains(v) {
+                if seen.insert(identity(v)) {
                     out.push(v.clone());
                 }
             }
             out
         }
         Some(ListStrategy::MergeByKey(key)) => {
-            let mut out = old.to_vec();
+            // Deleted items leave a hole until the end, and an index from merge key to the
+            // items holding it keeps each lookup O(1): a list merge is linear, not
+            // quadratic, in the sizes of the list and the patch.
+            let mut out: Vec<Option<Value>> = old.iter().cloned().map(Some).collect();
+            let mut by_key: HashMap<String, VecDeque<usize>> = HashMap::new();
+            for (i, o) in old.iter().enumerate() {
+                if let Some(id) = o.get(key) {
+                    by_key.entry(identity(id)).or_default().push_back(i);
+                }
+            }
             for item in patch {
                 let Some(id) = item.get(key) else {
                     if item.get(DIRECTIVE).is_some() {
@@ -391,20 +211,33 @@ fn merge_list<'a>(
                             "map: {item} does not contain declared merge key: {key}"
                         )));
                     }
-                    out.push(strip_directives(item));
+                    out.push(Some(strip_directives(item)));
                     continue;
                 };
-                let pos = out.iter().position(|o| o.get(key) == Some(id));
+                let slots = by_key.entry(identity(id)).or_default();
                 let delete = item.get(DIRECTIVE).and_then(Value::as_str) == Some("delete");
-                match (pos, delete) {
+                match (slots.front().copied(), delete) {
                     (Some(i), true) => {
-                        out.remove(i);
+                        slots.pop_front();
+                        out[i] = None;
                     }
                     (None, true) => {}
-                    (Some(i), false) => out[i] = merge_value(&out[i], item, path, strategy)?,
-                    (None, false) => out.push(merge_value(&Value::Null, item, path, strategy)?),
+                    (Some(i), false) => {
+                        let merged = merge_value(
+                            out[i].as_ref().unwrap_or(&Value::Null),
+                            item,
+                            path,
+                            strategy,
+                        )?;
+                        out[i] = Some(merged);
+                    }
+                    (None, false) => {
+                        slots.push_back(out.len());
+                        out.push(Some(merge_value(&Value::Null, item, path, strategy)?));
+                    }
                 }
             }
+            let out: Vec<Value> = out.into_iter().flatten().collect();
             match order {
                 Some(order) => reorder(out, order, Some(key)),
                 None => out,
@@ -424,20 +257,29 @@ fn reorder(items: Vec<Value>, order: &[Value], key: Option<&str>) -> Vec<Value> 
         Some(k) => v.get(k).cloned().unwrap_or(Value::Null),
         None => v.clone(),
     };
-    let order_ids: Vec<Value> = order.iter().map(&id).collect();
+    let mut ranks: HashMap<String, usize> = HashMap::new();
+    for (rank, o) in order.iter().enumerate() {
+        ranks.entry(identity(&id(o))).or_insert(rank);
+    }
     let mut indexed: Vec<(usize, usize, Value)> = items
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let rank = order_ids
-                .iter()
-                .position(|o| *o == id(&v))
-                .unwrap_or(usize::MAX);
+            let rank = ranks.get(&identity(&id(&v))).copied().unwrap_or(usize::MAX);
             (rank, i, v)
         })
         .collect();
     indexed.sort_by_key(|(rank, i, _)| (*rank, *i));
     indexed.into_iter().map(|(_, _, v)| v).collect()
+}
+
+/// A hashable identity of a JSON value: equal values have equal identities (the JSON
+/// text, whose object keys serde_json keeps sorted).
+fn identity(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("s{s}"),
+        other => other.to_string(),
+    }
 }
 
 fn strip_directives(v: &Value) -> Value {
@@ -462,38 +304,6 @@ fn strip_directives(v: &Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn json_patch_ops() {
-        let doc = json!({"a": {"b": [1, 2]}, "c": 1});
-        let out = json_patch(
-            &doc,
-            &json!([
-                {"op": "add", "path": "/a/b/-", "value": 3},
-                {"op": "replace", "path": "/c", "value": 2},
-                {"op": "remove", "path": "/a/b/0"},
-                {"op": "copy", "from": "/c", "path": "/d"},
-                {"op": "test", "path": "/d", "value": 2}
-            ]),
-        )
-        .unwrap();
-        assert_eq!(out, json!({"a": {"b": [2, 3]}, "c": 2, "d": 2}));
-        assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/x"}])).is_err());
-        assert!(matches!(
-            json_patch(&doc, &json!([{"op": "test", "path": "/c", "value": 9}])),
-            Err(PatchError::TestFailed(_))
-        ));
-        assert!(json_patch(&doc, &json!({"op": "add"})).is_err());
-    }
-
-    #[test]
-    fn merge_patch_nulls_delete() {
-        let out = merge_patch(
-            &json!({"a": 1, "b": {"c": 2, "d": 3}}),
-            &json!({"a": null, "b": {"c": 5}}),
-        );
-        assert_eq!(out, json!({"b": {"c": 5, "d": 3}}));
-    }
 
     fn smp(doc: Value, patch: Value) -> Value {
         strategic_merge(&doc, &patch, &builtin_list_strategy).unwrap()
@@ -556,5 +366,58 @@ mod tests {
         assert_eq!(out["metadata"]["labels"], json!({"z": "3"}));
         let out = smp(doc, json!({"spec": {"strategy": {"$patch": "delete"}}}));
         assert!(out["spec"].get("strategy").is_none());
+    }
+
+    #[test]
+    fn list_merges_are_linear_and_never_multiply_the_document() {
+        // 50,000 containers patched by 50,000 items: quadratic matching would take
+        // billions of comparisons; every patch item lands on exactly one list item.
+        let n = 50_000;
+        let old: Vec<Value> = (0..n)
+            .map(|i| json!({"name": format!("c{i}"), "image": "a"}))
+            .collect();
+        let patch: Vec<Value> = (0..n)
+            .rev()
+            .map(|i| json!({"name": format!("c{i}"), "image": "b"}))
+            .collect();
+        let order: Vec<Value> = (0..n)
+            .rev()
+            .map(|i| json!({"name": format!("c{i}")}))
+            .collect();
+        let out = smp(
+            json!({"spec": {"containers": old}}),
+            json!({"spec": {"containers": patch, "$setElementOrder/containers": order}}),
+        );
+        let items = out["spec"]["containers"].as_array().unwrap();
+        assert_eq!(items.len(), n);
+        assert_eq!(
+            items[0],
+            json!({"name": format!("c{}", n - 1), "image": "b"})
+        );
+        assert!(items.iter().all(|c| c["image"] == "b"));
+        // Duplicate keys in the patch merge into the same item; deletes remove one each.
+        let out = smp(
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "a", "x": 1}, {"name": "b"}]}}),
+            json!({"spec": {"containers": [
+                {"name": "a", "$patch": "delete"},
+                {"name": "a", "y": 2},
+                {"name": "c"},
+                {"name": "c", "z": 3},
+            ]}}),
+        );
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "a", "x": 1, "y": 2}, {"name": "b"}, {"name": "c", "z": 3}])
+        );
+        // Sets of primitives stay sets.
+        let fin: Vec<Value> = (0..n).map(|i| json!(format!("f{i}"))).collect();
+        let out = smp(
+            json!({"metadata": {"finalizers": fin.clone()}}),
+            json!({"metadata": {"finalizers": fin, "$deleteFromPrimitiveList/finalizers": ["f1"]}}),
+        );
+        assert_eq!(
+            out["metadata"]["finalizers"].as_array().unwrap().len(),
+            n - 1
+        );
     }
 }
