@@ -12,7 +12,7 @@ use crate::auth::User;
 use crate::request::{self, Query};
 use crate::respond::{error, json, raw, text, Resp};
 use crate::serve::RequestBody;
-use crate::{discovery, rest, State};
+use crate::{discovery, limits, rest, State};
 
 /// Serves one HTTP request.
 pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<RequestBody>) -> Resp {
@@ -41,11 +41,33 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
     } else if cert_user.is_none() {
         error(&ApiError::unauthorized())
     } else {
-        let r = match &info {
-            Some(i) if !i.resource.is_empty() => rest::handle(&state, i, &query, req).await,
-            _ => non_resource(&state, &method, &path, &query, &req),
+        let long_running = limits::is_long_running(info.as_ref());
+        let limited = !long_running && !limits::is_exempt(cert_user.as_ref());
+        let permit = if limited {
+            state.inflight.try_acquire(limits::is_mutating(&method))
+        } else {
+            None
         };
-        r.unwrap_or_else(|e| error(&e))
+        if limited && permit.is_none() {
+            too_many_requests()
+        } else {
+            let serve = async {
+                match &info {
+                    Some(i) if !i.resource.is_empty() => rest::handle(&state, i, &query, req).await,
+                    _ => non_resource(&state, &method, &path, &query, &req),
+                }
+            };
+            let r = if long_running {
+                serve.await
+            } else {
+                match tokio::time::timeout(state.limits.request_timeout, serve).await {
+                    Ok(r) => r,
+                    Err(_) => Err(request_timed_out()),
+                }
+            };
+            drop(permit);
+            r.unwrap_or_else(|e| error(&e))
+        }
     };
     let resp = if method == Method::HEAD {
         let (parts, _) = resp.into_parts();
@@ -58,6 +80,24 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         .request(&verb, &resource, resp.status().as_u16(), start.elapsed());
     tracing::debug!(%method, %path, code = resp.status().as_u16(), "request");
     resp
+}
+
+/// The answer when a pool of in-flight requests is full: upstream's plain-text 429 with
+/// Retry-After, which client-go and kubectl retry.
+fn too_many_requests() -> Resp {
+    let mut r = text(429, "Too many requests, please try again later.\n");
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}
+
+/// A request that ran past the request timeout (504, as upstream's finisher answers).
+fn request_timed_out() -> ApiError {
+    let mut e = ApiError::timeout(
+        "Timeout: request did not complete within requested timeout - context deadline exceeded",
+    );
+    e.details = json!({"retryAfterSeconds": 0});
+    e
 }
 
 /// The join endpoints (no client certificate needed).

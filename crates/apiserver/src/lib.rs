@@ -10,6 +10,7 @@ mod cache;
 mod discovery;
 mod handler;
 pub mod join;
+mod limits;
 mod metered;
 mod metrics;
 mod openapi;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use alloc::Cidr;
+pub use limits::Limits;
 use rkube_api::Registry;
 use rkube_store::Store;
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// The secret agents join with (None: no joining).
     pub join_secret: Option<String>,
+    /// Request and connection limits (upstream's defaults).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -60,6 +64,7 @@ impl Config {
             service_cidr: "10.43.0.0/16".parse().expect("valid default CIDR"),
             compaction_interval: Duration::from_secs(300),
             join_secret: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct State {
     pub kubelet_tls: Arc<rustls::ClientConfig>,
     /// The join endpoints' state (None: joining is off).
     pub join: Option<join::Join>,
+    pub limits: Limits,
+    inflight: limits::InFlight,
     /// The revision history was last compacted at: watches from before it get 410.
     compacted: std::sync::atomic::AtomicI64,
     store_failed: AtomicBool,
@@ -173,6 +180,8 @@ impl ApiServer {
                 pki: pki.clone(),
                 secret,
             }),
+            inflight: limits::InFlight::new(&config.limits),
+            limits: config.limits.clone(),
             compacted: std::sync::atomic::AtomicI64::new(0),
             store_failed: AtomicBool::new(false),
             bootstrapped: AtomicBool::new(false),

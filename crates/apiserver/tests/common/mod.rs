@@ -23,6 +23,11 @@ impl TestServer {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, |_| {})
+    }
+
+    /// A server whose config `configure` adjusts (limits, timeouts).
+    pub fn start_with(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -39,6 +44,7 @@ impl TestServer {
             let mut config = Config::new(dir.path().join("server"));
             config.bind_address = "127.0.0.1".parse().unwrap();
             config.port = 0;
+            configure(&mut config);
             ApiServer::start(config, store).await.unwrap()
         });
         let kubeconfig = dir.path().join("kubeconfig.yaml");
