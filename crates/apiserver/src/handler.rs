@@ -40,6 +40,8 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         join_endpoint(j, &method, &path, req).await
     } else if cert_user.is_none() {
         error(&ApiError::unauthorized())
+    } else if let Some(e) = impersonation(&req) {
+        error(&e)
     } else {
         let long_running = limits::is_long_running(info.as_ref());
         let limited = !long_running && !limits::is_exempt(cert_user.as_ref());
@@ -80,6 +82,32 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         .request(&verb, &resource, resp.status().as_u16(), start.elapsed());
     tracing::debug!(%method, %path, code = resp.status().as_u16(), "request");
     resp
+}
+
+/// Impersonation headers (`kubectl --as`) are refused until impersonation is
+/// authorized: ignoring them would run the request as the caller, not as asked.
+fn impersonation(req: &Request<RequestBody>) -> Option<ApiError> {
+    let mut names = req
+        .headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with("impersonate-"));
+    let first = names.next()?;
+    let user = req
+        .headers()
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (resource, name) = if user.is_empty() {
+        (first.as_str().trim_start_matches("impersonate-"), "")
+    } else {
+        ("users", user)
+    };
+    Some(ApiError::forbidden(
+        "",
+        resource,
+        name,
+        "impersonation is not supported by this server yet",
+    ))
 }
 
 /// The answer when a pool of in-flight requests is full: upstream's plain-text 429 with

@@ -146,7 +146,7 @@ impl ApiServer {
             &config.server_dir.join("tls"),
             &sans,
         )?);
-        let tls = serve::tls_config(&pki).map_err(StartError::Tls)?;
+        let (tls, client_verifier) = serve::tls_config(&pki).map_err(StartError::Tls)?;
         let kubelet_tls = Arc::new(serve::kubelet_client_config(&pki).map_err(StartError::Tls)?);
         let addr = SocketAddr::new(config.bind_address, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -193,7 +193,12 @@ impl ApiServer {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let tasks = vec![
             cache_task,
-            tokio::spawn(serve::accept_loop(listener, acceptor, state.clone())),
+            tokio::spawn(serve::accept_loop(
+                listener,
+                acceptor,
+                client_verifier,
+                state.clone(),
+            )),
             tokio::spawn(bootstrap::compaction_loop(
                 state.clone(),
                 config.compaction_interval,

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
@@ -31,15 +34,21 @@ fn ca_roots(pki: &Pki) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// Builds the TLS configuration: the serving certificate, and client certificates
-/// verified against the cluster CA when offered (tokens are the other way in).
-pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
+/// The cluster CA's verifier of client certificates.
+pub type ClientVerifier = Arc<dyn ClientCertVerifier>;
+
+/// Builds the TLS configuration: the serving certificate, and any client certificate
+/// (its signature over the handshake is checked, its chain only after): as upstream,
+/// a certificate from another CA completes TLS and gets 401, not a failed handshake.
+/// Returns the verifier that decides whose certificates name users.
+pub fn tls_config(pki: &Pki) -> Result<(rustls::ServerConfig, ClientVerifier), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = ca_roots(pki)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier: ClientVerifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -49,11 +58,67 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, String> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(AnyClientCert(verifier.clone())))
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, verifier))
+}
+
+/// Takes any client certificate whose key signs the handshake; whether the cluster CA
+/// issued it is decided after the handshake (an unknown issuer means no user: 401).
+#[derive(Debug)]
+struct AnyClientCert(ClientVerifier);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The user a client certificate chain names, if the cluster CA issued it.
+fn certificate_user(verifier: &ClientVerifier, chain: &[CertificateDer<'_>]) -> Option<User> {
+    let (leaf, intermediates) = chain.split_first()?;
+    match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Ok(_) => User::from_certificate(leaf.as_ref()),
+        Err(e) => {
+            tracing::debug!("client certificate refused: {e}");
+            None
+        }
+    }
 }
 
 /// The TLS client configuration for connections to kubelets: the cluster CA as the only
@@ -78,7 +143,12 @@ pub fn kubelet_client_config(pki: &Pki) -> Result<rustls::ClientConfig, String> 
 }
 
 /// Accepts connections until the listener is dropped.
-pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    verifier: ClientVerifier,
+    state: Arc<State>,
+) {
     let conns = Arc::new(Connections::new(state.limits.connection_cap()));
     let mut backoff = Duration::from_millis(5);
     let mut last_warning: Option<Instant> = None;
@@ -117,6 +187,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Ar
         let ticket = conns.register();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let verifier = verifier.clone();
         let state = state.clone();
         tokio::spawn(async move {
             let handshake =
@@ -142,8 +213,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Ar
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|c| User::from_certificate(c.as_ref()));
+                .and_then(|chain| certificate_user(&verifier, chain));
             serve_connection(tls, peer, cert_user, state, ticket).await;
         });
     }

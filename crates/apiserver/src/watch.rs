@@ -56,13 +56,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
     // Initial state: for an unset or "0" resourceVersion the current objects are sent as
     // ADDED events first, as upstream does; sendInitialEvents does the same and ends
     // with a bookmark.
-    let parse_rv = || {
-        rv.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion: Invalid value: {rv:?}: must be an integer"
-            ))
-        })
-    };
+    let parse_rv = || crate::rest::parse_resource_version(&rv);
     let initial = if rv.is_empty() {
         let current = storage::current_revision(&ctx.state.store, ctx.info).await?;
         Some(Freshness::NotOlderThan(current))

@@ -99,6 +99,73 @@ fn hardening() {
     json_patches_cannot_amplify(&c);
     list_merges_stay_linear(&c);
     objects_over_the_size_limits(&c);
+    request_details_as_upstream(&srv, &c);
+}
+
+fn request_details_as_upstream(srv: &TestServer, c: &Client) {
+    c.create_cm("rv", json!({}));
+    // resourceVersion is a uint64: anything else is 400; one past the store's is 504.
+    for q in ["abc", "-1"] {
+        for path in [
+            format!("{CMS}/rv"),
+            CMS.to_string(),
+            format!("{CMS}?watch=1"),
+        ] {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            status(
+                c.get(&format!("{path}{sep}resourceVersion={q}")),
+                400,
+                "BadRequest",
+                "resourceVersion: Invalid value",
+            );
+        }
+    }
+    for path in [format!("{CMS}/rv"), CMS.to_string()] {
+        status(
+            c.get(&format!("{path}?resourceVersion=18446744073709551615")),
+            504,
+            "Timeout",
+            "Too large resource version",
+        );
+    }
+    // A create must not carry a resourceVersion.
+    status(
+        c.json(
+            "POST",
+            CMS,
+            &json!({"metadata": {"name": "with-rv", "resourceVersion": "5"}}),
+        ),
+        400,
+        "BadRequest",
+        "resourceVersion should not be set on objects to be created",
+    );
+    assert!(!c.exists("with-rv"));
+    // Impersonation is refused, not ignored (it would run as the caller).
+    let r = srv
+        .client()
+        .get(format!("{}{CMS}", srv.url()))
+        .header("Impersonate-User", "bob")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["reason"], "Forbidden", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("users \"bob\" is forbidden"),
+        "{v}"
+    );
+    // A client certificate from another CA completes TLS and gets 401.
+    let other = TestServer::start();
+    let (ca, _, _) = srv.pems();
+    let (_, cert, key) = other.pems();
+    let stranger = common::admin_client((ca, cert, key));
+    let r = stranger.get(format!("{}{CMS}", srv.url())).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["reason"], "Unauthorized", "{v}");
 }
 
 fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {

@@ -45,6 +45,17 @@ pub struct ServerArgs {
     /// The scheduler's KubeSchedulerConfiguration (profiles, plugins, weights, args).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
+    /// Read-only requests the API serves at once; more get 429 and Retry-After
+    /// (members of system:masters are not limited).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Mutating requests the API serves at once; more get 429 and Retry-After.
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// Longest a request may run before it gets 504 (watches, logs, exec, attach and
+    /// port-forward excepted), in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub request_timeout: u64,
     /// This machine as a node (the agent of the server).
     #[command(flatten)]
     pub node: crate::agent::NodeArgs,
@@ -116,6 +127,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.port = args.https_listen_port;
     config.tls_sans = args.tls_san.clone();
     config.service_cidr = args.service_cidr;
+    config.limits.max_requests_inflight = args.max_requests_inflight;
+    config.limits.max_mutating_requests_inflight = args.max_mutating_requests_inflight;
+    config.limits.request_timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
     let token_file = args.data_dir.join("server/token");
     let secret = match &args.token {
         Some(t) => rkube_apiserver::join::parse_token(t).1,

@@ -22,7 +22,7 @@ use crate::respond::Resp;
 use crate::serve::RequestBody;
 use crate::State;
 
-pub use read::{list_objects, Selectors};
+pub use read::{list_objects, parse_resource_version, Selectors};
 
 /// Parses the label and field selectors of a request.
 pub fn read_selectors(ctx: &Ctx<'_>) -> Result<Selectors, ApiError> {

@@ -15,6 +15,17 @@ use crate::respond::{raw, Resp};
 use crate::storage;
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
+    // GET reads the latest state; a resourceVersion must still be well-formed and not
+    // in the future (upstream's NotOlderThan semantics for GET).
+    if let Some(rv) = ctx.query.get("resourceVersion").filter(|rv| !rv.is_empty()) {
+        let n = parse_resource_version(rv)?;
+        let current = storage::current_revision(&ctx.state.store, ctx.info).await?;
+        if n > current {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {n}, current: {current}"
+            )));
+        }
+    }
     if ctx.output == crate::output::Output::Object {
         let kv = storage::get_kv(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
         return Ok(raw(
@@ -291,17 +302,23 @@ enum Requested {
     Exact(i64),
 }
 
+/// Parses a `resourceVersion` as upstream does (an unsigned 64-bit integer; anything else
+/// is 400). Revisions past the store's range are clamped, so they read as future
+/// revisions ("Too large resource version", 504).
+pub fn parse_resource_version(rv: &str) -> Result<i64, ApiError> {
+    let n: u64 = rv.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: must be an integer"
+        ))
+    })?;
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 /// The revision a list asks for, from `resourceVersion` and `resourceVersionMatch`.
 fn requested_revision(ctx: &Ctx<'_>) -> Result<Requested, ApiError> {
     let rv = ctx.query.get("resourceVersion").unwrap_or("");
     let m = ctx.query.get("resourceVersionMatch").unwrap_or("");
-    let parsed = || {
-        rv.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion: Invalid value: {rv:?}: must be an integer"
-            ))
-        })
-    };
+    let parsed = || parse_resource_version(rv);
     match m {
         "" | "NotOlderThan" => {
             if rv.is_empty() {

@@ -88,6 +88,14 @@ fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<rkube_api::Cause>) -> A
 pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let (mut obj, warnings) = decode_body(ctx, &bytes)?;
+    if obj
+        .meta_str("resourceVersion")
+        .is_some_and(|rv| !rv.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     let ns = ctx.ns().to_string();
     match (obj.namespace(), ctx.info.namespaced) {
         ("", true) => obj.set_meta("namespace", ns.clone()),
