@@ -13,7 +13,7 @@ APT_PACKAGES := protobuf-compiler libprotobuf-dev etcd-server runc containernetw
                 busybox-static docker-registry apache2-utils containerd curl iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps pyvenv build run test lint bench clean
+.PHONY: deps pyvenv build run test lint bench fuzz clean
 
 ## deps: install missing Debian packages (idempotent)
 deps:
@@ -48,6 +48,13 @@ lint: deps
 ## test: formatting, lints and every test (root-only tests skip loudly without root)
 test: lint pyvenv
 	$(CARGO) test --workspace
+
+## fuzz: the property tests over request decoders and patch appliers, with many more
+## cases than `make test` runs (FUZZ_CASES each)
+FUZZ_CASES ?= 50000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p rkube-api --test patch_fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p rkube-apiserver --lib decode_fuzz
 
 ## bench: datastore figures (embedded store vs a real etcd on the same disk), API server
 ## figures, scheduler_perf shapes, container runtime and kubelet figures (root:

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ use crate::storage;
 
 /// Changes kept per resource for watchers that start behind the live stream.
 const HISTORY: usize = 10_000;
+/// Bytes those changes may hold per resource (objects and their encoded event lines):
+/// a burst of large writes shortens the history instead of growing memory; a watcher
+/// from before it gets 410 and re-lists, as upstream's.
+const HISTORY_BYTES: u64 = 64 << 20;
 /// Items a receiver may fall behind the live stream before it must re-watch.
 const CHANNEL: usize = 16_384;
 /// How long a read waits for the cache to reach the revision it needs (upstream: 3 s).
@@ -113,6 +117,11 @@ pub struct Change {
     /// The object before the change.
     pub previous: Option<Arc<Entry>>,
     pub deleted: bool,
+    /// What this change costs in memory (its object and, once encoded, event lines).
+    pub cost: u64,
+    /// The resource's bytes of changes sent to watchers up to and including this one:
+    /// a watcher's backlog is the resource's total less the offset it has reached.
+    pub offset: u64,
     /// Encoded event lines (ADDED, MODIFIED, DELETED) in the plain object form.
     lines: [OnceLock<Bytes>; 3],
 }
@@ -137,9 +146,11 @@ impl Change {
         Some(Change {
             revision: ev.kv.mod_revision,
             key: ev.kv.key.clone(),
+            cost: change_cost(&ev.kv.key, object.as_deref()),
             object,
             previous,
             deleted,
+            offset: 0,
             lines: Default::default(),
         })
     }
@@ -149,6 +160,11 @@ impl Change {
     pub fn line(&self, index: usize, make: impl FnOnce() -> Bytes) -> Bytes {
         self.lines[index].get_or_init(make).clone()
     }
+}
+
+/// An object's bytes twice (stored, and one encoded event line) plus bookkeeping.
+fn change_cost(key: &[u8], object: Option<&Entry>) -> u64 {
+    (key.len() + 2 * object.map_or(0, |o| o.value.len()) + 256) as u64
 }
 
 /// What a watcher receives.
@@ -163,6 +179,11 @@ pub enum Item {
 pub struct Subscription {
     pub backlog: VecDeque<Arc<Change>>,
     pub rx: broadcast::Receiver<Item>,
+    /// The resource's running total of change bytes sent (see [`Change::offset`]).
+    pub sent: Arc<AtomicU64>,
+    /// That total when the subscription began: the broadcast holds for this watcher
+    /// only what was sent after it.
+    pub subscribed_at: u64,
 }
 
 /// A list served from the cache.
@@ -188,6 +209,8 @@ pub enum Freshness {
 struct ResourceState {
     objects: BTreeMap<Bytes, Arc<Entry>>,
     history: VecDeque<Arc<Change>>,
+    /// The cost of the changes in `history`.
+    history_bytes: u64,
     /// Changes after this revision are all in `history` or still to come.
     complete_after: i64,
     /// The revision of the last change applied here; it can be ahead of the cache's
@@ -200,6 +223,8 @@ struct ResourceState {
 struct ResourceCache {
     strategy: &'static dyn Strategy,
     state: RwLock<ResourceState>,
+    /// Bytes of changes sent to this resource's watchers so far.
+    sent: Arc<AtomicU64>,
 }
 
 impl ResourceCache {
@@ -235,10 +260,12 @@ impl WatchCache {
                     state: RwLock::new(ResourceState {
                         objects: BTreeMap::new(),
                         history: VecDeque::new(),
+                        history_bytes: 0,
                         complete_after: 0,
                         last_change: 0,
                         tx: None,
                     }),
+                    sent: Arc::new(AtomicU64::new(0)),
                 })
             });
         }
@@ -310,6 +337,7 @@ impl WatchCache {
             let mut st = rc.write();
             st.objects = loaded.remove(prefix).unwrap_or_default();
             st.history.clear();
+            st.history_bytes = 0;
             st.complete_after = revision;
             st.last_change = revision;
             // Watchers of the old state end; clients watch again.
@@ -496,7 +524,16 @@ impl WatchCache {
             .tx
             .get_or_insert_with(|| broadcast::channel(CHANNEL).0)
             .subscribe();
-        Some((Subscription { backlog, rx }, objects, after))
+        Some((
+            Subscription {
+                backlog,
+                rx,
+                sent: rc.sent.clone(),
+                subscribed_at: rc.sent.load(Ordering::Relaxed),
+            },
+            objects,
+            after,
+        ))
     }
 }
 
@@ -523,19 +560,26 @@ fn apply(rc: &ResourceCache, ev: &rkube_store::Event) {
         Some(o) => st.objects.insert(ev.kv.key.clone(), o.clone()),
         None => st.objects.remove(&ev.kv.key),
     };
+    let cost = change_cost(&ev.kv.key, object.as_deref());
+    let offset = rc.sent.fetch_add(cost, Ordering::Relaxed) + cost;
     let change = Arc::new(Change {
         revision: ev.kv.mod_revision,
         key: ev.kv.key.clone(),
         object,
         previous,
         deleted: ev.kind == EventType::Delete,
+        cost,
+        offset,
         lines: Default::default(),
     });
     st.history.push_back(change.clone());
-    if st.history.len() > HISTORY {
-        if let Some(old) = st.history.pop_front() {
-            st.complete_after = old.revision;
-        }
+    st.history_bytes += cost;
+    while st.history.len() > HISTORY || st.history_bytes > HISTORY_BYTES {
+        let Some(old) = st.history.pop_front() else {
+            break;
+        };
+        st.history_bytes -= old.cost;
+        st.complete_after = old.revision;
     }
     if let Some(tx) = &st.tx {
         if tx.receiver_count() == 0 {

@@ -7,6 +7,8 @@ mod auth;
 mod body;
 mod bootstrap;
 mod cache;
+#[cfg(test)]
+mod decode_fuzz;
 mod discovery;
 mod handler;
 pub mod join;

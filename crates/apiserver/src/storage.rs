@@ -150,6 +150,8 @@ pub fn store_error(e: StoreError, info: &ResourceInfo, name: &str) -> ApiError {
         StoreError::FutureRevision { requested, current } => ApiError::timeout(format!(
             "Too large resource version: {requested}, current: {current}"
         )),
+        // etcd's NOSPACE alarm: upstream passes the message through as a 500.
+        e @ StoreError::NoSpace { .. } => ApiError::new(500, "InternalError", e.to_string()),
         e @ StoreError::TooLarge { .. } => {
             ApiError::new(413, "RequestEntityTooLarge", e.to_string())
         }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,7 +111,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
             (w, items, after)
         }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let state = ctx.state.clone();
     let key = (info.group, info.version, info.plural);
     let output = ctx.output;
@@ -157,6 +158,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut reached = 0u64;
         loop {
             let next = tokio::select! {
                 _ = &mut deadline => return,
@@ -175,13 +177,33 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
                     }
                 }
                 Next::Event(ev) => {
+                    reached = reached.max(ev.offset);
                     if !ev.key.starts_with(ns_prefix.as_bytes()) {
                         continue;
                     }
                     let Some(line) = translate(info, &sel, output, &ev) else {
                         continue;
                     };
-                    if !send_line(line).await {
+                    // While the client does not read, the backlog grows: past its
+                    // budget the watch ends (the client watches again, as upstream's
+                    // clients do when an unresponsive watcher is closed).
+                    let sent = loop {
+                        tokio::select! {
+                            permit = tx.reserve() => match permit {
+                                Ok(p) => {
+                                    p.send(line);
+                                    break true;
+                                }
+                                Err(_) => break false,
+                            },
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                                if source.backlog(reached) > WATCHER_BACKLOG {
+                                    break false;
+                                }
+                            }
+                        }
+                    };
+                    if !sent {
                         return;
                     }
                 }
@@ -332,6 +354,11 @@ fn encode_line(v: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// Bytes of changes a watcher may have waiting for it (in the cache's broadcast, which
+/// keeps every change until each watcher has taken it) before it is closed: a client
+/// that stops reading cannot make the server hold the whole stream of changes.
+const WATCHER_BACKLOG: u64 = 32 << 20;
+
 /// Where a watch's changes come from: the watch cache, or its own store watch.
 enum Source {
     Cache(Subscription),
@@ -346,6 +373,17 @@ enum Next {
 }
 
 impl Source {
+    /// Bytes of changes queued for this watcher after the one at `reached`.
+    fn backlog(&self, reached: u64) -> u64 {
+        match self {
+            Source::Cache(sub) => sub
+                .sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(reached.max(sub.subscribed_at)),
+            _ => 0,
+        }
+    }
+
     async fn next(&mut self, info: &ResourceInfo, after: i64) -> Next {
         match self {
             Source::Cache(sub) => {
@@ -354,7 +392,15 @@ impl Source {
                 }
                 loop {
                     match sub.rx.recv().await {
-                        Ok(Item::Change(ev)) if ev.revision > after => return Next::Event(ev),
+                        Ok(Item::Change(ev)) if ev.revision > after => {
+                            let behind = sub.sent.load(Ordering::Relaxed).saturating_sub(ev.offset);
+                            if behind > WATCHER_BACKLOG {
+                                return Next::Error(ApiError::expired(format!(
+                                    "the watch fell {behind} bytes of changes behind; start a new watch from the last resourceVersion seen"
+                                )));
+                            }
+                            return Next::Event(ev);
+                        }
                         Ok(Item::Change(_)) => continue,
                         Ok(Item::Progress(rev)) => return Next::Progress(rev),
                         Err(RecvError::Lagged(n)) => {

@@ -7,12 +7,10 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{connect_tls, tls_config, TestServer, Tls};
 use rkube_apiserver::Limits;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 
 /// Longest any single wait may take before the test calls the socket still open.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -30,47 +28,6 @@ fn limits() -> Limits {
 
 fn addr(srv: &TestServer) -> std::net::SocketAddr {
     srv.server.as_ref().unwrap().addr
-}
-
-/// A TLS client trusting the cluster CA, presenting `identity` (cert and key PEM) if any.
-fn tls_config(srv: &TestServer, identity: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
-    let (ca, _, _) = srv.pems();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut cfg = match identity {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            b.with_client_auth_cert(
-                chain,
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn connect_tls(srv: &TestServer, cfg: Arc<rustls::ClientConfig>) -> Tls {
-    let mut tcp = TcpStream::connect(addr(srv)).unwrap();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).unwrap();
-    }
-    rustls::StreamOwned::new(conn, tcp)
 }
 
 /// What one read attempt saw.

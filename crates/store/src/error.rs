@@ -56,6 +56,10 @@ pub enum StoreError {
     /// (the apiserver answers 413).
     #[error("etcdserver: request is too large")]
     TooLarge { size: usize, limit: usize },
+    /// The live data would pass the space quota: etcd's NOSPACE answer. Deletes and
+    /// shrinking updates still work, and writes resume once usage is under the quota.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace { quota: u64, used: u64 },
     /// The request itself is invalid.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -43,6 +43,9 @@ fn etcd_err(e: etcd_client::Error) -> StoreError {
             compacted: 0,
         };
     }
+    if msg.contains("database space exceeded") {
+        return StoreError::NoSpace { quota: 0, used: 0 };
+    }
     if msg.contains("request is too large") {
         return StoreError::TooLarge {
             size: 0,

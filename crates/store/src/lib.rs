@@ -17,7 +17,7 @@ mod types;
 pub mod embedded;
 pub mod migrate;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStore, Usage};
 pub use error::{Result, StoreError};
 pub use etcd::EtcdStore;
 pub use open::{open, Endpoint};

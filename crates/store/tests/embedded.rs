@@ -304,3 +304,59 @@ async fn a_full_disk_fails_the_write_and_keeps_the_store_consistent() {
     let after = s.range(RangeRequest::prefix("")).await.unwrap();
     assert_eq!((after.revision, after.kvs), (before.revision, before.kvs));
 }
+
+#[tokio::test]
+async fn a_write_burst_keeps_history_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 4 << 20;
+    let opts = EmbeddedOptions {
+        history_budget: budget,
+        // Long retention: without the budget, all of the burst would be kept.
+        retention: std::time::Duration::from_secs(300),
+        ..common::quick_options()
+    };
+    let s = EmbeddedStore::open(dir.path(), opts).unwrap();
+    let first = s.create(b"/cm", b("start"), None).await.unwrap();
+    let value = Bytes::from(vec![b'x'; 256 << 10]);
+    let mut peak = 0;
+    for _ in 0..100 {
+        s.update(b"/cm", value.clone(), None, None).await.unwrap();
+        peak = peak.max(s.usage().history);
+    }
+    // 25 MiB went through; history never held much more than the budget (one write
+    // may land before the early compaction that follows it).
+    assert!(
+        peak <= budget + (256 << 10) + 1024,
+        "history peaked at {peak} bytes, budget {budget}"
+    );
+    assert_eq!(s.usage().live, (3 + (256 << 10) + 64) as u64);
+    // Watchers and reads from before the early compaction point get Compacted (410).
+    let e = s
+        .range(RangeRequest::key(b"/cm").at(first))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Compacted { .. }), "{e}");
+    // The latest value is intact.
+    let kv = s.get(b"/cm", 0).await.unwrap().0.unwrap();
+    assert_eq!(kv.value, value);
+    assert_eq!(kv.version, 101);
+}
+
+#[tokio::test]
+async fn the_space_quota_refuses_growth_but_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        quota_bytes: 1 << 20,
+        ..common::quick_options()
+    };
+    let s = EmbeddedStore::open(dir.path(), opts).unwrap();
+    let big = Bytes::from(vec![b'x'; 400 << 10]);
+    s.create(b"/a", big.clone(), None).await.unwrap();
+    s.create(b"/b", big.clone(), None).await.unwrap();
+    let e = s.create(b"/c", big.clone(), None).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e}");
+    assert_eq!(e.to_string(), "etcdserver: mvcc: database space exceeded");
+    assert!(s.get(b"/c", 0).await.unwrap().0.is_none());
+    s.delete(b"/a", None).await.unwrap();
+    s.create(b"/c", big, None).await.unwrap();
+}

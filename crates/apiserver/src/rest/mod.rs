@@ -3,7 +3,7 @@
 
 mod apply;
 mod delete;
-mod delete_options;
+pub(crate) mod delete_options;
 mod node_proxy;
 mod read;
 mod sub;

@@ -41,6 +41,13 @@ pub struct EmbeddedOptions {
     pub checkpoint_bytes: u64,
     /// A quiet watcher is told the current revision this often.
     pub progress_interval: Duration,
+    /// Memory that superseded versions may hold: past it, history is compacted early
+    /// (down to half of it), so a write burst cannot grow memory for the whole retention
+    /// period; watchers and reads behind the new compaction point get Compacted (410).
+    pub history_budget: u64,
+    /// The space quota on the current keys and values (etcd's `--quota-backend-bytes`,
+    /// 2 GiB by default); writes past it fail with NoSpace. Zero: no quota.
+    pub quota_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -49,6 +56,8 @@ impl Default for EmbeddedOptions {
             retention: Duration::from_secs(300),
             checkpoint_bytes: 64 << 20,
             progress_interval: Duration::from_secs(5),
+            history_budget: 128 << 20,
+            quota_bytes: 2 << 30,
         }
     }
 }
@@ -105,7 +114,8 @@ impl EmbeddedStore {
             std::fs::remove_file(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         }
         let loaded = files::load(&dir)?;
-        let state = loaded.state;
+        let mut state = loaded.state;
+        state.quota = options.quota_bytes;
         let segment = match loaded.tail {
             Some((path, valid)) if valid >= files::WAL_HEADER_LEN => Segment::reopen(&path, valid)?,
             Some((path, _)) => {
@@ -237,6 +247,26 @@ fn expiry(ttl: Option<Duration>) -> u64 {
 
 fn unexpected(o: Outcome) -> StoreError {
     StoreError::Invalid(format!("unexpected write outcome {o:?}"))
+}
+
+/// What an embedded store holds in memory, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys and values of the current versions (what the space quota counts).
+    pub live: u64,
+    /// Superseded versions still retained (what the history budget counts).
+    pub history: u64,
+}
+
+impl EmbeddedStore {
+    /// The store's memory use, for metrics and benchmarks.
+    pub fn usage(&self) -> Usage {
+        let st = self.shared.read_state();
+        Usage {
+            live: st.live_bytes,
+            history: st.history_bytes,
+        }
+    }
 }
 
 #[async_trait]

@@ -78,6 +78,23 @@ pub(crate) struct Mvcc {
     log_base: Revision,
     /// Current versions that expire: (expiry ms, key).
     expiries: BTreeSet<(u64, Bytes)>,
+    /// Bytes of the keys and values of the current versions: what the space quota counts.
+    pub live_bytes: u64,
+    /// Bytes of superseded versions still retained: what the history budget counts.
+    pub history_bytes: u64,
+    /// Aligned with `log`: the history bytes each revision made by superseding a version
+    /// (compacting at a revision frees those of every revision up to it).
+    superseded: VecDeque<u64>,
+    /// Writes that would take `live_bytes` past this fail with NoSpace (0: no quota).
+    pub quota: u64,
+}
+
+/// Memory a retained version costs besides its key and value (its record, map entry).
+const VERSION_OVERHEAD: u64 = 64;
+
+/// What a version of `key` costs in memory.
+fn cost(key: &[u8], v: &Version) -> u64 {
+    (key.len() + v.value.as_ref().map_or(0, Bytes::len)) as u64 + VERSION_OVERHEAD
 }
 
 fn to_kv(key: &Bytes, v: &Version) -> Option<KeyValue> {
@@ -105,6 +122,7 @@ impl Mvcc {
             rev: 1,
             visible: 1,
             log: VecDeque::from(vec![None]),
+            superseded: VecDeque::from(vec![0]),
             log_base: 1,
             ..Default::default()
         }
@@ -125,9 +143,25 @@ impl Mvcc {
             ..Default::default()
         };
         m.log = VecDeque::from(vec![None; (rev - compacted).max(0) as usize]);
+        m.superseded = VecDeque::from(vec![0; m.log.len()]);
         for (key, versions) in &m.keys {
             for v in versions.iter().filter(|v| v.mod_rev > compacted) {
                 m.log[(v.mod_rev - m.log_base) as usize] = Some(key.clone());
+            }
+            for (i, v) in versions.iter().enumerate() {
+                match versions.get(i + 1) {
+                    Some(next) => {
+                        m.history_bytes += cost(key, v);
+                        if let Some(slot) = usize::try_from(next.mod_rev - m.log_base)
+                            .ok()
+                            .and_then(|i| m.superseded.get_mut(i))
+                        {
+                            *slot += cost(key, v);
+                        }
+                    }
+                    None if v.value.is_some() => m.live_bytes += cost(key, v),
+                    None => {}
+                }
             }
             if let Some(expires) = versions.last().and_then(Version::expiry) {
                 m.expiries.insert((expires, key.clone()));
@@ -153,6 +187,7 @@ impl Mvcc {
                 if let Some(current) = self.latest(key) {
                     return Err(StoreError::AlreadyExists { current });
                 }
+                self.check_quota(key.len() + value.len(), 0)?;
                 let rec = Record::Put {
                     rev,
                     key: key.clone(),
@@ -170,6 +205,7 @@ impl Mvcc {
                 expires,
             } => {
                 let current = self.existing(key, *expected)?;
+                self.check_quota(key.len() + value.len(), key.len() + current.value.len())?;
                 let rec = Record::Put {
                     rev,
                     key: key.clone(),
@@ -206,6 +242,38 @@ impl Mvcc {
                 Ok((Record::Compact { rev: *rev }, Outcome::Compacted))
             }
         }
+    }
+
+    /// Refuses a write that grows the live data past the quota (shrinking is allowed).
+    fn check_quota(&self, new: usize, old: usize) -> Result<()> {
+        if self.quota > 0 && new > old && self.live_bytes + (new - old) as u64 > self.quota {
+            return Err(StoreError::NoSpace {
+                quota: self.quota,
+                used: self.live_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The oldest revision whose compaction brings retained history down to `target`
+    /// bytes (at most the visible revision); None when it is already there.
+    pub fn compaction_for(&self, target: u64) -> Option<Revision> {
+        if self.history_bytes <= target || self.visible <= self.compacted {
+            return None;
+        }
+        let need = self.history_bytes - target;
+        let mut freed = 0;
+        for (i, bytes) in self.superseded.iter().enumerate() {
+            let rev = self.log_base + i as Revision;
+            if rev > self.visible {
+                break;
+            }
+            freed += bytes;
+            if freed >= need && rev > self.compacted {
+                return Some(rev);
+            }
+        }
+        Some(self.visible)
     }
 
     fn existing(&self, key: &Bytes, expected: Option<Revision>) -> Result<KeyValue> {
@@ -266,25 +334,47 @@ impl Mvcc {
         if let Some(expires) = v.expiry() {
             self.expiries.insert((expires, key.clone()));
         }
+        let mut moved = 0;
+        if let Some(last) = versions.last() {
+            moved = cost(key, last);
+            if last.value.is_some() {
+                self.live_bytes = self.live_bytes.saturating_sub(moved);
+            }
+        }
+        if v.value.is_some() {
+            self.live_bytes += cost(key, &v);
+        }
+        self.history_bytes += moved;
         versions.push(v);
         self.rev = rev;
         self.log.push_back(Some(key.clone()));
+        self.superseded.push_back(moved);
     }
 
     /// Takes back every revision after `to` (their write could not be made durable).
     pub fn rollback(&mut self, to: Revision) {
         while self.rev > to {
             let key = self.log.pop_back().flatten();
+            let moved = self.superseded.pop_back().unwrap_or(0);
+            self.history_bytes = self.history_bytes.saturating_sub(moved);
             if let Some(key) = key {
                 if let Some(versions) = self.keys.get_mut(&key) {
-                    if let Some(expires) = versions.pop().and_then(|v| v.expiry()) {
-                        self.expiries.remove(&(expires, key.clone()));
+                    if let Some(undone) = versions.pop() {
+                        if undone.value.is_some() {
+                            self.live_bytes = self.live_bytes.saturating_sub(cost(&key, &undone));
+                        }
+                        if let Some(expires) = undone.expiry() {
+                            self.expiries.remove(&(expires, key.clone()));
+                        }
                     }
                     match versions.last() {
                         None => {
                             self.keys.remove(&key);
                         }
                         Some(v) => {
+                            if v.value.is_some() {
+                                self.live_bytes += cost(&key, v);
+                            }
                             if let Some(expires) = v.expiry() {
                                 self.expiries.insert((expires, key.clone()));
                             }
@@ -301,7 +391,9 @@ impl Mvcc {
         if rev <= self.compacted {
             return;
         }
-        self.keys.retain(|_, versions| {
+        let mut freed = 0;
+        let mut later = Vec::new();
+        self.keys.retain(|key, versions| {
             let n = versions.partition_point(|v| v.mod_rev <= rev);
             if n > 0 {
                 let keep_from = if versions[n - 1].value.is_none() {
@@ -309,15 +401,35 @@ impl Mvcc {
                 } else {
                     n - 1
                 };
+                // Versions with a successor were counted as history, at the revision of
+                // the successor (past `rev` only for a tombstone dropped here).
+                for i in 0..keep_from.min(versions.len() - 1) {
+                    let c = cost(key, &versions[i]);
+                    freed += c;
+                    let successor = versions[i + 1].mod_rev;
+                    if successor > rev {
+                        later.push((successor, c));
+                    }
+                }
                 versions.drain(..keep_from);
             }
             !versions.is_empty()
         });
+        self.history_bytes = self.history_bytes.saturating_sub(freed);
         while self.log_base <= rev && !self.log.is_empty() {
             self.log.pop_front();
+            self.superseded.pop_front();
             self.log_base += 1;
         }
         self.log_base = self.log_base.max(rev + 1);
+        for (successor, c) in later {
+            if let Some(slot) = usize::try_from(successor - self.log_base)
+                .ok()
+                .and_then(|i| self.superseded.get_mut(i))
+            {
+                *slot = slot.saturating_sub(c);
+            }
+        }
         self.compacted = rev;
     }
 
@@ -448,116 +560,5 @@ impl Mvcc {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(m: &mut Mvcc, op: Op) -> Outcome {
-        let (rec, out) = m.plan(&op).unwrap();
-        m.apply(&rec);
-        m.visible = m.rev;
-        out
-    }
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    #[test]
-    fn rollback_restores_previous_state() {
-        let mut m = Mvcc::new();
-        put(
-            &mut m,
-            Op::Create {
-                key: b("a"),
-                value: b("1"),
-                expires: 5,
-            },
-        );
-        let before = m.range(&RangeRequest::prefix("")).unwrap().kvs;
-        let (r1, _) = m
-            .plan(&Op::Update {
-                key: b("a"),
-                value: b("2"),
-                expected: None,
-                expires: 0,
-            })
-            .unwrap();
-        m.apply(&r1);
-        let (r2, _) = m
-            .plan(&Op::Create {
-                key: b("b"),
-                value: b("x"),
-                expires: 9,
-            })
-            .unwrap();
-        m.apply(&r2);
-        m.rollback(2);
-        assert_eq!(m.rev, 2);
-        assert_eq!(m.range(&RangeRequest::prefix("")).unwrap().kvs, before);
-        assert!(!m.keys.contains_key(&b("b")));
-        assert_eq!(m.expired(100), vec![(b("a"), 2)]);
-    }
-
-    #[test]
-    fn compaction_keeps_the_version_visible_at_the_point() {
-        let mut m = Mvcc::new();
-        put(
-            &mut m,
-            Op::Create {
-                key: b("a"),
-                value: b("1"),
-                expires: 0,
-            },
-        );
-        put(
-            &mut m,
-            Op::Update {
-                key: b("a"),
-                value: b("2"),
-                expected: Some(2),
-                expires: 0,
-            },
-        );
-        put(
-            &mut m,
-            Op::Create {
-                key: b("d"),
-                value: b("x"),
-                expires: 0,
-            },
-        );
-        put(
-            &mut m,
-            Op::Delete {
-                key: b("d"),
-                expected: None,
-            },
-        );
-        put(
-            &mut m,
-            Op::Update {
-                key: b("a"),
-                value: b("3"),
-                expected: Some(3),
-                expires: 0,
-            },
-        );
-        put(&mut m, Op::Compact { rev: 5 });
-        assert_eq!(m.keys[&b("a")].len(), 2);
-        assert!(!m.keys.contains_key(&b("d")));
-        let at5 = m.range(&RangeRequest::key("a").at(5)).unwrap();
-        assert_eq!(at5.kvs[0].value, b("2"));
-        assert!(matches!(
-            m.range(&RangeRequest::key("a").at(4)),
-            Err(StoreError::Compacted { .. })
-        ));
-        let (ev, reached) = m.events(&KeySpan::prefix(""), 5, 6, 10).unwrap();
-        assert_eq!(reached, 6);
-        assert_eq!(ev[0].prev_kv.as_ref().unwrap().value, b("2"));
-        let rebuilt = Mvcc::from_parts(m.keys.clone(), m.rev, m.compacted);
-        assert_eq!(
-            rebuilt.events(&KeySpan::prefix(""), 5, 6, 10).unwrap().0,
-            ev
-        );
-    }
-}
+#[path = "mvcc_tests.rs"]
+mod tests;

@@ -53,6 +53,7 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit(batch);
+                self.enforce_history_budget();
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
@@ -132,6 +133,28 @@ impl Writer {
             reply(tx, answer);
         }
         self.maybe_checkpoint();
+    }
+
+    /// Compacts early once retained history passes its budget, down to half of it.
+    fn enforce_history_budget(&mut self) {
+        let budget = self.shared.options.history_budget;
+        if budget == 0 {
+            return;
+        }
+        let target = {
+            let st = self.shared.read_state();
+            if st.history_bytes <= budget {
+                return;
+            }
+            st.compaction_for(budget / 2)
+        };
+        if let Some(rev) = target {
+            tracing::debug!(revision = rev, "history over its budget; compacting early");
+            self.commit(vec![WriteReq {
+                op: Op::Compact { rev },
+                reply: None,
+            }]);
+        }
     }
 
     /// Expires TTL keys and compacts history older than the retention period.
