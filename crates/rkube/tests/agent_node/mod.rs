@@ -36,6 +36,26 @@ pub fn root_or_skip(test: &str) -> bool {
     true
 }
 
+/// Deletes test bridges an earlier, killed run left on this test's pod CIDR: with them,
+/// the node's runtime reports the network not ready (the subnet is routed elsewhere).
+fn clear_stale_bridges(n: u8, own: &str) {
+    let cidr = format!("10.{}.0.0/16", 150 + n);
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "-4", "route", "show", "root", &cidr])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut words = line.split_whitespace();
+        let dev = words.by_ref().skip_while(|w| *w != "dev").nth(1);
+        if let Some(dev) = dev.filter(|d| d.starts_with("rkk") && *d != own) {
+            eprintln!("deleting {dev}, a test bridge an earlier run left on {cidr}");
+            let _ = Command::new("ip").args(["link", "delete", dev]).status();
+        }
+    }
+}
+
 impl Cluster {
     /// A server with its node agent; `n` keeps concurrent tests' bridges and CIDRs apart.
     pub fn start(n: u8, extra: &[&str]) -> Cluster {
@@ -53,6 +73,7 @@ impl Cluster {
             log: Default::default(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        clear_stale_bridges(n, &c.bridge);
         c.run_server(n);
         // The agent registers its Node moments after the API is up; `kubectl wait` on a
         // node that does not exist yet fails at once, so tests start once it does.

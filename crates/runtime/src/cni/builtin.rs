@@ -151,6 +151,12 @@ fn bridge_conf(conf: &Value) -> Result<BridgeConf, Error> {
     })
 }
 
+/// Fails when the bridge's subnet is routed through another interface.
+pub fn check_routes(conf: &Value) -> Result<(), Error> {
+    let c = bridge_conf(conf)?;
+    super::routes::check(c.subnet, &c.bridge)
+}
+
 /// The host side's name for a pod's veth (stable per sandbox, within 15 bytes).
 fn host_veth(id: &str) -> String {
     format!("veth{}", &id[..id.len().min(8)])

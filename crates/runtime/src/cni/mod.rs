@@ -8,6 +8,7 @@
 //! and on-disk allocations, without two Go processes per pod.
 
 mod builtin;
+mod routes;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -90,6 +91,9 @@ impl Network {
         for p in self.plugins() {
             let kind = p["type"].as_str().unwrap_or("");
             self.available(kind)?;
+            if kind == "bridge" {
+                builtin::check_routes(&self.plugin_conf(&p, None))?;
+            }
             // A plugin binary runs its IPAM plugin's binary; a built-in one its own.
             if let (Some(ipam), Some(_)) = (p["ipam"]["type"].as_str(), self.binary(kind)) {
                 if self.binary(ipam).is_none() {
