@@ -140,6 +140,29 @@ fn request_details_as_upstream(srv: &TestServer, c: &Client) {
         "resourceVersion should not be set on objects to be created",
     );
     assert!(!c.exists("with-rv"));
+    // Every duplicate field is named in a warning, not only the first.
+    let r = srv
+        .client()
+        .post(format!("{}{CMS}", srv.url()))
+        .header("Content-Type", "application/json")
+        .body(r#"{"metadata":{"name":"dups","name":"dups","labels":{"a":"1","a":"2"}},"data":{"k":"v","k":"w"}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let warnings: Vec<String> = r
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    for f in ["metadata.name", "metadata.labels.a", "data.k"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("duplicate field \\\"{f}\\\""))),
+            "no warning for {f}: {warnings:?}"
+        );
+    }
     // Impersonation is refused, not ignored (it would run as the caller).
     let r = srv
         .client()

@@ -421,8 +421,8 @@ pub async fn apiserver(dir: PathBuf, scale: f64) -> anyhow::Result<()> {
     burst(&dir).await
 }
 
-/// The "burst" figure: server RSS before, at its peak and after 300 updates of a 1 MiB
-/// ConfigMap while one watcher has stopped reading (a fresh server, so nothing else is
+/// The "burst" figure: server RSS before, at its peak in each of two rounds of 300
+/// updates of a 1 MiB ConfigMap, and after, while one watcher has stopped reading (a fresh server, so nothing else is
 /// in its memory). Budgets: 128 MiB of store history, 64 MiB of watch-cache history per
 /// resource, 32 MiB of backlog per watcher.
 async fn burst(dir: &Path) -> anyhow::Result<()> {
@@ -442,9 +442,10 @@ async fn burst(dir: &Path) -> anyhow::Result<()> {
     let stalled = srv.http.get(format!("{url}?watch=1")).send().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = srv.rss_mib();
-    let mut peak = before;
+    // Two rounds of 300: memory that the budgets bound stops growing after the first.
+    let mut peaks = [before; 2];
     let t = Instant::now();
-    for i in 1..=300 {
+    for i in 1..=600 {
         let r = srv
             .http
             .put(format!("{url}/big"))
@@ -452,7 +453,8 @@ async fn burst(dir: &Path) -> anyhow::Result<()> {
             .send()
             .await?;
         anyhow::ensure!(r.status().as_u16() == 200, "update {i}: {}", r.status());
-        peak = peak.max(srv.rss_mib());
+        let p = &mut peaks[(i - 1) / 300];
+        *p = p.max(srv.rss_mib());
     }
     let took = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -460,11 +462,18 @@ async fn burst(dir: &Path) -> anyhow::Result<()> {
     drop(stalled);
     println!(
         "{:<58} {:>12.1}",
-        "burst: 300 x 1 MiB updates, one stalled watcher (s)",
+        "burst: 2 x 300 x 1 MiB updates, one stalled watcher (s)",
         took.as_secs_f64()
     );
     println!("{:<58} {:>12.1}", "burst: server RSS before (MiB)", before);
-    println!("{:<58} {:>12.1}", "burst: server RSS peak (MiB)", peak);
+    println!(
+        "{:<58} {:>12.1}",
+        "burst: server RSS peak, updates 1-300 (MiB)", peaks[0]
+    );
+    println!(
+        "{:<58} {:>12.1}",
+        "burst: server RSS peak, updates 301-600 (MiB)", peaks[1]
+    );
     println!(
         "{:<58} {:>12.1}",
         "burst: server RSS 2 s after (MiB)", after
