@@ -163,6 +163,14 @@ pub(crate) fn write_snapshot(path: &Path, cp: &Checkpoint) -> Result<u64> {
     buf.put_i64_le(cp.compacted);
     buf.put_u64_le(cp.keys.len() as u64);
     let mut size = 0u64;
+    // Small fields gather in `buf`; values of 32 KiB or more go straight to the writer,
+    // so a key with many large versions never makes a buffer of all of them.
+    let mut out = |bytes: &[u8], size: &mut u64| -> Result<()> {
+        crc.update(bytes);
+        w.write_all(bytes).map_err(io_err)?;
+        *size += bytes.len() as u64;
+        Ok(())
+    };
     for (key, versions) in &cp.keys {
         put_bytes(&mut buf, key);
         buf.put_u32_le(versions.len() as u32);
@@ -172,21 +180,27 @@ pub(crate) fn write_snapshot(path: &Path, cp: &Checkpoint) -> Result<u64> {
             buf.put_i64_le(v.version);
             buf.put_u64_le(v.expires);
             match &v.value {
+                Some(value) if value.len() >= 32 << 10 => {
+                    buf.put_u8(1);
+                    buf.put_u32_le(value.len() as u32);
+                    out(&buf, &mut size)?;
+                    buf.clear();
+                    out(value, &mut size)?;
+                }
                 Some(value) => {
                     buf.put_u8(1);
                     put_bytes(&mut buf, value);
                 }
                 None => buf.put_u8(0),
             }
-        }
-        if buf.len() >= 32 << 10 {
-            crc.update(&buf);
-            w.write_all(&buf).map_err(io_err)?;
-            size += buf.len() as u64;
-            buf.clear();
+            if buf.len() >= 32 << 10 {
+                out(&buf, &mut size)?;
+                buf.clear();
+            }
         }
     }
-    crc.update(&buf);
+    out(&buf, &mut size)?;
+    buf.clear();
     let sum = crc.finalize();
     buf.put_u32_le(sum);
     buf.put_slice(SNAP_END);
