@@ -97,10 +97,12 @@ fn impersonation(req: &Request<RequestBody>) -> Option<ApiError> {
         .get("impersonate-user")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let (resource, name) = if user.is_empty() {
-        (first.as_str().trim_start_matches("impersonate-"), "")
-    } else {
-        ("users", user)
+    // The resources upstream's impersonation filter authorizes.
+    let (resource, name) = match first.as_str() {
+        _ if !user.is_empty() => ("users", user),
+        "impersonate-group" => ("groups", ""),
+        "impersonate-uid" => ("uids", ""),
+        _ => ("userextras", ""),
     };
     Some(ApiError::forbidden(
         "",

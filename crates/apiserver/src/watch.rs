@@ -189,6 +189,7 @@ pub async fn watch(ctx: &Ctx<'_>) -> Result<Resp, ApiError> {
                     // clients do when an unresponsive watcher is closed).
                     let sent = loop {
                         tokio::select! {
+                            _ = &mut deadline => break false,
                             permit = tx.reserve() => match permit {
                                 Ok(p) => {
                                     p.send(line);
