@@ -448,3 +448,28 @@ both_backends!(
     progress_notifications,
     concurrent_creates_of_one_key,
 );
+
+/// etcd's NOSPACE alarm reaches the caller as the same error the embedded store's quota
+/// gives (`etcdserver: mvcc: database space exceeded`), so the apiserver answers alike.
+#[tokio::test]
+async fn etcd_space_quota_is_no_space() {
+    let etcd =
+        rkube_testkit::Etcd::start_with(&std::env::temp_dir(), &["--quota-backend-bytes=4194304"])
+            .unwrap_or_else(|e| panic!("the etcd backend tests need etcd: {e}"));
+    let s = rkube_store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
+    let value = Bytes::from(vec![b'x'; 512 << 10]);
+    let mut refused = None;
+    for i in 0..64 {
+        if let Err(e) =
+            rkube_store::Store::create(&s, format!("/q/{i}").as_bytes(), value.clone(), None).await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("etcd took 32 MiB under a 4 MiB quota");
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e}");
+    assert_eq!(e.to_string(), "etcdserver: mvcc: database space exceeded");
+}

@@ -49,6 +49,11 @@ impl Etcd {
     /// Starts etcd in a temp dir under `parent` (so benchmarks can put it on the same disk
     /// as the embedded store) and waits until it accepts connections.
     pub fn start_in(parent: &Path) -> Result<Etcd, String> {
+        Self::start_with(parent, &[])
+    }
+
+    /// [`Etcd::start_in`] with extra flags (`--quota-backend-bytes=...`).
+    pub fn start_with(parent: &Path, extra: &[&str]) -> Result<Etcd, String> {
         let bin = etcd_binary()
             .ok_or("etcd is not installed (apt-get install etcd-server, or `make deps`)")?;
         let dir = tempfile::Builder::new()
@@ -68,6 +73,7 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=test={peer_url}"))
             .arg("--experimental-watch-progress-notify-interval=1s")
+            .args(extra)
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
             .stdout(Stdio::null())
             .stderr(log)
