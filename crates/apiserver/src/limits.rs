@@ -1,8 +1,8 @@
 //! Upstream's limits on requests and connections: `--max-requests-inflight` and
 //! `--max-mutating-requests-inflight` (429 with Retry-After when full), the request
 //! timeout (60 s; watches and streams exempt), and the connection timeouts of Go's HTTP
-//! server as kube-apiserver sets them (32 s to finish TLS and the first request's
-//! headers, 90 s idle between requests).
+//! server as kube-apiserver sets them (32 s each to finish TLS and to send the first
+//! request's headers, 90 s idle between requests).
 
 use std::time::Duration;
 
@@ -21,8 +21,9 @@ pub struct Limits {
     pub max_mutating_requests_inflight: usize,
     /// How long a request that is not long-running may take (`--request-timeout`).
     pub request_timeout: Duration,
-    /// Time to finish the TLS handshake and, on HTTP/1, each request's headers
-    /// (Go's ReadHeaderTimeout as kube-apiserver sets it).
+    /// Time to finish the TLS handshake, then to send the first request's headers (Go's
+    /// ReadHeaderTimeout as kube-apiserver sets it); later requests' headers count
+    /// against `idle_timeout`.
     pub read_header_timeout: Duration,
     /// How long a connection may sit without a request before it is closed.
     pub idle_timeout: Duration,
