@@ -302,6 +302,101 @@ impl ApiError {
     }
 }
 
+/// The wire form of a failure `Status`: upstream's field order (the Go struct's) and
+/// its `omitempty`s, so a body compares equal byte for byte.
+#[derive(serde::Serialize)]
+struct StatusWire<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Empty,
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<DetailsWire<'a>>,
+    code: u16,
+}
+
+#[derive(serde::Serialize)]
+struct Empty {}
+
+#[derive(serde::Serialize)]
+struct DetailsWire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<CauseWire<'a>>,
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct CauseWire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// A non-empty string member of `v`.
+fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+impl ApiError {
+    /// The `Status` as upstream writes it: its field order, then a newline (Go's JSON
+    /// encoder ends every document with one).
+    pub fn status_bytes(&self) -> Vec<u8> {
+        let details = (!self.details.is_null()).then(|| DetailsWire {
+            name: text(&self.details, "name"),
+            group: text(&self.details, "group"),
+            kind: text(&self.details, "kind"),
+            uid: text(&self.details, "uid"),
+            causes: self
+                .details
+                .get("causes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| CauseWire {
+                    reason: text(c, "reason"),
+                    message: text(c, "message"),
+                    field: text(c, "field"),
+                })
+                .collect(),
+            retry_after_seconds: self
+                .details
+                .get("retryAfterSeconds")
+                .and_then(Value::as_i64)
+                .filter(|s| *s != 0),
+        });
+        let wire = StatusWire {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Empty {},
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details,
+            code: self.code,
+        };
+        let mut out = serde_json::to_vec(&wire).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
 /// A `Status` of success, as DELETE of a collection or some subresources answer.
 pub fn success_status(details: Value) -> Value {
     let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
@@ -314,6 +409,33 @@ pub fn success_status(details: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_bodies_match_upstream_byte_for_byte() {
+        let body = ApiError::already_exists("", "configmaps", "x").status_bytes();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"x\\\" already exists\",\"reason\":\"AlreadyExists\",\"details\":{\"name\":\"x\",\"kind\":\"configmaps\"},\"code\":409}\n"
+        );
+        let body = ApiError::path_not_found().status_bytes();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"the server could not find the requested resource\",\"reason\":\"NotFound\",\"details\":{},\"code\":404}\n"
+        );
+        let invalid = ApiError::invalid(
+            "apps",
+            "Deployment",
+            "web",
+            vec![Cause::required("spec.selector")],
+        );
+        let v: Value = serde_json::from_slice(&invalid.status_bytes()).unwrap();
+        assert_eq!(v, invalid.to_status());
+        let text = String::from_utf8(invalid.status_bytes()).unwrap();
+        assert!(
+            text.contains("\"details\":{\"name\":\"web\",\"group\":\"apps\",\"kind\":\"Deployment\",\"causes\":[{\"reason\":\"FieldValueRequired\",\"message\":\"Required value\",\"field\":\"spec.selector\"}]}"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn messages_match_upstream() {

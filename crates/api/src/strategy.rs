@@ -24,6 +24,13 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// The status a new object starts with where the kind resets it on create: upstream's
+    /// zero status as Go encodes it (fields without `omitempty` show, e.g. a Service's
+    /// `{"loadBalancer": {}}`), so clients that read it find an object, not null.
+    fn initial_status(&self) -> Option<Value> {
+        None
+    }
+
     /// Whether deletion must wait for something besides `metadata.finalizers`
     /// (namespaces: their `spec.finalizers`).
     fn blocks_deletion(&self, _obj: &Value) -> bool {

@@ -51,7 +51,7 @@ pub fn error(e: &ApiError) -> Resp {
     if e.code >= 500 {
         tracing::warn!("{} {}: {}", e.code, e.reason, e.message);
     }
-    let mut r = json(e.code, &e.to_status());
+    let mut r = raw(e.code, "application/json", e.status_bytes());
     if e.code == 429 || e.code == 503 {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

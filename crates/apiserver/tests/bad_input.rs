@@ -69,6 +69,32 @@ fn bad_input_gets_upstream_statuses() {
     let srv = TestServer::start();
     let c = Client::new(&srv);
 
+    // A Status body is upstream's byte for byte: field order, omitted empties, newline.
+    let cm = "{\"metadata\": {\"name\": \"twice\"}}";
+    assert_eq!(c.post(CMS, cm).0, 201);
+    let r = srv
+        .client()
+        .post(format!("{}{CMS}", srv.url()))
+        .header("Content-Type", "application/json")
+        .body(cm)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(
+        r.text().unwrap(),
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"twice\\\" already exists\",\"reason\":\"AlreadyExists\",\"details\":{\"name\":\"twice\",\"kind\":\"configmaps\"},\"code\":409}\n"
+    );
+    assert_eq!(
+        c.send(
+            "DELETE",
+            &format!("{CMS}/twice"),
+            "application/json",
+            Vec::new()
+        )
+        .0,
+        200
+    );
+
     status(
         c.post(CMS, "{\"metadata\": {\"name\": "),
         400,

@@ -71,6 +71,9 @@ impl MetaValue for Value {
 pub struct Service;
 
 impl Strategy for Service {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"loadBalancer": {}}))
+    }
     fn validate_name(&self, name: &str) -> Vec<String> {
         dns1035_label(name)
     }

@@ -112,6 +112,9 @@ const SELECTOR: Column = wide("Selector", "string", "Label selector for pods. Ex
 pub struct Deployment;
 
 impl Strategy for Deployment {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({}))
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "replicas", 1);
@@ -199,6 +202,9 @@ fn replica_cells(obj: &Value, selector: Value) -> Vec<Value> {
 }
 
 impl Strategy for ReplicaSet {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0}))
+    }
     fn default(&self, obj: &mut Value) {
         default_to(obj_mut(obj, "spec"), "replicas", 1);
         default_template(obj, &["spec", "template"]);
@@ -223,6 +229,9 @@ impl Strategy for ReplicaSet {
 pub struct ReplicationController;
 
 impl Strategy for ReplicationController {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0}))
+    }
     fn default(&self, obj: &mut Value) {
         let labels = obj.pointer("/spec/template/metadata/labels").cloned();
         let spec = obj_mut(obj, "spec");
@@ -267,6 +276,9 @@ impl Strategy for ReplicationController {
 pub struct StatefulSet;
 
 impl Strategy for StatefulSet {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0, "availableReplicas": 0}))
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "replicas", 1);
@@ -343,6 +355,14 @@ impl Strategy for StatefulSet {
 pub struct DaemonSet;
 
 impl Strategy for DaemonSet {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        }))
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "revisionHistoryLimit", 10);
@@ -398,6 +418,9 @@ impl Strategy for DaemonSet {
 pub struct Job;
 
 impl Strategy for Job {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({}))
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
@@ -527,6 +550,9 @@ fn obj_mut_value<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
 pub struct CronJob;
 
 impl Strategy for CronJob {
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({}))
+    }
     fn default(&self, obj: &mut Value) {
         let spec = obj_mut(obj, "spec");
         default_to(spec, "concurrencyPolicy", "Allow");

@@ -188,7 +188,10 @@ fn prepare_create(ctx: &Ctx<'_>, mut obj: Value) -> Result<Value, ApiError> {
     info.strategy.default(&mut obj);
     if info.has_status() && !info.strategy.keeps_status_on_create() {
         if let Some(o) = obj.as_object_mut() {
-            o.remove("status");
+            match info.strategy.initial_status() {
+                Some(status) => o.insert("status".into(), status),
+                None => o.remove("status"),
+            };
         }
     }
     info.strategy.prepare_for_create(&mut obj);

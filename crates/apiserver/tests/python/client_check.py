@@ -37,6 +37,23 @@ dep = apps.create_namespaced_deployment(ns, {
              "template": {"metadata": {"labels": {"app": "d"}},
                           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
 assert dep.spec.strategy.type == "RollingUpdate"
+# Statuses start as upstream's zero values, not null: clients read into them.
+assert dep.status is not None and dep.status.replicas is None, dep.status
+svc = v1.create_namespaced_service(ns, client.V1Service(
+    metadata=client.V1ObjectMeta(name="s"),
+    spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)])))
+assert svc.status.load_balancer is not None, svc.status
+assert v1.read_namespaced_service("s", ns).status.load_balancer.ingress is None
+# Error bodies are upstream's, byte for byte.
+try:
+    v1.create_namespaced_service(ns, client.V1Service(metadata=client.V1ObjectMeta(name="s"),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)])))
+    raise AssertionError("a second create must fail")
+except ApiException as e:
+    assert e.status == 409, e
+    assert e.body == ('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+                      '"message":"services \\"s\\" already exists","reason":"AlreadyExists",'
+                      '"details":{"name":"s","kind":"services"},"code":409}\n'), repr(e.body)
 apps.patch_namespaced_deployment_scale("d", ns, {"spec": {"replicas": 3}})
 assert apps.read_namespaced_deployment("d", ns).spec.replicas == 3
 v1.delete_namespaced_config_map("c", ns)
