@@ -321,10 +321,13 @@ async fn stream(
                     crate::portforward::session(k, s.id, i, o)
                 });
             }
+            // `port` (repeated) as upstream's kubelet reads it, and `ports` as the API's
+            // PodPortForwardOptions spell it (repeated or comma-separated).
             let ports: Vec<i32> = q
                 .iter()
-                .filter(|(k, _)| k == "port")
-                .filter_map(|(_, v)| v.parse().ok())
+                .filter(|(k, _)| k == "port" || k == "ports")
+                .flat_map(|(_, v)| v.split(','))
+                .filter_map(|v| v.trim().parse().ok())
                 .collect();
             rt.port_forward(cri::PortForwardRequest {
                 pod_sandbox_id: s.id,

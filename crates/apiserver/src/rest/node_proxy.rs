@@ -117,10 +117,7 @@ pub async fn handle(
         )
     })?;
     let sub = ri.subresource.as_str();
-    let rest: Vec<(String, String)> = query_pairs(query)
-        .into_iter()
-        .filter(|(k, _)| k != "container")
-        .collect();
+    let rest: Vec<(String, String)> = kubelet_query(query, sub)?;
     let qs = {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &rest {
@@ -242,6 +239,26 @@ pub async fn handle(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn query_pairs(q: &Query) -> Vec<(String, String)> {
-    q.pairs().to_vec()
+/// The query the kubelet gets: the request's, without `container` (it is in the path),
+/// and for port-forward the API's `ports` (PodPortForwardOptions, repeated or
+/// comma-separated) as the kubelet's `port` parameters, as upstream's API server sends.
+fn kubelet_query(q: &Query, sub: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for (k, v) in q.pairs() {
+        match k.as_str() {
+            "container" => {}
+            "ports" if sub == "portforward" => {
+                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    if !p.parse::<u16>().is_ok_and(|n| n > 0) {
+                        return Err(ApiError::bad_request(format!(
+                            "ports: Invalid value: {p:?}: must be a port number between 1 and 65535"
+                        )));
+                    }
+                    out.push(("port".to_string(), p.to_string()));
+                }
+            }
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(out)
 }

@@ -82,6 +82,16 @@ pub async fn upgrade(req: hyper::Request<hyper::body::Incoming>) -> Result<Ws, h
     )
 }
 
+/// A client frame's bytes, channel byte first. Upstream accepts text frames on every
+/// channel as it does binary ones (the Python client writes `str` stdin as text).
+pub fn frame_bytes(m: Message) -> Option<bytes::Bytes> {
+    match m {
+        Message::Binary(b) => Some(b),
+        Message::Text(t) => Some(bytes::Bytes::from(t)),
+        _ => None,
+    }
+}
+
 /// One binary message on a channel.
 pub fn message(ch: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
@@ -155,9 +165,11 @@ pub async fn pump(ws: Ws, protocol: &str, mut s: Session) {
         let mut stdin = stdin;
         while let Some(Ok(m)) = rx.next().await {
             let data = match m {
-                Message::Binary(b) => b,
                 Message::Close(_) => break,
-                _ => continue,
+                m => match frame_bytes(m) {
+                    Some(b) => b,
+                    None => continue,
+                },
             };
             match data.first() {
                 Some(&STDIN) => {

@@ -113,9 +113,11 @@ pub async fn serve(rt: Arc<Runtime>, ws: Ws, sandbox_id: &str, ports: Vec<i32>) 
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = source.next().await {
             let b = match m {
-                Message::Binary(b) => b,
                 Message::Close(_) => break,
-                _ => continue,
+                m => match super::channel::frame_bytes(m) {
+                    Some(b) => b,
+                    None => continue,
+                },
             };
             let Some(&ch) = b.first() else { continue };
             if ch % 2 == 0 {
