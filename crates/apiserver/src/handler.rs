@@ -71,12 +71,19 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
             r.unwrap_or_else(|e| error(&e))
         }
     };
-    let resp = if method == Method::HEAD {
+    let mut resp = if method == Method::HEAD {
         let (parts, _) = resp.into_parts();
         Resp::from_parts(parts, crate::respond::full(bytes::Bytes::new()))
     } else {
         resp
     };
+    // Upstream's filters: every answer carries an audit ID and is not to be cached.
+    let h = resp.headers_mut();
+    if let Ok(id) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        h.insert("audit-id", id);
+    }
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(http::HeaderValue::from_static("no-cache, private"));
     state
         .metrics
         .request(&verb, &resource, resp.status().as_u16(), start.elapsed());

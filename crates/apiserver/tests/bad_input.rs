@@ -80,6 +80,15 @@ fn bad_input_gets_upstream_statuses() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
+    // Every answer carries upstream's Audit-Id and Cache-Control headers.
+    let audit = r.headers().get("audit-id").and_then(|v| v.to_str().ok());
+    assert_eq!(audit.map(str::len), Some(36), "{:?}", r.headers());
+    assert_eq!(
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-cache, private")
+    );
     assert_eq!(
         r.text().unwrap(),
         "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"twice\\\" already exists\",\"reason\":\"AlreadyExists\",\"details\":{\"name\":\"twice\",\"kind\":\"configmaps\"},\"code\":409}\n"
