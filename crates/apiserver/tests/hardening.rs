@@ -252,6 +252,17 @@ fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {
     assert_eq!(code, 201, "{v}");
     let (code, _) = c.get("/api/v1/namespaces/default/pods/evictee");
     assert_eq!(code, 200, "a dry-run eviction deleted the pod");
+    // Nested in an Eviction, DeleteOptions' own kind and apiVersion are not checked.
+    let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictee"},
+        "deleteOptions": {"apiVersion": "policy/v1", "kind": "DeleteOptions", "dryRun": ["All"]}});
+    let (code, v) = c.json(
+        "POST",
+        "/api/v1/namespaces/default/pods/evictee/eviction",
+        &ev,
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, _) = c.get("/api/v1/namespaces/default/pods/evictee");
+    assert_eq!(code, 200, "a dry-run eviction deleted the pod");
     // Without dryRun the deletion happens.
     let (code, v) = c.json(
         "DELETE",
