@@ -6,61 +6,7 @@ mod common;
 use common::TestServer;
 use serde_json::{json, Value};
 
-/// A raw HTTPS client with the admin certificate.
-struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-}
-
-impl Client {
-    fn new(srv: &TestServer) -> Self {
-        let (ca, cert, key) = srv.pems();
-        let identity = reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-            .identity(identity)
-            .build()
-            .unwrap();
-        Client {
-            http,
-            base: srv.url(),
-        }
-    }
-
-    fn send(&self, method: &str, path: &str, ct: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .header("Content-Type", ct)
-            .body(body)
-            .send()
-            .unwrap();
-        let code = r.status().as_u16();
-        let text = r.text().unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        self.send("POST", path, "application/json", body.as_bytes().to_vec())
-    }
-}
-
-/// Asserts a Status with this code and reason whose message contains `words`.
-fn status(got: (u16, Value), code: u16, reason: &str, words: &str) {
-    let (c, v) = got;
-    assert_eq!(c, code, "{v}");
-    assert_eq!(v["kind"], "Status", "{v}");
-    assert_eq!(v["code"], code, "{v}");
-    assert_eq!(v["reason"], reason, "{v}");
-    let msg = v["message"].as_str().unwrap_or("");
-    assert!(
-        msg.contains(words),
-        "message {msg:?} should mention {words:?}"
-    );
-}
+use common::{assert_status as status, RawClient as Client};
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 

@@ -7,77 +7,23 @@ mod common;
 use common::TestServer;
 use serde_json::{json, Value};
 
-/// A raw HTTPS client with the admin certificate.
-struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-}
+use common::{assert_status as status, RawClient as Client};
 
-impl Client {
-    fn new(srv: &TestServer) -> Self {
-        Client {
-            http: srv.client(),
-            base: srv.url(),
-        }
-    }
-
-    fn send(&self, method: &str, path: &str, ct: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .header("Content-Type", ct)
-            .body(body)
-            .send()
-            .unwrap();
-        let code = r.status().as_u16();
-        let text = r.text().unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            method,
-            path,
-            "application/json",
-            serde_json::to_vec(body).unwrap(),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.send("GET", path, "application/json", Vec::new())
-    }
-
-    fn create_cm(&self, name: &str, labels: Value) {
-        let (code, v) = self.json(
-            "POST",
-            CMS,
-            &json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
-        );
-        assert_eq!(code, 201, "{v}");
-    }
-
-    fn exists(&self, name: &str) -> bool {
-        let (code, v) = self.get(&format!("{CMS}/{name}"));
-        assert!(code == 200 || code == 404, "{code}: {v}");
-        code == 200
-    }
-}
-
-/// Asserts a Status with this code and reason whose message contains `words`.
-fn status(got: (u16, Value), code: u16, reason: &str, words: &str) {
-    let (c, v) = got;
-    assert_eq!(c, code, "{v}");
-    assert_eq!(v["kind"], "Status", "{v}");
-    assert_eq!(v["code"], code, "{v}");
-    assert_eq!(v["reason"], reason, "{v}");
-    let msg = v["message"].as_str().unwrap_or("");
-    assert!(
-        msg.contains(words),
-        "message {msg:?} should mention {words:?}"
+/// Creates a ConfigMap with these labels.
+fn create_cm(c: &Client, name: &str, labels: Value) {
+    let (code, v) = c.json(
+        "POST",
+        CMS,
+        &json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
     );
+    assert_eq!(code, 201, "{v}");
+}
+
+/// Whether the ConfigMap exists (any other answer than 200 or 404 fails).
+fn exists(c: &Client, name: &str) -> bool {
+    let (code, v) = c.get(&format!("{CMS}/{name}"));
+    assert!(code == 200 || code == 404, "{code}: {v}");
+    code == 200
 }
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
@@ -103,7 +49,7 @@ fn hardening() {
 }
 
 fn request_details_as_upstream(srv: &TestServer, c: &Client) {
-    c.create_cm("rv", json!({}));
+    create_cm(c, "rv", json!({}));
     // resourceVersion is a uint64: anything else is 400; one past the store's is 504.
     for q in ["abc", "-1"] {
         for path in [
@@ -139,7 +85,7 @@ fn request_details_as_upstream(srv: &TestServer, c: &Client) {
         "BadRequest",
         "resourceVersion should not be set on objects to be created",
     );
-    assert!(!c.exists("with-rv"));
+    assert!(!exists(c, "with-rv"));
     // Every duplicate field is named in a warning, not only the first.
     let r = srv
         .client()
@@ -193,14 +139,14 @@ fn request_details_as_upstream(srv: &TestServer, c: &Client) {
 
 fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {
     for n in ["dry-a", "dry-b", "dry-c"] {
-        c.create_cm(n, json!({"batch": "dry"}));
+        create_cm(c, n, json!({"batch": "dry"}));
     }
     // kubectl sends dryRun in the DELETE body, not the query.
     if let Some(k) = srv.kubectl() {
         let out = k.ok(&["delete", "configmap", "dry-a", "--dry-run=server"]);
         assert!(out.contains("dry-a"), "{out}");
         assert!(
-            c.exists("dry-a"),
+            exists(c, "dry-a"),
             "kubectl delete --dry-run=server deleted dry-a"
         );
         let out = k.ok(&[
@@ -213,7 +159,7 @@ fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {
         assert!(out.contains("dry-b"), "{out}");
         for n in ["dry-a", "dry-b", "dry-c"] {
             assert!(
-                c.exists(n),
+                exists(c, n),
                 "kubectl delete -l --dry-run=server deleted {n}"
             );
         }
@@ -236,33 +182,28 @@ fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {
     );
     assert_eq!(code, 200);
     for n in ["dry-a", "dry-b", "dry-c"] {
-        assert!(c.exists(n), "a dry-run DELETE deleted {n}");
+        assert!(exists(c, n), "a dry-run DELETE deleted {n}");
     }
     // A dry-run eviction leaves the pod.
     let pod = json!({"metadata": {"name": "evictee"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     let (code, v) = c.json("POST", "/api/v1/namespaces/default/pods", &pod);
     assert_eq!(code, 201, "{v}");
-    let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictee"},
-        "deleteOptions": {"dryRun": ["All"]}});
-    let (code, v) = c.json(
-        "POST",
-        "/api/v1/namespaces/default/pods/evictee/eviction",
-        &ev,
-    );
-    assert_eq!(code, 201, "{v}");
-    let (code, _) = c.get("/api/v1/namespaces/default/pods/evictee");
-    assert_eq!(code, 200, "a dry-run eviction deleted the pod");
     // Nested in an Eviction, DeleteOptions' own kind and apiVersion are not checked.
-    let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictee"},
-        "deleteOptions": {"apiVersion": "policy/v1", "kind": "DeleteOptions", "dryRun": ["All"]}});
-    let (code, v) = c.json(
-        "POST",
-        "/api/v1/namespaces/default/pods/evictee/eviction",
-        &ev,
-    );
-    assert_eq!(code, 201, "{v}");
-    let (code, _) = c.get("/api/v1/namespaces/default/pods/evictee");
-    assert_eq!(code, 200, "a dry-run eviction deleted the pod");
+    for options in [
+        json!({"dryRun": ["All"]}),
+        json!({"apiVersion": "policy/v1", "kind": "DeleteOptions", "dryRun": ["All"]}),
+    ] {
+        let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": "evictee"}, "deleteOptions": options});
+        let (code, v) = c.json(
+            "POST",
+            "/api/v1/namespaces/default/pods/evictee/eviction",
+            &ev,
+        );
+        assert_eq!(code, 201, "{v}");
+        let (code, _) = c.get("/api/v1/namespaces/default/pods/evictee");
+        assert_eq!(code, 200, "a dry-run eviction deleted the pod");
+    }
     // Without dryRun the deletion happens.
     let (code, v) = c.json(
         "DELETE",
@@ -270,11 +211,11 @@ fn dry_run_deletes_delete_nothing(srv: &TestServer, c: &Client) {
         &json!({"propagationPolicy": "Background"}),
     );
     assert_eq!(code, 200, "{v}");
-    assert!(!c.exists("dry-a") && !c.exists("dry-c"));
+    assert!(!exists(c, "dry-a") && !exists(c, "dry-c"));
 }
 
 fn delete_bodies_must_be_delete_options(c: &Client) {
-    c.create_cm("keep", json!({"batch": "keep"}));
+    create_cm(c, "keep", json!({"batch": "keep"}));
     let refused = [
         (
             json!({"kind": "Pod", "apiVersion": "v1"}),
@@ -307,7 +248,7 @@ fn delete_bodies_must_be_delete_options(c: &Client) {
             words,
         );
         assert!(
-            c.exists("keep"),
+            exists(c, "keep"),
             "a DELETE with body {body} deleted the object"
         );
     }
@@ -343,7 +284,7 @@ fn delete_bodies_must_be_delete_options(c: &Client) {
         "Invalid",
         "orphanDependents and deletionPropagation cannot be both set",
     );
-    assert!(c.exists("keep"));
+    assert!(exists(c, "keep"));
     // Preconditions in the body are checked.
     let (_, cm) = c.get(&format!("{CMS}/keep"));
     status(
@@ -363,11 +304,11 @@ fn delete_bodies_must_be_delete_options(c: &Client) {
             "preconditions": {"uid": cm["metadata"]["uid"], "resourceVersion": cm["metadata"]["resourceVersion"]}}),
     );
     assert_eq!(code, 200, "{v}");
-    assert!(!c.exists("keep"));
+    assert!(!exists(c, "keep"));
 }
 
 fn json_patches_cannot_amplify(c: &Client) {
-    c.create_cm("amp", json!({}));
+    create_cm(c, "amp", json!({}));
     let path = format!("{CMS}/amp");
     let patch = |ops: &Value| {
         c.send(

@@ -161,3 +161,76 @@ pub fn connect_tls(srv: &TestServer, cfg: Arc<rustls::ClientConfig>) -> Tls {
     }
     rustls::StreamOwned::new(conn, tcp)
 }
+
+/// A raw HTTPS client with the admin certificate: answers as (code, JSON or text).
+pub struct RawClient {
+    pub http: reqwest::blocking::Client,
+    pub base: String,
+}
+
+impl RawClient {
+    pub fn new(srv: &TestServer) -> Self {
+        RawClient {
+            http: srv.client(),
+            base: srv.url(),
+        }
+    }
+
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        ct: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        self.send("POST", path, "application/json", body.as_bytes().to_vec())
+    }
+
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.send(
+            method,
+            path,
+            "application/json",
+            serde_json::to_vec(body).unwrap(),
+        )
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send("GET", path, "application/json", Vec::new())
+    }
+}
+
+/// Asserts a Status with this code and reason whose message contains `words`.
+pub fn assert_status(got: (u16, serde_json::Value), code: u16, reason: &str, words: &str) {
+    let (c, v) = got;
+    assert_eq!(c, code, "{v}");
+    assert_eq!(v["kind"], "Status", "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+    let msg = v["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(words),
+        "message {msg:?} should mention {words:?}"
+    );
+}
