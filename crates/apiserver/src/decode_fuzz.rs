@@ -82,7 +82,7 @@ proptest! {
     #[test]
     fn delete_options_decode_or_are_refused(bytes in jsonish(), query in "[a-zA-Z=&%.0-9-]{0,40}") {
         let body = body::parse_json(&bytes).ok();
-        match DeleteOptions::from_request(body.as_ref(), &Query::parse(Some(&query)), "v1") {
+        match DeleteOptions::from_request(body.as_ref(), &Query::parse(Some(&query)), Some("v1")) {
             Ok(o) => prop_assert!(o.dry_run.iter().all(|d| d == "All")),
             Err(e) => prop_assert!(client_error(e.code), "{e:?}"),
         }

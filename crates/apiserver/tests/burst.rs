@@ -12,14 +12,7 @@ use common::{connect_tls, tls_config, TestServer};
 use serde_json::json;
 
 fn rss_mib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        / 1024
+    common::rss_bytes() >> 20
 }
 
 #[test]

@@ -13,15 +13,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 
-/// The venv `make deps` creates with the `kubernetes` package from PyPI.
-fn python() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyvenv/bin/python");
-    p.exists().then_some(p)
-}
-
 #[test]
 fn python_kubernetes_client() {
-    let Some(py) = python() else {
+    let Some(py) = rkube_testkit::python_client() else {
         eprintln!(
             "SKIPPED: target/pyvenv is missing; `make deps` installs the Python kubernetes client"
         );

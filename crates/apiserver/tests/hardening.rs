@@ -7,7 +7,7 @@ mod common;
 use common::TestServer;
 use serde_json::{json, Value};
 
-use common::{assert_status as status, RawClient as Client};
+use common::{assert_status as status, rss_bytes, RawClient as Client};
 
 /// Creates a ConfigMap with these labels.
 fn create_cm(c: &Client, name: &str, labels: Value) {
@@ -27,14 +27,6 @@ fn exists(c: &Client, name: &str) -> bool {
 }
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
-
-/// This process's resident set (the server runs in it), from /proc.
-fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
 
 #[test]
 fn hardening() {

@@ -10,29 +10,18 @@ use std::time::Duration;
 
 use agent_node::{root_or_skip, Cluster, IMAGE};
 
-/// The venv `make test` creates with the `kubernetes` package from PyPI.
-fn python() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyvenv/bin/python");
-    p.exists().then_some(p)
-}
-
 #[test]
 fn python_client_exec_and_port_forward() {
     if !root_or_skip("python_client_exec_and_port_forward") {
         return;
     }
-    let Some(py) = python() else {
+    let Some(py) = rkube_testkit::python_client() else {
         eprintln!("SKIPPED python_client_exec_and_port_forward: target/pyvenv is missing; `make test` creates it");
         return;
     };
     let c = Cluster::start(21, &[]);
     let node = c.name.clone();
-    c.kubectl.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("node/{node}"),
-        "--timeout=60s",
-    ]);
+    c.wait_node_condition("Ready", "True", 60);
     c.apply(&format!(
         r#"
 apiVersion: v1

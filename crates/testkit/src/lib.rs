@@ -18,6 +18,13 @@ pub fn is_root() -> bool {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
+/// The Python interpreter of the venv `make test` creates (`target/pyvenv`, with the
+/// `kubernetes` package from PyPI), if it is there.
+pub fn python_client() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyvenv/bin/python");
+    p.exists().then_some(p)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

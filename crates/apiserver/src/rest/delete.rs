@@ -12,7 +12,7 @@ use crate::respond::{raw, Resp};
 use crate::serve::RequestBody;
 use crate::storage;
 
-pub use super::delete_options::DeleteOptions;
+use super::delete_options::DeleteOptions;
 
 /// The options of a DELETE or DELETECOLLECTION: the body (if any) as a `DeleteOptions`,
 /// then the query.
@@ -25,7 +25,7 @@ fn options(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
             Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
         )?)
     };
-    DeleteOptions::from_request(body.as_ref(), ctx.query, &ctx.group_version())
+    DeleteOptions::from_request(body.as_ref(), ctx.query, Some(&ctx.group_version()))
 }
 
 pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {

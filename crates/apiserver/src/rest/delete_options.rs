@@ -31,41 +31,18 @@ impl DeleteOptions {
         !self.dry_run.is_empty()
     }
 
-    /// Reads a decoded `DeleteOptions` object; any other kind or group-version, or a field
-    /// of the wrong type, is 400 as upstream's decoder answers.
-    pub fn from_object(v: &Value, resource_gv: &str) -> Result<Self, ApiError> {
+    /// Reads a decoded `DeleteOptions` object. With `resource_gv` (a request body), any
+    /// other kind or group-version is 400 as upstream's decoder answers; without (options
+    /// nested in another object, e.g. an Eviction) kind and apiVersion are not read. A
+    /// field of the wrong type is 400 either way.
+    pub fn from_object(v: &Value, resource_gv: Option<&str>) -> Result<Self, ApiError> {
         let Some(m) = v.as_object() else {
             return Err(ApiError::bad_request(
                 "decoded object cannot be converted to DeleteOptions",
             ));
         };
-        let api_version = str_field(m.get("apiVersion"), "apiVersion")?.unwrap_or_default();
-        let kind = str_field(m.get("kind"), "kind")?.unwrap_or_default();
-        if !known_version(&api_version, resource_gv) {
-            let kind = if kind.is_empty() {
-                "DeleteOptions"
-            } else {
-                &kind
-            };
-            return Err(ApiError::bad_request(format!(
-                "no kind {kind:?} is registered for version {api_version:?} in scheme \"k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme/register.go:28\""
-            )));
-        }
-        match kind.as_str() {
-            "" | "DeleteOptions" => {}
-            // Kinds the meta scheme knows decode, but are not DeleteOptions.
-            "Status" | "ListOptions" | "GetOptions" | "CreateOptions" | "UpdateOptions"
-            | "PatchOptions" | "WatchEvent" => {
-                return Err(ApiError::bad_request(
-                    "decoded object cannot be converted to DeleteOptions",
-                ))
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "no kind {other:?} is registered for version {:?} in scheme \"k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme/register.go:28\"",
-                    if api_version.is_empty() { "meta.k8s.io/v1" } else { &api_version }
-                )))
-            }
+        if let Some(gv) = resource_gv {
+            check_type_meta(m, gv)?;
         }
         let mut o = DeleteOptions {
             grace_period: match m.get("gracePeriodSeconds") {
@@ -109,13 +86,14 @@ impl DeleteOptions {
         Ok(o)
     }
 
-    /// Reads the body of a DELETE (empty: none) and fills what it leaves unset from the
-    /// query. Upstream reads the query only without a body; a `dryRun` in either is
-    /// honoured here, so a dry run is never turned into a real deletion.
+    /// Reads the body of a DELETE (empty: none; `resource_gv` as for
+    /// [`DeleteOptions::from_object`]) and fills what it leaves unset from the query.
+    /// Upstream reads the query only without a body; a `dryRun` in either is honoured
+    /// here, so a dry run is never turned into a real deletion.
     pub fn from_request(
         body: Option<&Value>,
         query: &Query,
-        resource_gv: &str,
+        resource_gv: Option<&str>,
     ) -> Result<Self, ApiError> {
         let mut o = match body {
             Some(v) => Self::from_object(v, resource_gv)?,
@@ -210,6 +188,39 @@ impl DeleteOptions {
     }
 }
 
+/// Refuses a body that is not a `DeleteOptions` of a group-version this request takes.
+fn check_type_meta(m: &serde_json::Map<String, Value>, resource_gv: &str) -> Result<(), ApiError> {
+    let api_version = str_field(m.get("apiVersion"), "apiVersion")?.unwrap_or_default();
+    let kind = str_field(m.get("kind"), "kind")?.unwrap_or_default();
+    if !known_version(&api_version, resource_gv) {
+        let kind = if kind.is_empty() {
+            "DeleteOptions"
+        } else {
+            &kind
+        };
+        return Err(ApiError::bad_request(format!(
+                "no kind {kind:?} is registered for version {api_version:?} in scheme \"k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme/register.go:28\""
+            )));
+    }
+    match kind.as_str() {
+            "" | "DeleteOptions" => {}
+            // Kinds the meta scheme knows decode, but are not DeleteOptions.
+            "Status" | "ListOptions" | "GetOptions" | "CreateOptions" | "UpdateOptions"
+            | "PatchOptions" | "WatchEvent" => {
+                return Err(ApiError::bad_request(
+                    "decoded object cannot be converted to DeleteOptions",
+                ))
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "no kind {other:?} is registered for version {:?} in scheme \"k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme/register.go:28\"",
+                    if api_version.is_empty() { "meta.k8s.io/v1" } else { &api_version }
+                )))
+            }
+        }
+    Ok(())
+}
+
 fn str_field(v: Option<&Value>, field: &str) -> Result<Option<String>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -244,7 +255,7 @@ mod tests {
     #[test]
     fn kubectl_dry_run_body() {
         let body = json!({"propagationPolicy": "Background", "dryRun": ["All"]});
-        let o = DeleteOptions::from_request(Some(&body), &q(""), "v1").unwrap();
+        let o = DeleteOptions::from_request(Some(&body), &q(""), Some("v1")).unwrap();
         assert!(o.is_dry_run());
         assert_eq!(o.policy(), Some("Background"));
     }
@@ -252,7 +263,7 @@ mod tests {
     #[test]
     fn query_dry_run_survives_a_body_without_one() {
         let body = json!({"kind": "DeleteOptions", "apiVersion": "v1"});
-        let o = DeleteOptions::from_request(Some(&body), &q("dryRun=All"), "v1").unwrap();
+        let o = DeleteOptions::from_request(Some(&body), &q("dryRun=All"), Some("v1")).unwrap();
         assert!(o.is_dry_run());
     }
 
@@ -267,18 +278,18 @@ mod tests {
             json!({"dryRun": "All"}),
             json!({"preconditions": []}),
         ] {
-            let e = DeleteOptions::from_request(Some(&body), &q(""), "v1").unwrap_err();
+            let e = DeleteOptions::from_request(Some(&body), &q(""), Some("v1")).unwrap_err();
             assert_eq!(e.code, 400, "{body}: {}", e.message);
         }
         let ok = json!({"kind": "DeleteOptions", "apiVersion": "apps/v1"});
-        assert!(DeleteOptions::from_request(Some(&ok), &q(""), "apps/v1").is_ok());
+        assert!(DeleteOptions::from_request(Some(&ok), &q(""), Some("apps/v1")).is_ok());
         let ok = json!({"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1"});
-        assert!(DeleteOptions::from_request(Some(&ok), &q(""), "apps/v1").is_ok());
+        assert!(DeleteOptions::from_request(Some(&ok), &q(""), Some("apps/v1")).is_ok());
     }
 
     #[test]
     fn validation() {
-        let e = DeleteOptions::from_request(None, &q("dryRun=Some"), "v1").unwrap_err();
+        let e = DeleteOptions::from_request(None, &q("dryRun=Some"), Some("v1")).unwrap_err();
         assert_eq!(e.code, 422);
         assert!(
             e.message.contains("dryRun: Unsupported value"),
@@ -286,12 +297,13 @@ mod tests {
             e.message
         );
         let body = json!({"orphanDependents": true, "propagationPolicy": "Orphan"});
-        let e = DeleteOptions::from_request(Some(&body), &q(""), "v1").unwrap_err();
+        let e = DeleteOptions::from_request(Some(&body), &q(""), Some("v1")).unwrap_err();
         assert_eq!(e.code, 422);
-        let e = DeleteOptions::from_request(None, &q("propagationPolicy=Now"), "v1").unwrap_err();
+        let e =
+            DeleteOptions::from_request(None, &q("propagationPolicy=Now"), Some("v1")).unwrap_err();
         assert_eq!(e.code, 422);
         let body = json!({"preconditions": {"uid": "u", "resourceVersion": "7"}});
-        let o = DeleteOptions::from_request(Some(&body), &q(""), "v1").unwrap();
+        let o = DeleteOptions::from_request(Some(&body), &q(""), Some("v1")).unwrap();
         assert_eq!(o.precondition_uid.as_deref(), Some("u"));
         assert_eq!(o.precondition_rv.as_deref(), Some("7"));
     }

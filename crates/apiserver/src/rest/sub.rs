@@ -266,18 +266,10 @@ async fn eviction(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let ev = ctx.decode_object(&bytes, Some("io.k8s.api.policy.v1.Eviction"))?;
     // The eviction's own DeleteOptions (kubectl drain --dry-run=server sends dryRun there).
     // Nested in the Eviction it is a plain struct: its kind and apiVersion mean nothing.
-    let nested = ev.get("deleteOptions").filter(|d| !d.is_null()).map(|d| {
-        let mut d = d.clone();
-        if let Some(m) = d.as_object_mut() {
-            m.remove("kind");
-            m.remove("apiVersion");
-        }
-        d
-    });
-    let opts = super::delete::DeleteOptions::from_request(
-        nested.as_ref(),
+    let opts = super::delete_options::DeleteOptions::from_request(
+        ev.get("deleteOptions").filter(|d| !d.is_null()),
         ctx.query,
-        &ctx.group_version(),
+        None,
     )?;
     let (pod, _) = storage::get(&ctx.state.store, ctx.info, ctx.ns(), &ctx.ri.name).await?;
     let finished = matches!(

@@ -234,3 +234,11 @@ pub fn assert_status(got: (u16, serde_json::Value), code: u16, reason: &str, wor
         "message {msg:?} should mention {words:?}"
     );
 }
+
+/// This process's resident set in bytes (a `TestServer` runs in it), from /proc.
+pub fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
