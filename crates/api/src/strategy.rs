@@ -1,5 +1,8 @@
 //! The per-kind strategy: what differs between kinds on the one generic REST path
-//! (defaults, validation, status handling, field selectors, table columns).
+//! (defaults, validation, status handling, graceful deletion, TTL, field selectors,
+//! table columns).
+
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -35,6 +38,19 @@ pub trait Strategy: Send + Sync {
     /// (namespaces: their `spec.finalizers`).
     fn blocks_deletion(&self, _obj: &Value) -> bool {
         false
+    }
+
+    /// How long an object lives after its last write (upstream's TTLFunc: Events expire
+    /// after `--event-ttl`). None: until deleted.
+    fn ttl(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The grace period in seconds a deletion waits (upstream's CheckGracefulDelete):
+    /// `requested` is the DeleteOptions' `gracePeriodSeconds`. 0 deletes at once, which
+    /// is what kinds without graceful deletion do.
+    fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
+        0
     }
 
     /// Marks an object whose deletion is pending (namespaces: phase Terminating).

@@ -100,7 +100,7 @@ pub async fn run(state: &Arc<State>, advertise: IpAddr, port: u16) -> Result<(),
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         ensure(state, ("", "v1", "namespaces"), obj, None).await?;
     }
-    for class in crate::priority::system_classes() {
+    for class in crate::admission::priority::system_classes() {
         ensure(
             state,
             ("scheduling.k8s.io", "v1", "priorityclasses"),
@@ -110,7 +110,7 @@ pub async fn run(state: &Arc<State>, advertise: IpAddr, port: u16) -> Result<(),
         .await?;
     }
     let ip = state.service_cidr.nth(0);
-    crate::alloc::reserve_ip(state, ip, "default", "kubernetes").await?;
+    crate::registry::reserve_cluster_ip(state, ip, "default", "kubernetes").await?;
     let mut m = meta("kubernetes", Some("default"));
     m["labels"] = json!({"component": "apiserver", "provider": "kubernetes"});
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": m, "spec": {

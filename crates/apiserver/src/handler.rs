@@ -55,7 +55,10 @@ pub async fn handle(state: Arc<State>, cert_user: Option<User>, req: Request<Req
         } else {
             let serve = async {
                 match &info {
-                    Some(i) if !i.resource.is_empty() => rest::handle(&state, i, &query, req).await,
+                    Some(i) if !i.resource.is_empty() => {
+                        let user = cert_user.as_ref().ok_or_else(ApiError::unauthorized)?;
+                        rest::handle(&state, user, i, &query, req).await
+                    }
                     _ => non_resource(&state, &method, &path, &query, &req),
                 }
             };

@@ -2,7 +2,7 @@
 //! certificate, the generic resource path with per-kind strategies, watch, discovery,
 //! health and metrics.
 
-mod alloc;
+pub mod admission;
 mod auth;
 mod body;
 mod bootstrap;
@@ -18,7 +18,7 @@ mod metrics;
 mod openapi;
 mod output;
 pub mod pki;
-mod priority;
+mod registry;
 mod request;
 mod respond;
 mod rest;
@@ -34,8 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use alloc::Cidr;
+pub use admission::{AdmissionConfig, AdmissionConfigError};
 pub use limits::Limits;
+pub use registry::Cidr;
 use rkube_api::Registry;
 use rkube_store::Store;
 
@@ -54,6 +55,8 @@ pub struct Config {
     pub join_secret: Option<String>,
     /// Request and connection limits (upstream's defaults).
     pub limits: Limits,
+    /// Which admission plugins run (upstream's default set unless changed).
+    pub admission: AdmissionConfig,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             join_secret: None,
             limits: Limits::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct State {
     /// The join endpoints' state (None: joining is off).
     pub join: Option<join::Join>,
     pub limits: Limits,
+    /// The enabled admission plugins, in order.
+    pub admission: admission::Chain,
     inflight: limits::InFlight,
     /// The revision history was last compacted at: watches from before it get 410.
     compacted: std::sync::atomic::AtomicI64,
@@ -95,6 +101,50 @@ pub struct State {
 }
 
 impl State {
+    /// The state of a server at `server_address`, with its watch cache loaded (the task
+    /// keeps it current).
+    async fn build(
+        config: &Config,
+        store: Arc<dyn Store>,
+        pki: &Arc<pki::Pki>,
+        admission: admission::Chain,
+        server_address: SocketAddr,
+    ) -> Result<(Arc<State>, tokio::task::JoinHandle<()>), StartError> {
+        let kubelet_tls = Arc::new(serve::kubelet_client_config(pki).map_err(StartError::Tls)?);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(metered::MeteredStore {
+            inner: store,
+            metrics: metrics.clone(),
+        });
+        let registry = Registry::builtin();
+        let cache = cache::WatchCache::new(store.clone(), &registry);
+        let cache_task = cache
+            .start()
+            .await
+            .map_err(|e| StartError::Bootstrap(format!("loading the watch cache: {e}")))?;
+        let state = Arc::new(State {
+            registry,
+            store,
+            metrics,
+            service_cidr: config.service_cidr,
+            server_address: server_address.to_string(),
+            openapi: openapi::OpenApi::default(),
+            cache,
+            kubelet_tls,
+            join: config.join_secret.clone().map(|secret| join::Join {
+                pki: pki.clone(),
+                secret,
+            }),
+            admission,
+            inflight: limits::InFlight::new(&config.limits),
+            limits: config.limits.clone(),
+            compacted: std::sync::atomic::AtomicI64::new(0),
+            store_failed: AtomicBool::new(false),
+            bootstrapped: AtomicBool::new(false),
+        });
+        Ok((state, cache_task))
+    }
+
     /// Compacts the store's history before `revision` (etcd's compaction); watches that
     /// start before it get 410 Expired.
     pub async fn compact(&self, revision: i64) -> Result<(), rkube_store::StoreError> {
@@ -127,6 +177,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admission(#[from] AdmissionConfigError),
     #[error("bootstrapping the cluster objects: {0}")]
     Bootstrap(String),
 }
@@ -142,6 +194,8 @@ pub struct ApiServer {
 impl ApiServer {
     /// Creates or loads the PKI, binds, bootstraps the default objects and serves.
     pub async fn start(config: Config, store: Arc<dyn Store>) -> Result<ApiServer, StartError> {
+        let admission = admission::Chain::new(&config.admission)?;
+        tracing::info!(plugins = ?admission.names(), "admission chain");
         let service_ip = IpAddr::V4(config.service_cidr.nth(0));
         let sans = pki::default_sans(Some(service_ip), &config.tls_sans);
         let pki = Arc::new(pki::Pki::load_or_create(
@@ -149,7 +203,6 @@ impl ApiServer {
             &sans,
         )?);
         let (tls, client_verifier) = serve::tls_config(&pki).map_err(StartError::Tls)?;
-        let kubelet_tls = Arc::new(serve::kubelet_client_config(&pki).map_err(StartError::Tls)?);
         let addr = SocketAddr::new(config.bind_address, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -158,36 +211,14 @@ impl ApiServer {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let advertise = bootstrap::advertise_address(config.bind_address);
-        let metrics = Arc::new(metrics::Metrics::default());
-        let store: Arc<dyn Store> = Arc::new(metered::MeteredStore {
-            inner: store,
-            metrics: metrics.clone(),
-        });
-        let registry = Registry::builtin();
-        let cache = cache::WatchCache::new(store.clone(), &registry);
-        let cache_task = cache
-            .start()
-            .await
-            .map_err(|e| StartError::Bootstrap(format!("loading the watch cache: {e}")))?;
-        let state = Arc::new(State {
-            registry,
+        let (state, cache_task) = State::build(
+            &config,
             store,
-            metrics,
-            service_cidr: config.service_cidr,
-            server_address: SocketAddr::new(advertise, addr.port()).to_string(),
-            openapi: openapi::OpenApi::default(),
-            cache,
-            kubelet_tls,
-            join: config.join_secret.clone().map(|secret| join::Join {
-                pki: pki.clone(),
-                secret,
-            }),
-            inflight: limits::InFlight::new(&config.limits),
-            limits: config.limits.clone(),
-            compacted: std::sync::atomic::AtomicI64::new(0),
-            store_failed: AtomicBool::new(false),
-            bootstrapped: AtomicBool::new(false),
-        });
+            &pki,
+            admission,
+            SocketAddr::new(advertise, addr.port()),
+        )
+        .await?;
         bootstrap::run(&state, advertise, addr.port())
             .await
             .map_err(|e| StartError::Bootstrap(e.to_string()))?;
@@ -239,6 +270,31 @@ impl ApiServer {
     pub fn metrics(&self) -> String {
         self.state.metrics.render()
     }
+}
+
+/// A bootstrapped state on an embedded store in a temporary directory, for unit tests
+/// of what needs one (admission plugins, hooks).
+#[cfg(test)]
+pub(crate) async fn test_state(admission: &AdmissionConfig) -> (Arc<State>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = Arc::new(
+        rkube_store::EmbeddedStore::open(&dir.path().join("db"), Default::default())
+            .expect("store"),
+    );
+    let pki = Arc::new(
+        pki::Pki::load_or_create(&dir.path().join("tls"), &pki::default_sans(None, &[]))
+            .expect("pki"),
+    );
+    let config = Config::new(dir.path().to_path_buf());
+    let chain = admission::Chain::new(admission).expect("admission config");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 6443));
+    let (state, _cache) = State::build(&config, store, &pki, chain, addr)
+        .await
+        .expect("state");
+    bootstrap::run(&state, addr.ip(), addr.port())
+        .await
+        .expect("bootstrap");
+    (state, dir)
 }
 
 impl Drop for ApiServer {

@@ -264,6 +264,7 @@ async fn list_objects_all(
     ]);
     let sub = Ctx {
         state: ctx.state,
+        user: ctx.user,
         info: ctx.info,
         ri: ctx.ri,
         query: &q,

@@ -486,7 +486,20 @@ impl Strategy for Node {
     }
 }
 
+/// Events expire an hour after their last write, as upstream's `--event-ttl` default.
+pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// core/v1 Events.
 pub struct Event;
+
+/// events.k8s.io/v1 Events: the same objects, so the same TTL.
+pub struct EventsV1;
+
+impl Strategy for EventsV1 {
+    fn ttl(&self) -> Option<std::time::Duration> {
+        Some(EVENT_TTL)
+    }
+}
 
 const EVENT_FIELDS: &[&str] = &[
     "involvedObject.kind",
@@ -503,6 +516,9 @@ const EVENT_FIELDS: &[&str] = &[
 ];
 
 impl Strategy for Event {
+    fn ttl(&self) -> Option<std::time::Duration> {
+        Some(EVENT_TTL)
+    }
     fn field(&self, obj: &Value, label: &str) -> Option<String> {
         if !EVENT_FIELDS.contains(&label) {
             return None;

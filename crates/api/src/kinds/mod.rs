@@ -177,7 +177,7 @@ pub fn all() -> Vec<ResourceInfo> {
             .subresources(&["approval", "status"])
             .build(),
         // events.k8s.io/v1
-        K::new::<events::Event>(&Generic)
+        K::new::<events::Event>(&core::EventsV1)
             .short(&["ev"])
             .stored_as("events", &convert::EVENTS_V1)
             .build(),

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::util::{arr_at, default_to, str_at};
+use super::util::{arr_at, default_to, i64_at, str_at};
 use crate::names::{dns1123_label, dns1123_subdomain};
 use crate::status::Cause;
 use crate::strategy::Strategy;
@@ -248,26 +248,34 @@ impl Strategy for Pod {
         if let Some(spec) = spec {
             default_pod_spec(spec);
             let s = spec.as_object_mut().expect("spec object");
-            // Admission defaults: the default service account and the not-ready/unreachable tolerations.
+            // The ServiceAccount admission plugin's default (until that plugin exists).
             default_to(s, "serviceAccountName", "default");
             let sa = s.get("serviceAccountName").cloned().unwrap_or_default();
             default_to(s, "serviceAccount", sa);
             default_to(s, "priority", 0);
             default_to(s, "preemptionPolicy", "PreemptLowerPriority");
-            let tolerations = s.entry("tolerations").or_insert_with(|| json!([]));
-            if let Some(list) = tolerations.as_array_mut() {
-                for key in [
-                    "node.kubernetes.io/not-ready",
-                    "node.kubernetes.io/unreachable",
-                ] {
-                    if !list
-                        .iter()
-                        .any(|t| t.get("key").and_then(Value::as_str) == Some(key))
-                    {
-                        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-                    }
-                }
-            }
+        }
+    }
+
+    /// Pods bound to a node wait for its kubelet (`terminationGracePeriodSeconds` unless
+    /// the request says otherwise); unscheduled or finished pods go at once.
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> i64 {
+        let scheduled = str_at(obj, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            str_at(obj, &["status", "phase"]),
+            Some("Succeeded" | "Failed")
+        );
+        if !scheduled || finished {
+            return 0;
+        }
+        let g = requested
+            .or_else(|| i64_at(obj, &["spec", "terminationGracePeriodSeconds"]))
+            .unwrap_or(30);
+        // Upstream turns a negative period into 1 second.
+        if g < 0 {
+            1
+        } else {
+            g
         }
     }
 

@@ -1,5 +1,5 @@
-//! DELETE and DELETECOLLECTION: preconditions, graceful pod deletion, finalizers and
-//! propagationPolicy.
+//! DELETE and DELETECOLLECTION: preconditions, admission, graceful deletion (as the
+//! kind's strategy says), finalizers and propagationPolicy.
 
 use rkube_api::meta::ObjectMeta;
 use rkube_api::ApiError;
@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::read::{list_objects, Selectors};
 use super::Ctx;
+use crate::admission::Operation;
 use crate::body;
 use crate::respond::{raw, Resp};
 use crate::serve::RequestBody;
@@ -32,6 +33,13 @@ pub async fn delete(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     let bytes = body::read(body).await?;
     let opts = options(ctx, &bytes)?;
     let (obj, code) = delete_one(ctx, &ctx.ri.name, &opts).await?;
+    // Upstream answers 202 for a pending deletion only when the client set
+    // orphanDependents=false (other clients expect 200, even for a graceful delete).
+    let code = if code == 202 && opts.orphan_dependents != Some(false) {
+        200
+    } else {
+        code
+    };
     Ok(ctx.object_response(code, obj, &[]))
 }
 
@@ -66,6 +74,10 @@ pub async fn delete_one(
                 )));
             }
         }
+        let a = ctx.attributes(Operation::Delete, name, None, Some(&obj), dry_run);
+        ctx.state.admission.admit(ctx.state, &mut { a }).await?;
+        let a = ctx.attributes(Operation::Delete, name, None, Some(&obj), dry_run);
+        ctx.state.admission.validate(ctx.state, &a).await?;
         let mut marked = obj.clone();
         let mut finalizers = obj.finalizers();
         match opts.policy() {
@@ -77,7 +89,7 @@ pub async fn delete_one(
             }
             _ => {}
         }
-        let grace = grace_period(info.kind, &obj, opts.grace_period);
+        let grace = info.strategy.grace_period(&obj, opts.grace_period);
         let waits_for_finalizers = !finalizers.is_empty() || info.strategy.blocks_deletion(&obj);
         let mark = if obj.is_deleting() {
             let current = obj
@@ -128,7 +140,7 @@ pub async fn delete_one(
                     key.as_bytes(),
                     storage::encode_for(ctx.info, &marked),
                     Some(rev),
-                    super::write::ttl_of(info),
+                    info.strategy.ttl(),
                 )
                 .await
             {
@@ -146,7 +158,9 @@ pub async fn delete_one(
         let key = storage::key(info, ctx.ns(), name);
         match store.delete(key.as_bytes(), Some(rev)).await {
             Ok(_) => {
-                crate::alloc::release(ctx.state, info, &obj).await;
+                crate::registry::hooks(info)
+                    .finish(ctx.state, Some(&obj), None, true)
+                    .await;
                 return Ok((obj, 200));
             }
             Err(rkube_store::StoreError::Conflict { .. }) => continue,
@@ -165,38 +179,6 @@ fn finalizers_changed(obj: &Value, finalizers: &[String]) -> bool {
     obj.finalizers() != finalizers
 }
 
-/// The grace period of a deletion: pods bound to a node wait for the kubelet
-/// (`terminationGracePeriodSeconds` unless the request says otherwise); everything else
-/// goes at once.
-fn grace_period(kind: &str, obj: &Value, requested: Option<i64>) -> i64 {
-    if kind != "Pod" {
-        return 0;
-    }
-    let scheduled = obj
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
-    let finished = matches!(
-        obj.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    if !scheduled || finished {
-        return 0;
-    }
-    let g = requested
-        .or_else(|| {
-            obj.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-        })
-        .unwrap_or(30);
-    // Upstream turns a negative period into 1 second.
-    if g < 0 {
-        1
-    } else {
-        g
-    }
-}
-
 pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> {
     let bytes = body::read(body).await?;
     let opts = options(ctx, &bytes)?;
@@ -212,6 +194,7 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp,
         };
         let sub = Ctx {
             state: ctx.state,
+            user: ctx.user,
             info: ctx.info,
             ri: &ri,
             query: ctx.query,

@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn wrong_kinds_and_versions_are_refused() {
         for body in [
-            json!({"kind": "Pod", "apiVersion": "v1"}),
+            json!({"kind": "Widget", "apiVersion": "v1"}),
             json!({"kind": "Status", "apiVersion": "v1"}),
             json!({"kind": "DeleteOptions", "apiVersion": "evil/v9"}),
             json!({"apiVersion": "apps/v1"}),

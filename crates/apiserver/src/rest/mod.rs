@@ -4,7 +4,6 @@
 mod apply;
 mod delete;
 pub(crate) mod delete_options;
-mod node_proxy;
 mod read;
 mod sub;
 mod write;
@@ -22,7 +21,12 @@ use crate::respond::Resp;
 use crate::serve::RequestBody;
 use crate::State;
 
+pub use delete::delete_one;
+pub use delete_options::DeleteOptions;
 pub use read::{list_objects, parse_resource_version, Selectors};
+pub use write::{commit_update, patch_error, prepare_update, Part};
+
+use crate::auth::User;
 
 /// Parses the label and field selectors of a request.
 pub fn read_selectors(ctx: &Ctx<'_>) -> Result<Selectors, ApiError> {
@@ -32,6 +36,8 @@ pub fn read_selectors(ctx: &Ctx<'_>) -> Result<Selectors, ApiError> {
 /// Context of one resource request.
 pub struct Ctx<'a> {
     pub state: &'a Arc<State>,
+    /// Who asks (for admission).
+    pub user: &'a User,
     pub info: &'a ResourceInfo,
     pub ri: &'a RequestInfo,
     pub query: &'a Query,
@@ -93,6 +99,28 @@ impl Ctx<'_> {
         r
     }
 
+    /// The admission attributes of this request for the object `name`.
+    pub fn attributes<'b>(
+        &'b self,
+        operation: crate::admission::Operation,
+        name: &'b str,
+        object: Option<&'b mut Value>,
+        old: Option<&'b Value>,
+        dry_run: bool,
+    ) -> crate::admission::Attributes<'b> {
+        crate::admission::Attributes {
+            user: self.user,
+            operation,
+            info: self.info,
+            subresource: &self.ri.subresource,
+            namespace: self.ns(),
+            name,
+            object,
+            old,
+            dry_run,
+        }
+    }
+
     /// The namespace the object belongs to ("" for cluster-scoped kinds).
     pub fn ns(&self) -> &str {
         if self.info.namespaced {
@@ -106,6 +134,7 @@ impl Ctx<'_> {
 /// Serves one resource request.
 pub async fn handle(
     state: &Arc<State>,
+    user: &User,
     ri: &RequestInfo,
     query: &Query,
     req: Request<RequestBody>,
@@ -120,15 +149,14 @@ pub async fn handle(
     if info.namespaced && ri.namespace.is_empty() && !matches!(ri.verb, "list" | "watch") {
         return Err(ApiError::path_not_found());
     }
-    if !info.namespaced && !ri.namespace.is_empty() && info.kind != "Namespace" {
+    // (A namespace's own path has no namespace scope: request parsing clears it.)
+    if !info.namespaced && !ri.namespace.is_empty() {
         return Err(ApiError::path_not_found());
     }
-    if node_proxy::applies(ri) {
-        return node_proxy::handle(state, ri, query, req).await;
-    }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let ctx = Ctx {
         state,
+        user,
         info,
         ri,
         query,
@@ -136,7 +164,12 @@ pub async fn handle(
         output: Output::negotiate(&parts.headers, query),
     };
     if !ri.subresource.is_empty() {
-        return sub::handle(&ctx, body).await;
+        let req = crate::registry::SubRequest {
+            method: parts.method.clone(),
+            upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            body,
+        };
+        return sub::handle(&ctx, req).await;
     }
     match ri.verb {
         "get" => read::get(&ctx).await,

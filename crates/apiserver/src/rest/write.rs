@@ -1,6 +1,4 @@
-//! CREATE, UPDATE (PUT) and PATCH through the kind's strategy.
-
-use std::time::Duration;
+//! CREATE, UPDATE (PUT) and PATCH through admission, the kind's strategy and hooks.
 
 use rkube_api::meta::{generate_name, new_uid, now_rfc3339, ObjectMeta};
 use rkube_api::patch::{self, PatchError, PatchType};
@@ -9,18 +7,13 @@ use rkube_store::StoreError;
 use serde_json::Value;
 
 use super::Ctx;
+use crate::admission::Operation;
 use crate::body;
+use crate::registry;
 use crate::respond::Resp;
 use crate::serve::RequestBody;
 use crate::storage;
 use crate::validation::{decode_typed, validate_meta, FieldValidation};
-
-/// Events expire an hour after their last write, as upstream's `--event-ttl`.
-pub const EVENT_TTL: Duration = Duration::from_secs(3600);
-
-pub fn ttl_of(info: &ResourceInfo) -> Option<Duration> {
-    (info.kind == "Event").then_some(EVENT_TTL)
-}
 
 /// Checks apiVersion/kind of a body against the endpoint, filling them when absent.
 pub(super) fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
@@ -54,31 +47,6 @@ pub(super) fn decode_body(ctx: &Ctx<'_>, bytes: &[u8]) -> Result<(Value, Vec<Str
     check_type(ctx.info, &mut obj)?;
     let is_json = body::media_type(ctx.content_type()).ends_with("json");
     decode_typed(ctx.info, obj, is_json.then_some(bytes), mode)
-}
-
-/// The namespace must exist and not be terminating for anything to be created in it.
-async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> Result<(), ApiError> {
-    if !ctx.info.namespaced {
-        return Ok(());
-    }
-    let ns_info = ctx
-        .state
-        .registry
-        .get("", "v1", "namespaces")
-        .expect("namespaces are registered");
-    let (ns, _) = storage::get(&ctx.state.store, ns_info, "", ctx.ns()).await?;
-    if ns.is_deleting() {
-        return Err(ApiError::forbidden(
-            ctx.info.group,
-            ctx.info.plural,
-            name,
-            &format!(
-                "unable to create new content in namespace {} because it is being terminated",
-                ctx.ns()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<rkube_api::Cause>) -> ApiError {
@@ -117,52 +85,54 @@ pub async fn create(ctx: &Ctx<'_>, body: RequestBody) -> Result<Resp, ApiError> 
     Ok(ctx.object_response(201, obj, &warnings))
 }
 
-/// Creates a decoded object: strategy, namespace lifecycle, allocations, store.
+/// Creates a decoded object: admission, strategy, hooks, store.
 pub(super) async fn create_object(
     ctx: &Ctx<'_>,
-    obj: Value,
+    mut obj: Value,
     generated: bool,
 ) -> Result<Value, ApiError> {
-    let ns = ctx.ns().to_string();
-    let mut obj = obj;
-    if ctx.info.group.is_empty() && ctx.info.plural == "pods" {
-        crate::priority::admit_pod(ctx.state, &mut obj).await?;
+    let dry_run = ctx.dry_run()?;
+    let name = obj.name().to_string();
+    let admission = &ctx.state.admission;
+    let mut a = ctx.attributes(Operation::Create, &name, Some(&mut obj), None, dry_run);
+    admission.admit(ctx.state, &mut a).await?;
+    let mut obj = prepare_create(ctx, obj)?;
+    let a = ctx.attributes(Operation::Create, &name, Some(&mut obj), None, dry_run);
+    admission.validate(ctx.state, &a).await?;
+    let hooks = registry::hooks(ctx.info);
+    if let Err(e) = hooks.begin_create(ctx.state, &mut obj).await {
+        hooks.finish(ctx.state, None, Some(&obj), false).await;
+        return Err(e);
     }
-    let obj = prepare_create(ctx, obj)?;
-    check_namespace(ctx, obj.name()).await?;
-    let mut obj = obj;
-    crate::alloc::allocate(ctx.state, ctx.info, &mut obj, None).await?;
-    if ctx.dry_run()? {
-        crate::alloc::release(ctx.state, ctx.info, &obj).await;
+    if dry_run {
+        hooks.finish(ctx.state, None, Some(&obj), false).await;
         return Ok(obj);
     }
-    let key = storage::key(ctx.info, &ns, obj.name());
-    match ctx
+    let key = storage::key(ctx.info, ctx.ns(), obj.name());
+    let created = ctx
         .state
         .store
         .create(
             key.as_bytes(),
             storage::encode_for(ctx.info, &obj),
-            ttl_of(ctx.info),
+            ctx.info.strategy.ttl(),
         )
-        .await
-    {
+        .await;
+    hooks
+        .finish(ctx.state, None, Some(&obj), created.is_ok())
+        .await;
+    match created {
         Ok(rev) => {
             obj.set_meta("resourceVersion", rev.to_string());
             Ok(obj)
         }
-        Err(e) => {
-            crate::alloc::release(ctx.state, ctx.info, &obj).await;
-            Err(match e {
-                StoreError::AlreadyExists { .. } if generated => {
-                    ApiError::already_exists(ctx.info.group, ctx.info.plural, obj.name())
-                        .with_message_suffix(
-                            ", the server was not able to generate a unique name for the object",
-                        )
-                }
-                other => storage::store_error(other, ctx.info, obj.name()),
-            })
-        }
+        Err(StoreError::AlreadyExists { .. }) if generated => Err(ApiError::already_exists(
+            ctx.info.group,
+            ctx.info.plural,
+            obj.name(),
+        )
+        .with_message_suffix(", the server was not able to generate a unique name for the object")),
+        Err(e) => Err(storage::store_error(e, ctx.info, obj.name())),
     }
 }
 
@@ -205,7 +175,7 @@ fn prepare_create(ctx: &Ctx<'_>, mut obj: Value) -> Result<Value, ApiError> {
 
 /// Which part of an object an update may change.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Part {
+pub enum Part {
     /// The main resource: status changes are ignored where a status subresource exists.
     Main,
     /// The status subresource: only status changes.
@@ -214,7 +184,7 @@ pub(super) enum Part {
 
 /// Applies an update of `old` to `new` for the main resource or the status
 /// subresource: server-owned fields kept, defaults, generation, validation.
-pub(super) fn prepare_update(
+pub fn prepare_update(
     info: &ResourceInfo,
     mut new: Value,
     old: &Value,
@@ -319,14 +289,16 @@ fn spec_of(v: &Value) -> Vec<(&String, &Value)> {
 }
 
 /// Writes an updated object with compare-and-swap on `old_rev`. A no-op update is not
-/// written; an object whose deletion waited only for finalizers is deleted.
-pub(super) async fn commit_update(
+/// written; an object whose deletion waited only for finalizers is deleted. The hooks
+/// learn the outcome.
+pub async fn commit_update(
     ctx: &Ctx<'_>,
     old: &Value,
     old_rev: i64,
     mut new: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    let hooks = registry::hooks(ctx.info);
     let name = new.name().to_string();
     let key = storage::key(ctx.info, ctx.ns(), &name);
     let mut compare_new = new.clone();
@@ -338,28 +310,33 @@ pub(super) async fn commit_update(
         return Ok(new);
     }
     if dry_run {
+        hooks.finish(ctx.state, Some(old), Some(&new), false).await;
         return Ok(new);
     }
     let store = &ctx.state.store;
     if new.is_deleting() && new.finalizers().is_empty() && !ctx.info.strategy.blocks_deletion(&new)
     {
-        let (rev, _) = store
-            .delete(key.as_bytes(), Some(old_rev))
-            .await
-            .map_err(|e| storage::store_error(e, ctx.info, &name))?;
-        crate::alloc::release(ctx.state, ctx.info, &new).await;
+        let deleted = store.delete(key.as_bytes(), Some(old_rev)).await;
+        hooks
+            .finish(ctx.state, Some(old), Some(&new), deleted.is_ok())
+            .await;
+        let (rev, _) = deleted.map_err(|e| storage::store_error(e, ctx.info, &name))?;
+        hooks.finish(ctx.state, Some(&new), None, true).await;
         new.set_meta("resourceVersion", rev.to_string());
         return Ok(new);
     }
-    let (rev, _) = store
+    let updated = store
         .update(
             key.as_bytes(),
             storage::encode_for(ctx.info, &new),
             Some(old_rev),
-            ttl_of(ctx.info),
+            ctx.info.strategy.ttl(),
         )
-        .await
-        .map_err(|e| storage::store_error(e, ctx.info, &name))?;
+        .await;
+    hooks
+        .finish(ctx.state, Some(old), Some(&new), updated.is_ok())
+        .await;
+    let (rev, _) = updated.map_err(|e| storage::store_error(e, ctx.info, &name))?;
     new.set_meta("resourceVersion", rev.to_string());
     Ok(new)
 }
@@ -385,8 +362,8 @@ pub(super) async fn update_object(
     commit_update(ctx, &old, old_rev, prepared, ctx.dry_run()?).await
 }
 
-/// The update of `old` (at `old_rev`) to `new`: the resourceVersion precondition, the
-/// strategy, and Service allocations.
+/// The update of `old` (at `old_rev`) to `new`: the resourceVersion precondition,
+/// admission, the strategy, and the hooks' reservations (which `commit_update` settles).
 pub(super) async fn prepare_against(
     ctx: &Ctx<'_>,
     new: Value,
@@ -402,9 +379,29 @@ pub(super) async fn prepare_against(
             &ctx.ri.name,
         ));
     }
+    let dry_run = ctx.dry_run()?;
+    let admission = &ctx.state.admission;
+    let mut new = new;
+    let name = ctx.ri.name.as_str();
+    let mut a = ctx.attributes(Operation::Update, name, Some(&mut new), Some(old), dry_run);
+    admission.admit(ctx.state, &mut a).await?;
     let mut prepared = prepare_update(ctx.info, new, old, part)?;
+    let a = ctx.attributes(
+        Operation::Update,
+        name,
+        Some(&mut prepared),
+        Some(old),
+        dry_run,
+    );
+    admission.validate(ctx.state, &a).await?;
     if part == Part::Main {
-        crate::alloc::allocate(ctx.state, ctx.info, &mut prepared, Some(old)).await?;
+        let hooks = registry::hooks(ctx.info);
+        if let Err(e) = hooks.begin_update(ctx.state, &mut prepared, old).await {
+            hooks
+                .finish(ctx.state, Some(old), Some(&prepared), false)
+                .await;
+            return Err(e);
+        }
     }
     Ok(prepared)
 }
@@ -543,7 +540,7 @@ fn apply_patch(ptype: PatchType, old: &Value, doc: &Value) -> Result<Value, ApiE
 }
 
 /// The Status of a patch that cannot be applied, as upstream answers it.
-pub(super) fn patch_error(e: PatchError) -> ApiError {
+pub fn patch_error(e: PatchError) -> ApiError {
     match e {
         PatchError::Malformed(m) => ApiError::bad_request(m),
         PatchError::Failed(m) => ApiError::new(422, "Invalid", m),

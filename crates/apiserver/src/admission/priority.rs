@@ -1,13 +1,77 @@
-//! The Priority admission plugin: a new pod's `priorityClassName` (or the cluster's
-//! global default class) becomes its `spec.priority` and `spec.preemptionPolicy`, as
-//! upstream resolves them; and the two built-in classes exist from the start.
+//! Priority: a new pod's `priorityClassName` (or the cluster's global default class)
+//! becomes its `spec.priority` and `spec.preemptionPolicy`, as upstream resolves them;
+//! an update keeps them; only one PriorityClass may be the global default. The two
+//! built-in classes exist from the start.
 
 use std::sync::Arc;
 
+use rkube_api::meta::ObjectMeta;
 use rkube_api::ApiError;
 use serde_json::{json, Value};
 
+use super::{forbidden, Attributes, Operation, Plugin};
 use crate::{storage, State};
+
+pub struct Priority;
+
+#[async_trait::async_trait]
+impl Plugin for Priority {
+    fn name(&self) -> &'static str {
+        "Priority"
+    }
+
+    async fn admit(&self, state: &Arc<State>, a: &mut Attributes<'_>) -> Result<(), ApiError> {
+        if !a.is("", "pods") {
+            return Ok(());
+        }
+        let old = a.old;
+        let Some(pod) = a.object.as_deref_mut() else {
+            return Ok(());
+        };
+        match a.operation {
+            Operation::Create => admit_pod(state, pod).await,
+            Operation::Update => {
+                // Set on create; an update that leaves them out keeps them.
+                for field in ["priority", "preemptionPolicy"] {
+                    let kept = old.and_then(|o| o.get("spec")).and_then(|s| s.get(field));
+                    if let (Some(v), Some(spec)) = (kept, pod.get_mut("spec")) {
+                        if spec.get(field).is_none_or(Value::is_null) && spec.is_object() {
+                            spec[field] = v.clone();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Operation::Delete => Ok(()),
+        }
+    }
+
+    async fn validate(&self, state: &Arc<State>, a: &Attributes<'_>) -> Result<(), ApiError> {
+        if !a.is("scheduling.k8s.io", "priorityclasses")
+            || !matches!(a.operation, Operation::Create | Operation::Update)
+        {
+            return Ok(());
+        }
+        let Some(class) = a.object() else {
+            return Ok(());
+        };
+        if class["globalDefault"].as_bool() != Some(true) {
+            return Ok(());
+        }
+        if let Some(current) = global_default(state, a.info).await? {
+            if a.operation == Operation::Create || current.name() != class.name() {
+                return Err(forbidden(
+                    a,
+                    &format!(
+                        "PriorityClass {} is already marked as default. Only one default can exist",
+                        current.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Upstream's built-in classes: name, value, description.
 pub const SYSTEM_CLASSES: &[(&str, i64, &str)] = &[
@@ -39,7 +103,7 @@ pub fn system_classes() -> Vec<Value> {
 
 /// Sets a new pod's priority from its class; 403 for an unknown class or a priority
 /// that disagrees with it.
-pub async fn admit_pod(state: &Arc<State>, pod: &mut Value) -> Result<(), ApiError> {
+async fn admit_pod(state: &Arc<State>, pod: &mut Value) -> Result<(), ApiError> {
     let Some(info) = state
         .registry
         .get("scheduling.k8s.io", "v1", "priorityclasses")

@@ -1,8 +1,7 @@
 //! pods/log, pods/exec, pods/attach and pods/portforward: the request goes to the kubelet
 //! of the pod's node over TLS (the apiserver's kubelet-client certificate); logs stream
-//! back, upgraded connections (WebSocket, SPDY) are spliced end to end.
-
-use std::sync::Arc;
+//! back, upgraded connections (WebSocket, SPDY) are spliced end to end. Also the nodes'
+//! hooks (`nodes/proxy` is not served yet).
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,19 +12,28 @@ use hyper_util::rt::TokioIo;
 use rkube_api::ApiError;
 use serde_json::Value;
 
-use crate::request::{Query, RequestInfo};
+use super::{Hooks, NotYet, SubRequest, Subresource};
+use crate::request::Query;
 use crate::respond::Resp;
-use crate::serve::RequestBody;
-use crate::{storage, State};
+use crate::rest::Ctx;
+use crate::storage;
 
-/// Whether this request is one the kubelet answers.
-pub fn applies(ri: &RequestInfo) -> bool {
-    ri.resource == "pods"
-        && ri.group.is_empty()
-        && matches!(
-            ri.subresource.as_str(),
-            "log" | "exec" | "attach" | "portforward"
-        )
+pub struct NodeHooks;
+
+impl Hooks for NodeHooks {
+    fn subresource(&self, name: &str) -> Option<&'static dyn Subresource> {
+        (name == "proxy").then_some(&NotYet as &dyn Subresource)
+    }
+}
+
+/// The pod subresources the pod's kubelet answers.
+pub struct KubeletProxy;
+
+#[async_trait::async_trait]
+impl Subresource for KubeletProxy {
+    async fn serve(&self, ctx: &Ctx<'_>, req: SubRequest) -> Result<Resp, ApiError> {
+        forward(ctx, req).await
+    }
 }
 
 fn names(spec: Option<&Value>, key: &str) -> Vec<String> {
@@ -86,17 +94,9 @@ fn kubelet_address(node: &Value) -> Option<(String, u16)> {
 }
 
 /// Forwards the request to the kubelet and relays its answer.
-pub async fn handle(
-    state: &Arc<State>,
-    ri: &RequestInfo,
-    query: &Query,
-    mut req: Request<RequestBody>,
-) -> Result<Resp, ApiError> {
-    let pods = state
-        .registry
-        .get("", "v1", "pods")
-        .ok_or_else(ApiError::path_not_found)?;
-    let (pod, _) = storage::get(&state.store, pods, &ri.namespace, &ri.name).await?;
+async fn forward(ctx: &Ctx<'_>, req: SubRequest) -> Result<Resp, ApiError> {
+    let (state, ri, query) = (ctx.state, ctx.ri, ctx.query);
+    let (pod, _) = storage::get(&state.store, ctx.info, &ri.namespace, &ri.name).await?;
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -107,7 +107,7 @@ pub async fn handle(
     let nodes = state
         .registry
         .get("", "v1", "nodes")
-        .ok_or_else(ApiError::path_not_found)?;
+        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
     let (node, _) = storage::get(&state.store, nodes, "", node_name).await?;
     let (ip, port) = kubelet_address(&node).ok_or_else(|| {
         ApiError::new(
@@ -167,10 +167,10 @@ pub async fn handle(
         .map_err(|e| unavailable(e.to_string()))?;
     tokio::spawn(conn.with_upgrades());
     let mut out = Request::builder()
-        .method(req.method())
+        .method(req.method.clone())
         .uri(uri)
         .header("host", format!("{ip}:{port}"));
-    for (h, v) in req.headers() {
+    for (h, v) in ctx.headers {
         let n = h.as_str();
         if n.starts_with("sec-websocket")
             || n == "upgrade"
@@ -194,9 +194,12 @@ pub async fn handle(
         for (h, v) in resp.headers() {
             back = back.header(h, v);
         }
-        let client = hyper::upgrade::on(&mut req);
+        let client = req.upgrade;
         let kubelet = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            let Some(client) = client else {
+                return;
+            };
             if let (Ok(c), Ok(k)) = (client.await, kubelet.await) {
                 let mut c = TokioIo::new(c);
                 let mut k = TokioIo::new(k);
