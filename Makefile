@@ -13,7 +13,7 @@ APT_PACKAGES := protobuf-compiler libprotobuf-dev etcd-server runc containernetw
                 busybox-static docker-registry apache2-utils containerd curl iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps pyvenv build run test lint bench fuzz clean
+.PHONY: deps pyvenv build run test lint bench fuzz dist clean
 
 ## deps: install missing Debian packages (idempotent)
 deps:
@@ -56,18 +56,25 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p rkube-api --test patch_fuzz
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p rkube-apiserver --lib decode_fuzz
 
-## bench: datastore figures (embedded store vs a real etcd on the same disk), API server
+## bench: `rkube-bench` (crates/bench, not part of the shipped binary) measures a release
+## `rkube`: datastore figures (embedded store vs a real etcd on the same disk), API server
 ## figures, scheduler_perf shapes, container runtime and kubelet figures (root:
 ## namespaces, mounts, runc)
 bench: deps
-	$(CARGO) build --release -p rkube
-	$(TARGET)/release/rkube bench datastore
-	$(TARGET)/release/rkube bench apiserver
+	$(CARGO) build --release -p rkube -p rkube-bench
+	$(TARGET)/release/rkube-bench datastore
+	$(TARGET)/release/rkube-bench apiserver
 	for shape in basic topology-spreading anti-affinity preemption; do \
-		$(SUDO) $(TARGET)/release/rkube bench scheduler --shape $$shape --dir /var/lib \
+		$(SUDO) $(TARGET)/release/rkube-bench scheduler --shape $$shape --dir /var/lib \
 			$$([ $$shape = basic ] && echo --backlog) || exit 1; done
-	$(SUDO) $(TARGET)/release/rkube bench runtime
-	$(SUDO) $(TARGET)/release/rkube bench kubelet
+	$(SUDO) $(TARGET)/release/rkube-bench runtime
+	$(SUDO) $(TARGET)/release/rkube-bench kubelet
+
+## dist: the binary users download, in dist/rkube (the `dist` profile: stripped, LTO)
+dist: deps
+	$(CARGO) build --profile dist -p rkube
+	@mkdir -p dist && cp $(TARGET)/dist/rkube dist/rkube
+	@echo "dist/rkube: $$(stat -c %s dist/rkube) bytes"
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,9 @@
 //! The Kubernetes REST API over HTTPS on an rkube-store: authentication by client
 //! certificate, the generic resource path with per-kind strategies, watch, discovery,
 //! health and metrics.
+// Some public fields and variants predate the workspace's `missing_docs` lint and
+// are still undocumented; remove this once they are (`cargo check` lists them).
+#![allow(missing_docs)]
 
 pub mod admission;
 mod auth;
@@ -278,8 +281,7 @@ impl ApiServer {
 pub(crate) async fn test_state(admission: &AdmissionConfig) -> (Arc<State>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = Arc::new(
-        rkube_store::EmbeddedStore::open(&dir.path().join("db"), Default::default())
-            .expect("store"),
+        rkube_store::EmbeddedStore::open(dir.path().join("db"), Default::default()).expect("store"),
     );
     let pki = Arc::new(
         pki::Pki::load_or_create(&dir.path().join("tls"), &pki::default_sans(None, &[]))

@@ -1,4 +1,4 @@
-//! `rkube bench apiserver`: the API server's figures through the real API, from a kube-rs
+//! `rkube-bench apiserver`: the API server's figures through the real API, from a kube-rs
 //! client, against a server process of this binary on an embedded store.
 
 use std::io::{BufRead, BufReader};
@@ -55,7 +55,7 @@ pub(crate) async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
 /// A server process on `dir/data` with these extra flags.
 pub(crate) async fn start_server_with(dir: &Path, extra: &[&str]) -> anyhow::Result<ServerProcess> {
     let kubeconfig = dir.join("kubeconfig.yaml");
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(crate::rkube_binary())
         .args([
             "server",
             "--data-dir",

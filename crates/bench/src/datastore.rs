@@ -1,4 +1,4 @@
-//! `rkube bench`: figures for the issues' speed targets, printed as a table.
+//! `rkube-bench datastore`: the embedded store beside a real etcd on the same disk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,110 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::Subcommand;
 use futures::StreamExt;
 use rkube_store::{
     EmbeddedOptions, EmbeddedStore, EtcdStore, KeySpan, RangeRequest, Store, WatchResponse,
 };
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Datastore: durable 1 KiB puts/s (1 and 64 writers), a 10,000-key range, and watch
-    /// delivery latency with 1,000 watchers, for the embedded store and a real etcd on the
-    /// same disk.
-    Datastore {
-        /// Parent directory of both stores (the same disk for both).
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        dir: PathBuf,
-        /// Use this etcd instead of starting one (its disk may differ).
-        #[arg(long)]
-        etcd_endpoint: Option<String>,
-        /// Scale the number of operations (1.0 = the figures in docs/benchmarks.md).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-    },
-    /// API server: creates/s and gets/s with 64 clients, mutating latency at 1,000
-    /// writes/s, watch fan-out to 1,000 watchers, LIST of 100,000 pods, and server RSS
-    /// idle and holding them; through the real API against a server process.
-    Apiserver {
-        /// Where the server's data directory goes.
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        dir: PathBuf,
-        /// Scale the number of operations (1.0 = the figures in docs/benchmarks.md).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-    },
-    /// Scheduler: upstream's scheduler_perf shapes (fake nodes, pods placed first, then the
-    /// measured pods), from the first measured pod created to the last bound, with the
-    /// scheduler's and the API server's CPU and RSS.
-    Scheduler {
-        /// Where the server's data directory goes.
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        dir: PathBuf,
-        /// The workload: basic (SchedulingBasic), topology-spreading, anti-affinity
-        /// (SchedulingPodAntiAffinity) or preemption (PreemptionBasic).
-        #[arg(long, value_enum, default_value = "basic")]
-        shape: crate::bench_scheduler::Shape,
-        /// Nodes (default: upstream's, 5,000; 500 for preemption).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Measured pods (default: 10,000 for basic, 5,000 for spreading, 1,000 for
-        /// anti-affinity, 500 for preemption).
-        #[arg(long)]
-        pods: Option<usize>,
-        /// Then also time the scheduler alone: it is paused (SIGSTOP) while as many pods
-        /// again are created, then resumed; timed from the resume to the last pod bound
-        /// (not for preemption).
-        #[arg(long)]
-        backlog: bool,
-    },
-    /// Container runtime (root): pod sandbox setup, sandbox + first container running,
-    /// container create+start+stop+remove beside bare `runc run` of the same bundle
-    /// (p50/p99), and 20 pods started at once; through CRI against the built-in runtime.
-    Runtime {
-        /// Where the runtime's data directory goes.
-        #[arg(long, default_value_os_t = std::env::temp_dir())]
-        dir: PathBuf,
-        /// Runs per figure.
-        #[arg(long, default_value_t = 100)]
-        runs: usize,
-    },
-    /// Node agent (root): pod startup latency (create → Running seen through a watch) for
-    /// pods created at once on one node, and the agent's memory holding them.
-    Kubelet {
-        /// Where the server's data directory goes: by default beside rkube's own
-        /// (/var/lib/rkube), on the filesystem a node keeps its state on.
-        #[arg(long, default_value = "/var/lib")]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 20)]
-        pods: usize,
-        /// Batches of `pods`, one after the other (each deleted before the next).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
-}
-
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Datastore {
-            dir,
-            etcd_endpoint,
-            scale,
-        } => datastore(dir, etcd_endpoint, scale).await,
-        BenchCommand::Apiserver { dir, scale } => crate::bench_api::apiserver(dir, scale).await,
-        BenchCommand::Scheduler {
-            dir,
-            shape,
-            nodes,
-            pods,
-            backlog,
-        } => crate::bench_scheduler::scheduler(dir, shape, nodes, pods, backlog).await,
-        BenchCommand::Runtime { dir, runs } => crate::bench_runtime::runtime(dir, runs).await,
-        BenchCommand::Kubelet { dir, pods, rounds } => {
-            crate::bench_kubelet::kubelet(dir, pods, rounds.max(1)).await
-        }
-    }
-}
 
 /// One backend's figures.
 #[derive(Default)]
@@ -121,7 +21,11 @@ struct Figures {
     watch_p99_ms: f64,
 }
 
-async fn datastore(dir: PathBuf, etcd_endpoint: Option<String>, scale: f64) -> anyhow::Result<()> {
+pub async fn datastore(
+    dir: PathBuf,
+    etcd_endpoint: Option<String>,
+    scale: f64,
+) -> anyhow::Result<()> {
     let n = |x: f64| ((x * scale) as usize).max(1);
     let tmp = tempfile::Builder::new()
         .prefix("rkube-bench-")

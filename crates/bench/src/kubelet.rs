@@ -1,4 +1,4 @@
-//! `rkube bench kubelet` (root): pod startup latency on one node, as upstream's density
+//! `rkube-bench kubelet` (root): pod startup latency on one node, as upstream's density
 //! test measures it (pod created → Running seen through a watch), for pods created at
 //! once, and the memory of the node agent holding them.
 
@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use crate::bench_api::{percentile, rss_of, start_server_with};
+use crate::api::{percentile, rss_of, start_server_with};
 
 const IMAGE: &str = "bench.local/busybox:1";
 
@@ -171,7 +171,7 @@ pub async fn kubelet(dir: PathBuf, pods: usize, rounds: usize) -> anyhow::Result
         rkube_testkit::images::busybox_image("bench", rkube_testkit::images::Compression::Gzip)
             .map_err(anyhow::Error::msg)?;
     rkube_testkit::images::write_oci_layout(&img, IMAGE, &tar);
-    let out = Command::new(std::env::current_exe()?)
+    let out = Command::new(crate::rkube_binary())
         .args([
             "images",
             "import",

@@ -1,4 +1,4 @@
-//! `rkube bench runtime`: pod and container lifecycle times through CRI against the
+//! `rkube-bench runtime`: pod and container lifecycle times through CRI against the
 //! built-in runtime, beside bare `runc run` of the same bundle. Needs root.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
-use crate::bench_api::percentile;
+use crate::api::percentile;
 
 const IMAGE: &str = "bench.local/busybox:1";
 const BRIDGE: &str = "rkbench0";
@@ -161,8 +161,10 @@ pub async fn runtime(dir: PathBuf, runs: usize) -> anyhow::Result<()> {
     rkube_testkit::images::write_oci_layout(&img, IMAGE, &tar);
     rkube_runtime::images::import::import(&store, &tar, &|_| {})?;
     drop(store);
+    // Containers run under the shipped binary's shim, as `rkube runtime` runs them.
     let options = rkube_runtime::cri::Options {
         bridge: BRIDGE.into(),
+        shim: crate::rkube_binary(),
         ..Default::default()
     };
     let runc_bin = options.runc.clone();

@@ -1,4 +1,4 @@
-//! `rkube bench scheduler`: upstream scheduler_perf's shapes through the real API: fake
+//! `rkube-bench scheduler`: upstream scheduler_perf's shapes through the real API: fake
 //! nodes, pods already placed (`init`), then the measured pods created as fast as the API
 //! takes them, timed from the first measured pod created to the last one bound, with a
 //! `rkube scheduler` process of its own so its CPU and memory are measured apart from the
@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 use serde_json::Value;
 
-use crate::bench_api::{rss_of, start_server};
+use crate::api::{rss_of, start_server};
 
 /// CPU seconds a process has used (user + system).
 fn cpu_seconds(pid: u32) -> f64 {
@@ -220,7 +220,7 @@ pub async fn scheduler(
         }
     }
 
-    let mut sched = Command::new(std::env::current_exe()?)
+    let mut sched = Command::new(crate::rkube_binary())
         .args(["scheduler", "--kubeconfig"])
         .arg(tmp.path().join("kubeconfig.yaml"))
         .env("RKUBE_LOG", "warn")

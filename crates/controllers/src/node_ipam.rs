@@ -12,7 +12,9 @@ use kube::runtime::watcher;
 /// The cluster CIDR cut into per-node ranges.
 #[derive(Clone, Copy, Debug)]
 pub struct Ranges {
+    /// The cluster CIDR's network address.
     pub base: Ipv4Addr,
+    /// The cluster CIDR's prefix length.
     pub prefix: u8,
     /// Each node's prefix length (24).
     pub node_prefix: u8,

@@ -1,5 +1,8 @@
 //! The kubelet: registers its node, keeps the node's status and Lease true, and runs the
 //! pods bound to it through CRI (pod workers), reporting their status and events.
+// Some public fields and variants predate the workspace's `missing_docs` lint and
+// are still undocumented; remove this once they are (`cargo check` lists them).
+#![allow(missing_docs)]
 
 pub mod cgroups;
 pub mod cri;

@@ -1,11 +1,6 @@
 //! `rkube`: Kubernetes in one binary. This file only parses flags and wires crates together.
 
 mod agent;
-mod bench;
-mod bench_api;
-mod bench_kubelet;
-mod bench_runtime;
-mod bench_scheduler;
 mod datastore;
 mod images;
 mod join;
@@ -75,11 +70,6 @@ enum Command {
     Runtime(images::RuntimeArgs),
     /// Run the scheduler against a cluster (it also runs inside `rkube server`).
     Scheduler(server::SchedulerArgs),
-    /// Measure the components and print the figures.
-    Bench {
-        #[command(subcommand)]
-        command: bench::BenchCommand,
-    },
 }
 
 /// The data directory, as k3s: `/var/lib/rkube` unless told otherwise.
@@ -131,7 +121,6 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Agent(args) => join::agent(args).await,
             Command::Datastore { command } => datastore::run(command).await,
-            Command::Bench { command } => bench::run(command).await,
             Command::Images(args) => images::run(args).await,
             Command::Runtime(args) => images::serve(args).await,
             Command::Scheduler(args) => server::scheduler(args).await,

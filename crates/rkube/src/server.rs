@@ -56,6 +56,14 @@ pub struct ServerArgs {
     /// port-forward excepted), in seconds.
     #[arg(long, default_value_t = 60)]
     pub request_timeout: u64,
+    /// Admission plugins to run besides the default ones (comma-separated, upstream's
+    /// names; `rkube server --help` lists the defaults).
+    #[arg(long, value_delimiter = ',', value_name = "PLUGINS")]
+    pub enable_admission_plugins: Vec<String>,
+    /// Admission plugins not to run, even if on by default (NamespaceLifecycle, Priority,
+    /// DefaultTolerationSeconds, ...).
+    #[arg(long, value_delimiter = ',', value_name = "PLUGINS")]
+    pub disable_admission_plugins: Vec<String>,
     /// This machine as a node (the agent of the server).
     #[command(flatten)]
     pub node: crate::agent::NodeArgs,
@@ -130,6 +138,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.limits.max_requests_inflight = args.max_requests_inflight;
     config.limits.max_mutating_requests_inflight = args.max_mutating_requests_inflight;
     config.limits.request_timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
+    config.admission = rkube_apiserver::AdmissionConfig {
+        enable: args.enable_admission_plugins.clone(),
+        disable: args.disable_admission_plugins.clone(),
+    };
     let token_file = args.data_dir.join("server/token");
     let secret = match &args.token {
         Some(t) => rkube_apiserver::join::parse_token(t).1,

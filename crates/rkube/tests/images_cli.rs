@@ -33,11 +33,7 @@ fn stdout(o: &Output) -> String {
 }
 
 fn root_or_skip(test: &str) -> bool {
-    if !rkube_testkit::is_root() {
-        eprintln!("SKIPPED {test}: needs root (unpacking layers creates overlay whiteouts)");
-        return false;
-    }
-    true
+    rkube_testkit::root_or_skip(test, "unpacking layers creates overlay whiteouts")
 }
 
 #[test]

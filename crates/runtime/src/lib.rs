@@ -1,6 +1,9 @@
 //! rkube's built-in container runtime, served over CRI v1: an image store (registry pulls,
 //! tarball imports, layers unpacked once into overlay snapshots) and, as they land, pod
 //! sandboxes and containers run by an OCI runtime under a per-container shim.
+// Some public fields and variants predate the workspace's `missing_docs` lint and
+// are still undocumented; remove this once they are (`cargo check` lists them).
+#![allow(missing_docs)]
 
 pub mod cni;
 pub mod container;

@@ -14,11 +14,7 @@ use rkube_testkit::images::{
 use tonic::Code;
 
 fn root_or_skip(test: &str) -> bool {
-    if !rkube_testkit::is_root() {
-        eprintln!("SKIPPED {test}: needs root (unpacking layers creates overlay whiteouts)");
-        return false;
-    }
-    true
+    rkube_testkit::root_or_skip(test, "unpacking layers creates overlay whiteouts")
 }
 
 struct Cri {

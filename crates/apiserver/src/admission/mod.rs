@@ -20,25 +20,33 @@ use crate::State;
 /// What a request does to an object (upstream's admission.Operation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// A new object (POST, and server-side apply of an absent one).
     Create,
+    /// A changed object (PUT, PATCH, and the status subresource).
     Update,
+    /// A deletion (DELETE, and each object of a DELETECOLLECTION).
     Delete,
 }
 
 /// Everything a plugin may look at: who asks, what for, the object before and after.
 pub struct Attributes<'a> {
+    /// The authenticated user.
     pub user: &'a User,
+    /// What the request does.
     pub operation: Operation,
+    /// The resource (its group, version, kind and plural).
     pub info: &'a ResourceInfo,
     /// "" for the main resource.
     pub subresource: &'a str,
     /// "" for cluster-scoped resources.
     pub namespace: &'a str,
+    /// The object's name ("" for a create: see the object's).
     pub name: &'a str,
     /// The object being written (None for a delete).
     pub object: Option<&'a mut Value>,
     /// The stored object (None for a create).
     pub old: Option<&'a Value>,
+    /// Whether nothing will be written (plugins must not have side effects then).
     pub dry_run: bool,
 }
 
@@ -146,19 +154,29 @@ static PLUGINS: &[Known] = &[
 /// Which plugins to run: upstream's default set, plus `enable`, minus `disable`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdmissionConfig {
+    /// Plugins to run besides the default ones.
     pub enable: Vec<String>,
+    /// Plugins not to run.
     pub disable: Vec<String>,
 }
 
 /// A bad `--enable-admission-plugins` / `--disable-admission-plugins`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AdmissionConfigError {
+    /// A name that is not one of upstream's plugins.
     #[error("{flag} plugin {name:?} is unknown")]
-    Unknown { flag: &'static str, name: String },
+    Unknown {
+        /// Which flag named it.
+        flag: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Names in both flags.
     #[error(
         "{0:?} are plugins both in --enable-admission-plugins and --disable-admission-plugins"
     )]
     Both(Vec<String>),
+    /// One of upstream's plugins that rkube does not have yet, asked for by name.
     #[error("admission plugin {0:?} is not available in rkube yet; leave it out of --enable-admission-plugins")]
     NotAvailable(String),
 }

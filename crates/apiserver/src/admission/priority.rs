@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::{forbidden, Attributes, Operation, Plugin};
 use crate::{storage, State};
 
+/// The Priority plugin.
 pub struct Priority;
 
 #[async_trait::async_trait]

@@ -15,7 +15,9 @@ use crate::{storage, State};
 /// An IPv4 CIDR such as `10.43.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
+    /// The network address.
     pub base: Ipv4Addr,
+    /// The prefix length.
     pub prefix: u8,
 }
 
@@ -56,6 +58,7 @@ impl Cidr {
     pub fn nth(&self, n: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.base) + 1 + n)
     }
+    /// Whether `ip` is in this network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::MAX << (32 - self.prefix);
         u32::from(ip) & mask == u32::from(self.base)

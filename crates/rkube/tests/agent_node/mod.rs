@@ -25,8 +25,7 @@ pub struct Cluster {
 }
 
 pub fn root_or_skip(test: &str) -> bool {
-    if !rkube_testkit::is_root() {
-        eprintln!("SKIPPED {test}: needs root (the node agent runs containers)");
+    if !rkube_testkit::root_or_skip(test, "the node agent runs containers") {
         return false;
     }
     if Kubectl::new(std::path::Path::new("/dev/null")).is_none() {

@@ -330,11 +330,7 @@ pub fn retry_http(addr: &str) -> String {
 }
 
 pub fn root_or_skip(test: &str) -> bool {
-    if !rkube_testkit::is_root() {
-        eprintln!("SKIPPED {test}: needs root (namespaces, mounts, runc, CNI)");
-        return false;
-    }
-    true
+    rkube_testkit::root_or_skip(test, "namespaces, mounts, runc, CNI")
 }
 
 /// Lines of a CRI log file as (stream, tag, content).
