@@ -176,7 +176,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let kc = kube::config::Kubeconfig::from_yaml(&server.admin_kubeconfig())?;
         // A stable identity: a restarted server renews its own lease at once.
         let identity = args.node.name();
-        let lock = rkube_scheduler::leader::LeaseLock::scheduler(identity);
+        let lock = rkube_client::leader::LeaseLock::for_component("kube-scheduler", identity);
         let task = scheduling(kc, args.scheduler_config.as_deref(), Some(lock)).await?;
         Some(AbortOnDrop(tokio::spawn(task)))
     };
@@ -257,7 +257,7 @@ impl Drop for AbortOnDrop {
 async fn scheduling(
     kc: kube::config::Kubeconfig,
     scheduler_config: Option<&Path>,
-    lock: Option<rkube_scheduler::leader::LeaseLock>,
+    lock: Option<rkube_client::leader::LeaseLock>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let profiles = match scheduler_config {
         Some(path) => {
@@ -322,8 +322,10 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         let _ = std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id));
         let suffix: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let mut lock =
-            rkube_scheduler::leader::LeaseLock::scheduler(format!("{}_{suffix}", hostname()));
+        let mut lock = rkube_client::leader::LeaseLock::for_component(
+            "kube-scheduler",
+            format!("{}_{suffix}", hostname()),
+        );
         lock.duration = std::time::Duration::from_secs(args.leader_elect_lease_duration.max(1));
         lock.retry = std::time::Duration::from_millis(args.leader_elect_retry_period.max(10));
         lock

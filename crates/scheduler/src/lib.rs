@@ -11,9 +11,7 @@
 pub mod cache;
 pub mod config;
 pub mod counts;
-mod events;
 pub mod framework;
-pub mod leader;
 pub mod owners;
 pub mod plugins;
 pub mod preemption;
@@ -38,6 +36,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use rkube_client::events;
 
 use cache::{key, Cache, PodInfo};
 use framework::Profile;
@@ -655,6 +654,7 @@ impl Scheduler {
             note: msg,
             reporter,
         };
-        self.events.record(pod, related, o);
+        self.events
+            .record(events::object_ref(pod), related.map(events::object_ref), o);
     }
 }

@@ -1,16 +1,16 @@
-//! Events about pods through events.k8s.io/v1, as upstream's scheduler records them. A
-//! repeat of an event (same pod, reason, action, reporter and related object: upstream's
-//! "isomorphic" events) within six minutes joins a series on the first event instead of adding an
-//! object, so `kubectl describe` shows "(x5 over 2m)" for a pod that keeps failing. The
-//! series is written at its second occurrence, then at most every `FLUSH`. Writes run off
-//! the caller's path, each in its own task.
+//! Events through events.k8s.io/v1, as upstream's event recorder writes them. A repeat
+//! of an event (same object, reason, action, reporter and related object: upstream's
+//! "isomorphic" events) within six minutes joins a series on the first event instead of
+//! adding an object, so `kubectl describe` shows "(x5 over 2m)" for a pod that keeps
+//! failing. The series is written at its second occurrence, then at most every `FLUSH`.
+//! Writes run off the caller's path, each in its own task.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -101,18 +101,21 @@ impl Book {
     }
 }
 
-/// One occurrence of an event, as the scheduler reports it.
+/// One occurrence of an event.
 pub struct Occurrence<'a> {
     /// Normal or Warning.
     pub type_: &'a str,
+    /// Why (`FailedScheduling`, `ScalingReplicaSet`): a short UpperCamelCase word.
     pub reason: &'a str,
+    /// What was done or failed (`Scheduling`, `Binding`).
     pub action: &'a str,
+    /// The human-readable message.
     pub note: &'a str,
-    /// The profile's scheduler name.
+    /// The reporting controller (`default-scheduler`, `deployment-controller`).
     pub reporter: &'a str,
 }
 
-/// Records the scheduler's events.
+/// Records one component's events.
 pub struct Recorder {
     client: Client,
     book: Mutex<Book>,
@@ -130,9 +133,15 @@ impl Recorder {
         r
     }
 
-    /// Records an event about `pod`, and optionally a pod it concerns too (`related`:
-    /// the preemptor of a Preempted pod).
-    pub fn record(self: &Arc<Self>, pod: &Pod, related: Option<&Pod>, o: Occurrence<'_>) {
+    /// Records an event about `regarding`, and optionally another object it concerns
+    /// (`related`: the preemptor of a Preempted pod). Its namespace is the regarded
+    /// object's (`default` for cluster-scoped ones, as upstream).
+    pub fn record(
+        self: &Arc<Self>,
+        regarding: ObjectReference,
+        related: Option<ObjectReference>,
+        o: Occurrence<'_>,
+    ) {
         let Occurrence {
             type_,
             reason,
@@ -140,17 +149,22 @@ impl Recorder {
             note,
             reporter,
         } = o;
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let ns = regarding
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let object_name = regarding.name.clone().unwrap_or_default();
         let now = Timestamp::now();
-        let name = format!("{pod_name}.{:x}", now.as_nanosecond());
+        let name = format!("{object_name}.{:x}", now.as_nanosecond());
         let key = Key {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            uid: regarding.uid.clone().unwrap_or_default(),
             reason: reason.into(),
             action: action.into(),
             reporter: reporter.into(),
             related: related
-                .and_then(|r| r.metadata.uid.clone())
+                .as_ref()
+                .and_then(|r| r.uid.clone())
                 .unwrap_or_default(),
         };
         // A pod is bound once, so its Scheduled event never repeats: not kept (in bulk
@@ -179,8 +193,8 @@ impl Recorder {
                 reason: Some(reason.into()),
                 note: Some(note.into()),
                 type_: Some(type_.into()),
-                regarding: Some(pod_ref(pod)),
-                related: related.map(pod_ref),
+                regarding: Some(regarding),
+                related,
                 reporting_controller: Some(reporter.into()),
                 reporting_instance: Some(format!("{reporter}-rkube")),
                 ..Default::default()
@@ -211,15 +225,19 @@ impl Recorder {
     }
 }
 
-/// A reference to a pod, as events name it.
-fn pod_ref(pod: &Pod) -> ObjectReference {
+/// A reference to an object, as events name it.
+pub fn object_ref<K>(obj: &K) -> ObjectReference
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let m = obj.meta();
     ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
         ..Default::default()
     }
 }

@@ -1,6 +1,6 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease (`kube-system/kube-scheduler`, as
-//! upstream), so several schedulers can run and one schedules. Taking and renewing the
-//! lease are compare-and-swap writes (the Lease's resourceVersion).
+//! Leader election on a `coordination.k8s.io/v1` Lease (upstream's leaderelection with a
+//! LeaseLock), so several copies of a component can run and one works. Taking and
+//! renewing the lease are compare-and-swap writes (the Lease's resourceVersion).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,8 +13,11 @@ use kube::{Api, Client};
 /// Who competes for which lease, and how fast.
 #[derive(Clone, Debug)]
 pub struct LeaseLock {
+    /// The Lease's namespace (`kube-system` for the control plane's components).
     pub namespace: String,
+    /// The Lease's name (the component's: `kube-scheduler`, `kube-controller-manager`).
     pub name: String,
+    /// This process (upstream: hostname and a random suffix).
     pub identity: String,
     /// How long a lease lasts without renewal (upstream's default: 15 s).
     pub duration: Duration,
@@ -23,11 +26,12 @@ pub struct LeaseLock {
 }
 
 impl LeaseLock {
-    /// Upstream's scheduler lease with upstream's timings.
-    pub fn scheduler(identity: String) -> LeaseLock {
+    /// The lease `kube-system/<component>` with upstream's timings (15 s, retried every
+    /// 2 s).
+    pub fn for_component(component: &str, identity: String) -> LeaseLock {
         LeaseLock {
             namespace: "kube-system".into(),
-            name: "kube-scheduler".into(),
+            name: component.into(),
             identity,
             duration: Duration::from_secs(15),
             retry: Duration::from_secs(2),
