@@ -64,15 +64,7 @@ pub async fn reclaim(k: &Kubelet) -> Result<u64, String> {
 async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Result<u64, String> {
     let msg = |e: tonic::Status| e.message().to_string();
     let now = Instant::now();
-    let images = k
-        .cri
-        .images
-        .clone()
-        .list_images(cri::ListImagesRequest { filter: None })
-        .await
-        .map_err(msg)?
-        .into_inner()
-        .images;
+    let images = k.cri.list_images().await.map_err(msg)?;
     let containers = k.cri.containers(None).await.map_err(msg)?;
     let used: HashSet<String> = containers
         .iter()
@@ -102,14 +94,7 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Re
     seen.first.retain(|id, _| present.contains(id));
     seen.last_used.retain(|id, _| present.contains(id));
 
-    let fs = k
-        .cri
-        .images
-        .clone()
-        .image_fs_info(cri::ImageFsInfoRequest {})
-        .await
-        .map_err(msg)?
-        .into_inner();
+    let fs = k.cri.image_fs_info().await.map_err(msg)?;
     let mount = fs
         .image_filesystems
         .first()
@@ -145,13 +130,7 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Re
         if freed >= to_free {
             break;
         }
-        let req = cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: img.id.clone(),
-                ..Default::default()
-            }),
-        };
-        match k.cri.images.clone().remove_image(req).await {
+        match k.cri.remove_image(&img.id).await {
             Ok(_) => {
                 freed += img.size;
                 tracing::info!(image = %img.id, tags = ?img.repo_tags, bytes = img.size, "image garbage collection removed an unused image");

@@ -126,11 +126,35 @@ impl Config {
     }
 }
 
+/// Why the kubelet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The container runtime did not answer.
+    #[error(transparent)]
+    Runtime(#[from] cri::ConnectError),
+    /// The data directory cannot be written.
+    #[error("creating {}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kubelet's port is taken.
+    #[error("the kubelet cannot listen on {addr}: {source} (choose another --kubelet-port)")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The running kubelet's shared state.
 pub struct Kubelet {
     pub config: Config,
     pub client: kube::Client,
-    pub cri: cri::Cri,
+    pub cri: Arc<dyn cri::RuntimeService>,
     pub recorder: events::Recorder,
     /// The pod CIDR last handed to the runtime.
     pod_cidr: Mutex<Option<String>>,
@@ -174,18 +198,25 @@ impl Kubelet {
     }
 
     /// Connects to the runtime (waiting up to 30 s for it) and prepares the state.
-    pub async fn new(config: Config, client: kube::Client) -> Result<Arc<Kubelet>, String> {
+    pub async fn new(config: Config, client: kube::Client) -> Result<Arc<Kubelet>, StartError> {
         let cri = cri::Cri::connect(&config.cri_socket, Duration::from_secs(30)).await?;
-        std::fs::create_dir_all(config.data_dir.join("pods"))
-            .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+        Self::with_runtime(config, client, Arc::new(cri)).await
+    }
+
+    /// Prepares the state for this runtime (the real one, or a fake in tests).
+    pub async fn with_runtime(
+        config: Config,
+        client: kube::Client,
+        cri: Arc<dyn cri::RuntimeService>,
+    ) -> Result<Arc<Kubelet>, StartError> {
+        let pods = config.data_dir.join("pods");
+        std::fs::create_dir_all(&pods).map_err(|source| StartError::Io { path: pods, source })?;
         let (listener, port) = match &config.tls {
             Some(_) => {
                 let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.port));
-                let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    format!(
-                        "the kubelet cannot listen on {addr}: {e} (choose another --kubelet-port)"
-                    )
-                })?;
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
                 let port = l.local_addr().map(|a| a.port()).unwrap_or(config.port);
                 (Some(l), port)
             }
@@ -280,7 +311,7 @@ impl Kubelet {
                 }),
             }),
         };
-        match self.cri.runtime.clone().update_runtime_config(req).await {
+        match self.cri.update_runtime_config(req).await {
             Ok(_) => {
                 tracing::info!(%cidr, "pod CIDR handed to the runtime");
                 *self.pod_cidr.lock().expect("cidr lock") = Some(cidr.into());
@@ -291,14 +322,8 @@ impl Kubelet {
 
     /// None when the runtime and its network are ready, else upstream's message why not.
     async fn runtime_not_ready(&self) -> Option<String> {
-        let status = match self
-            .cri
-            .runtime
-            .clone()
-            .status(cri_api::StatusRequest { verbose: false })
-            .await
-        {
-            Ok(s) => s.into_inner().status.unwrap_or_default(),
+        let status = match self.cri.status().await {
+            Ok(s) => s.status.unwrap_or_default(),
             Err(e) => {
                 return Some(format!(
                     "container runtime is down: {} ({})",

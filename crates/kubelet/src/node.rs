@@ -24,16 +24,9 @@ const MAX_IMAGES: usize = 50;
 /// `status.images`: the runtime's images, largest first, at most `MAX_IMAGES`, each with
 /// its digests and tags as names (the scheduler's ImageLocality reads them).
 async fn images(k: &Kubelet) -> Value {
-    let Ok(list) = k
-        .cri
-        .images
-        .clone()
-        .list_images(k8s_cri::v1::ListImagesRequest { filter: None })
-        .await
-    else {
+    let Ok(mut images) = k.cri.list_images().await else {
         return Value::Array(Vec::new());
     };
-    let mut images = list.into_inner().images;
     images.sort_by(|a, b| b.size.cmp(&a.size).then(a.id.cmp(&b.id)));
     images
         .into_iter()

@@ -160,15 +160,13 @@ async fn forward(
     };
     let url = match k
         .cri
-        .runtime
-        .clone()
         .port_forward(cri::PortForwardRequest {
             pod_sandbox_id: sandbox_id.clone(),
             port: vec![port as i32],
         })
         .await
     {
-        Ok(r) => r.into_inner().url,
+        Ok(url) => url,
         Err(e) => {
             return fail(format!(
                 "error forwarding port {port} to pod {sandbox_id}: {}",

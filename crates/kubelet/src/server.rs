@@ -140,25 +140,16 @@ async fn find(
     container: &str,
     previous: bool,
 ) -> Result<cri::Container, Response<Body>> {
-    let filter = cri::ContainerFilter {
-        label_selector: HashMap::from([
-            (POD_NAMESPACE.to_string(), ns.to_string()),
-            (POD_NAME.to_string(), pod.to_string()),
-            (CONTAINER_NAME.to_string(), container.to_string()),
-        ]),
-        ..Default::default()
-    };
+    let labels = HashMap::from([
+        (POD_NAMESPACE.to_string(), ns.to_string()),
+        (POD_NAME.to_string(), pod.to_string()),
+        (CONTAINER_NAME.to_string(), container.to_string()),
+    ]);
     let mut list = k
         .cri
-        .runtime
-        .clone()
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(filter),
-        })
+        .containers_labelled(labels)
         .await
-        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))?
-        .into_inner()
-        .containers;
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))?;
     list.sort_by_key(|c| {
         std::cmp::Reverse((
             c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
@@ -241,7 +232,7 @@ async fn stream(
         q.iter()
             .any(|(k, v)| k == name && (v == "true" || v == "1"))
     };
-    let mut rt = k.cri.runtime.clone();
+    let rt = &k.cri;
     let url = match (what, container) {
         ("exec", Some(c)) | ("attach", Some(c)) => {
             let cont = match find(k, ns, pod, c, false).await {
@@ -275,7 +266,6 @@ async fn stream(
                     stderr: flag("stderr"),
                 })
                 .await
-                .map(|r| r.into_inner().url)
             } else {
                 rt.attach(cri::AttachRequest {
                     container_id: cont.id,
@@ -285,7 +275,6 @@ async fn stream(
                     stderr: flag("stderr"),
                 })
                 .await
-                .map(|r| r.into_inner().url)
             };
             r
         }
@@ -334,7 +323,6 @@ async fn stream(
                 port: ports,
             })
             .await
-            .map(|r| r.into_inner().url)
         }
     };
     let url = match url {

@@ -39,17 +39,7 @@ pub async fn pod_usage(k: &Kubelet, pod: &Pod) -> Option<PodUsage> {
         label_selector: [(crate::cri::POD_UID.to_string(), uid.clone())].into(),
         ..Default::default()
     };
-    let stats = k
-        .cri
-        .runtime
-        .clone()
-        .list_container_stats(cri::ListContainerStatsRequest {
-            filter: Some(filter),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .stats;
+    let stats = k.cri.container_stats(filter).await.ok()?;
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let logs = k.config.pod_log_dir(ns, name, &uid);

@@ -201,9 +201,7 @@ pub async fn start(a: LocalAgent<'_>) -> anyhow::Result<Vec<AbortOnDrop>> {
         cfg.reserve(r)
             .map_err(|e| anyhow::anyhow!("--kube-reserved/--system-reserved: {e}"))?;
     }
-    let kubelet = rkube_kubelet::Kubelet::new(cfg, client)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let kubelet = rkube_kubelet::Kubelet::new(cfg, client).await?;
     tasks.push(AbortOnDrop(tokio::spawn(kubelet.run())));
     Ok(tasks)
 }

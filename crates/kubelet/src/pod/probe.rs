@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, ExecAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::netprobe;
-use crate::cri::Cri;
+use crate::cri::RuntimeService;
 
 /// Which probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +85,7 @@ impl State {
 
 /// Where network probes and hooks connect.
 pub struct Target<'a> {
-    pub cri: &'a Cri,
+    pub cri: &'a dyn RuntimeService,
     pub container_id: &'a str,
     pub container: &'a Container,
     pub pod_ip: &'a str,
@@ -146,8 +146,6 @@ async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), S
     };
     let out = t
         .cri
-        .runtime
-        .clone()
         .exec_sync(req)
         .await
         .map_err(|s| {
@@ -156,8 +154,7 @@ async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), S
             } else {
                 s.message().to_string()
             }
-        })?
-        .into_inner();
+        })?;
     if out.exit_code == 0 {
         return Ok(());
     }

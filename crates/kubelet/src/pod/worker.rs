@@ -329,8 +329,8 @@ impl Worker {
                     config: Some(sandbox_cfg.clone()),
                     runtime_handler: String::new(),
                 };
-                match k.cri.runtime.clone().run_pod_sandbox(req).await {
-                    Ok(r) => r.into_inner().pod_sandbox_id,
+                match k.cri.run_pod_sandbox(req).await {
+                    Ok(id) => id,
                     Err(e) => {
                         let msg = format!("Failed to create pod sandbox: {}", e.message());
                         k.recorder
@@ -601,8 +601,8 @@ impl Worker {
             config: Some(cfg),
             sandbox_config: Some(sandbox_cfg.clone()),
         };
-        let id = match k.cri.runtime.clone().create_container(req).await {
-            Ok(r) => r.into_inner().container_id,
+        let id = match k.cri.create_container(req).await {
+            Ok(id) => id,
             Err(e) => {
                 let msg = e.message().to_string();
                 return self.failed(pod, c, "CreateContainerError", msg).await;
@@ -617,14 +617,7 @@ impl Worker {
                 &format!("Created container: {}", c.name),
             )
             .await;
-        let started = k
-            .cri
-            .runtime
-            .clone()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await;
+        let started = k.cri.start_container(&id).await;
         if let Err(e) = started {
             let msg = e.message().to_string();
             return self.failed(pod, c, "RunContainerError", msg).await;
@@ -641,7 +634,7 @@ impl Worker {
         self.waiting.remove(&c.name);
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             let t = probe::Target {
-                cri: &k.cri,
+                cri: &*k.cri,
                 container_id: &id,
                 container: c,
                 pod_ip,
@@ -883,7 +876,7 @@ impl Worker {
             let cri = k.cri.clone();
             async move {
                 let t = probe::Target {
-                    cri: &cri,
+                    cri: &*cri,
                     container_id: id,
                     container: c,
                     pod_ip,
@@ -924,7 +917,7 @@ impl Worker {
         if let Some(c) = super::find_container(pod, name) {
             if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
                 let t = probe::Target {
-                    cri: &self.k.cri,
+                    cri: &*self.k.cri,
                     container_id: id,
                     container: c,
                     pod_ip,
