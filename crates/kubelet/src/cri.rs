@@ -35,7 +35,10 @@ pub trait RuntimeService: Send + Sync {
     /// Whether the runtime and its network are ready (upstream's runtime Status).
     async fn status(&self) -> Result<cri::StatusResponse, Status>;
     /// Hands the runtime configuration (the pod CIDR) over.
-    async fn update_runtime_config(&self, req: cri::UpdateRuntimeConfigRequest) -> Result<(), Status>;
+    async fn update_runtime_config(
+        &self,
+        req: cri::UpdateRuntimeConfigRequest,
+    ) -> Result<(), Status>;
     /// Creates and starts a pod sandbox; its ID.
     async fn run_pod_sandbox(&self, req: cri::RunPodSandboxRequest) -> Result<String, Status>;
     /// Stops a sandbox (its containers and network).
@@ -165,7 +168,10 @@ impl RuntimeService for Cri {
             .into_inner())
     }
 
-    async fn update_runtime_config(&self, req: cri::UpdateRuntimeConfigRequest) -> Result<(), Status> {
+    async fn update_runtime_config(
+        &self,
+        req: cri::UpdateRuntimeConfigRequest,
+    ) -> Result<(), Status> {
         self.runtime.clone().update_runtime_config(req).await?;
         Ok(())
     }
@@ -342,7 +348,13 @@ impl RuntimeService for Cri {
     }
 
     async fn port_forward(&self, req: cri::PortForwardRequest) -> Result<String, Status> {
-        Ok(self.runtime.clone().port_forward(req).await?.into_inner().url)
+        Ok(self
+            .runtime
+            .clone()
+            .port_forward(req)
+            .await?
+            .into_inner()
+            .url)
     }
 
     async fn image_present(&self, image: &str) -> Result<Option<String>, Status> {

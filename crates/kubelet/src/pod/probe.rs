@@ -144,17 +144,13 @@ async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), S
         cmd,
         timeout: timeout.as_secs() as i64,
     };
-    let out = t
-        .cri
-        .exec_sync(req)
-        .await
-        .map_err(|s| {
-            if s.code() == tonic::Code::DeadlineExceeded {
-                format!("command timed out after {}s", timeout.as_secs())
-            } else {
-                s.message().to_string()
-            }
-        })?;
+    let out = t.cri.exec_sync(req).await.map_err(|s| {
+        if s.code() == tonic::Code::DeadlineExceeded {
+            format!("command timed out after {}s", timeout.as_secs())
+        } else {
+            s.message().to_string()
+        }
+    })?;
     if out.exit_code == 0 {
         return Ok(());
     }
