@@ -6,6 +6,8 @@
 
 pub mod cgroups;
 pub mod cri;
+#[cfg(test)]
+mod cri_fake;
 pub mod env;
 pub mod events;
 pub mod eviction;
@@ -57,6 +59,9 @@ pub struct Config {
     pub image_gc: image_gc::Policy,
     /// Hard eviction thresholds (`--eviction-hard`).
     pub eviction: eviction::Thresholds,
+    /// Whether the kubelet manages the kubepods cgroups (on a real node it must; tests of
+    /// its logic against a fake runtime leave the host's cgroups alone).
+    pub manage_cgroups: bool,
 }
 
 impl Config {
@@ -83,6 +88,7 @@ impl Config {
             tls: None,
             image_gc: image_gc::Policy::default(),
             eviction: eviction::Thresholds::default(),
+            manage_cgroups: true,
         }
     }
 
@@ -243,10 +249,12 @@ impl Kubelet {
             .unwrap_or_else(|_| "cri".into());
         let machine = node::Machine::read(&config.data_dir);
         let memory_capacity = machine.memory_ki as i64 * 1024;
-        cgroups::enforce_node_allocatable(
-            (machine.cpus * 1000).saturating_sub(config.reserved_cpu_millis) as i64,
-            (machine.memory_ki.saturating_sub(config.reserved_memory_ki) * 1024) as i64,
-        );
+        if config.manage_cgroups {
+            cgroups::enforce_node_allocatable(
+                (machine.cpus * 1000).saturating_sub(config.reserved_cpu_millis) as i64,
+                (machine.memory_ki.saturating_sub(config.reserved_memory_ki) * 1024) as i64,
+            );
+        }
         Ok(Arc::new(Kubelet {
             runtime_name,
             memory_capacity,

@@ -18,6 +18,8 @@ mod limits;
 mod prober;
 mod status_manager;
 mod sync;
+#[cfg(test)]
+mod sync_tests;
 mod teardown;
 
 pub use teardown::remove_pod;

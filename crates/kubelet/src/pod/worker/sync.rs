@@ -93,10 +93,12 @@ impl Worker {
                     let _ = k.cri.stop_sandbox(&old.id).await;
                 }
                 // The pod's cgroup, with its limits, before anything runs in it.
-                k.qos_cgroups.pod_starting(&self.uid, pod);
-                let mut limits = crate::cgroups::pod_resources(pod);
-                limits.pids_limit = k.config.pod_pids_limit;
-                crate::cgroups::apply(&crate::pod::cgroup_parent(pod), &limits);
+                if k.config.manage_cgroups {
+                    k.qos_cgroups.pod_starting(&self.uid, pod);
+                    let mut limits = crate::cgroups::pod_resources(pod);
+                    limits.pids_limit = k.config.pod_pids_limit;
+                    crate::cgroups::apply(&crate::pod::cgroup_parent(pod), &limits);
+                }
                 let req = cri::RunPodSandboxRequest {
                     config: Some(sandbox_cfg.clone()),
                     runtime_handler: String::new(),

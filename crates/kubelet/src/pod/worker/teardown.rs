@@ -124,8 +124,10 @@ pub async fn remove_pod(k: &Kubelet, uid: &str, name: Option<(String, String)>) 
     if let Some((ns, n)) = name {
         let _ = std::fs::remove_dir_all(k.config.pod_log_dir(&ns, &n, uid));
     }
-    for qos in ["", "burstable/", "besteffort/"] {
-        crate::pod::remove_cgroups(&format!("/kubepods/{qos}pod{uid}"));
+    if k.config.manage_cgroups {
+        for qos in ["", "burstable/", "besteffort/"] {
+            crate::pod::remove_cgroups(&format!("/kubepods/{qos}pod{uid}"));
+        }
+        k.qos_cgroups.pod_removed(uid);
     }
-    k.qos_cgroups.pod_removed(uid);
 }
