@@ -424,7 +424,7 @@ impl RuntimeService for Cri {
 }
 
 /// A gRPC channel over the unix socket.
-async fn channel(socket: &Path) -> Result<Channel, String> {
+async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = socket.to_path_buf();
     tonic::transport::Endpoint::from_static("http://cri.local")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -435,7 +435,6 @@ async fn channel(socket: &Path) -> Result<Channel, String> {
             }
         }))
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// The runtime's `unix://` endpoint or plain path as a path.

@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::Api;
 use rkube_api::quantity;
 
+use crate::error::EnvError;
+
 /// An ordered environment: a later name replaces the earlier value in place.
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Env(pub Vec<(String, String)>);
@@ -68,7 +70,7 @@ pub struct Context<'a> {
 }
 
 /// The container's environment, or the CreateContainerConfigError message.
-pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env, String> {
+pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let spec = pod.spec.as_ref();
     let mut env = Env::default();
@@ -88,7 +90,12 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
                     }
                 }
                 None if optional => {}
-                None => return Err(format!("configmap \"{}\" not found", r.name)),
+                None => {
+                    return Err(EnvError::NotFound {
+                        kind: "configmap",
+                        name: r.name.clone(),
+                    })
+                }
             }
         }
         if let Some(r) = &from.secret_ref {
@@ -100,7 +107,12 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
                     }
                 }
                 None if optional => {}
-                None => return Err(format!("secret \"{}\" not found", r.name)),
+                None => {
+                    return Err(EnvError::NotFound {
+                        kind: "secret",
+                        name: r.name.clone(),
+                    })
+                }
             }
         }
     }
@@ -133,11 +145,17 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
                                 return Err(format!(
                                     "couldn't find key {} in ConfigMap {ns}/{}",
                                     r.key, r.name
-                                ))
+                                )
+                                .into())
                             }
                         },
                         (None, true) => continue,
-                        (None, false) => return Err(format!("configmap \"{}\" not found", r.name)),
+                        (None, false) => {
+                            return Err(EnvError::NotFound {
+                                kind: "configmap",
+                                name: r.name.clone(),
+                            })
+                        }
                     }
                 } else if let Some(r) = &from.secret_key_ref {
                     let optional = r.optional.unwrap_or(false);
@@ -150,11 +168,17 @@ pub async fn resolve(ctx: &Context<'_>, pod: &Pod, c: &Container) -> Result<Env,
                                 return Err(format!(
                                     "couldn't find key {} in Secret {ns}/{}",
                                     r.key, r.name
-                                ))
+                                )
+                                .into())
                             }
                         },
                         (None, true) => continue,
-                        (None, false) => return Err(format!("secret \"{}\" not found", r.name)),
+                        (None, false) => {
+                            return Err(EnvError::NotFound {
+                                kind: "secret",
+                                name: r.name.clone(),
+                            })
+                        }
                     }
                 } else {
                     String::new()
@@ -171,15 +195,16 @@ async fn configmap(
     ns: &str,
     name: &str,
     cache: &mut HashMap<String, Option<ConfigMap>>,
-) -> Result<Option<ConfigMap>, String> {
+) -> Result<Option<ConfigMap>, EnvError> {
     if let Some(v) = cache.get(name) {
         return Ok(v.clone());
     }
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let v = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading configmap {name:?}: {e}"))?;
+    let v = api.get_opt(name).await.map_err(|source| EnvError::Read {
+        kind: "configmap",
+        name: name.into(),
+        source,
+    })?;
     cache.insert(name.into(), v.clone());
     Ok(v)
 }
@@ -189,21 +214,22 @@ async fn secret(
     ns: &str,
     name: &str,
     cache: &mut HashMap<String, Option<Secret>>,
-) -> Result<Option<Secret>, String> {
+) -> Result<Option<Secret>, EnvError> {
     if let Some(v) = cache.get(name) {
         return Ok(v.clone());
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let v = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading secret {name:?}: {e}"))?;
+    let v = api.get_opt(name).await.map_err(|source| EnvError::Read {
+        kind: "secret",
+        name: name.into(),
+        source,
+    })?;
     cache.insert(name.into(), v.clone());
     Ok(v)
 }
 
 /// A downward-API field of the pod (`metadata.name`, `metadata.labels['app']`, …).
-pub fn field(pod: &Pod, path: &str, ctx: &Context<'_>) -> Result<String, String> {
+pub fn field(pod: &Pod, path: &str, ctx: &Context<'_>) -> Result<String, EnvError> {
     let m = &pod.metadata;
     let key_of = |prefix: &str| {
         path.strip_prefix(prefix)
@@ -239,7 +265,7 @@ pub fn field(pod: &Pod, path: &str, ctx: &Context<'_>) -> Result<String, String>
                     .cloned()
                     .unwrap_or_default()
             } else {
-                return Err(format!("unsupported fieldPath: {path}"));
+                return Err(format!("unsupported fieldPath: {path}").into());
             }
         }
     })
@@ -261,7 +287,7 @@ pub fn resource_field(
     resource: &str,
     divisor: Option<&str>,
     ctx: &Context<'_>,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let res = c.resources.as_ref();
     let (which, name) = resource
         .split_once('.')
@@ -269,7 +295,7 @@ pub fn resource_field(
     let set = match which {
         "limits" => res.and_then(|r| r.limits.as_ref()),
         "requests" => res.and_then(|r| r.requests.as_ref()),
-        _ => return Err(format!("unsupported resource: {resource}")),
+        _ => return Err(format!("unsupported resource: {resource}").into()),
     };
     let given = set.and_then(|m| m.get(name)).map(|q| q.0.clone());
     // Requests default to limits; limits to the node's allocatable.

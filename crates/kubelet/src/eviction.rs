@@ -6,6 +6,7 @@
 //! first, then the lowest priority, then the most usage above the request. Memory counts
 //! the pod's working set; disk its containers' writable layers and logs and its emptyDirs.
 
+use crate::error::ParseError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,7 +108,7 @@ impl Default for Thresholds {
 
 /// `signal<value` (or `signal=value`, by `sep`) items: (signal, threshold, value as
 /// written).
-fn parse_list(spec: &str, sep: char) -> Result<Vec<(&str, Threshold, &str)>, String> {
+fn parse_list(spec: &str, sep: char) -> Result<Vec<(&str, Threshold, &str)>, ParseError> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (signal, value) = item
@@ -116,11 +117,11 @@ fn parse_list(spec: &str, sep: char) -> Result<Vec<(&str, Threshold, &str)>, Str
         let threshold = match value.strip_suffix('%') {
             Some(p) => match p.parse::<f64>() {
                 Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p),
-                _ => return Err(format!("{item:?}: bad percentage")),
+                _ => return Err(format!("{item:?}: bad percentage").into()),
             },
             None => match rkube_api::quantity::parse_units(value) {
                 Some(b) if b >= 0 => Threshold::Bytes(b as u64),
-                _ => return Err(format!("{item:?}: bad quantity")),
+                _ => return Err(format!("{item:?}: bad quantity").into()),
             },
         };
         match signal {
@@ -128,7 +129,7 @@ fn parse_list(spec: &str, sep: char) -> Result<Vec<(&str, Threshold, &str)>, Str
             "imagefs.available" | "nodefs.inodesFree" | "imagefs.inodesFree" | "pid.available" => {
                 tracing::warn!(signal, "eviction signal not measured by rkube; ignored")
             }
-            other => return Err(format!("unknown eviction signal {other:?}")),
+            other => return Err(format!("unknown eviction signal {other:?}").into()),
         }
     }
     Ok(out)
@@ -138,7 +139,7 @@ impl Thresholds {
     /// Parses `--eviction-hard` (`signal<value,...`); signals not given keep their
     /// defaults. Signals rkube does not measure (imagefs, inodes, pids) are accepted and
     /// ignored.
-    pub fn parse(spec: &str) -> Result<Thresholds, String> {
+    pub fn parse(spec: &str) -> Result<Thresholds, ParseError> {
         let mut t = Thresholds::default();
         for (signal, threshold, value) in parse_list(spec, '<')? {
             match signal {
@@ -152,7 +153,12 @@ impl Thresholds {
     /// Adds `--eviction-soft` thresholds with their `--eviction-soft-grace-period`s
     /// (`memory.available=1m30s,...`; every soft threshold needs one) and
     /// `--eviction-max-pod-grace-period`.
-    pub fn set_soft(&mut self, spec: &str, graces: &str, max_pod_grace: i64) -> Result<(), String> {
+    pub fn set_soft(
+        &mut self,
+        spec: &str,
+        graces: &str,
+        max_pod_grace: i64,
+    ) -> Result<(), ParseError> {
         let mut grace = std::collections::HashMap::new();
         for item in graces.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (signal, d) = item
@@ -177,7 +183,8 @@ impl Thresholds {
         if let Some(signal) = grace.keys().next() {
             return Err(format!(
                 "grace period specified for {signal}, which has no soft eviction threshold"
-            ));
+            )
+            .into());
         }
         self.max_pod_grace = max_pod_grace;
         Ok(())
@@ -185,7 +192,7 @@ impl Thresholds {
 
     /// Sets `--eviction-minimum-reclaim` (`memory.available=500Mi,nodefs.available=1Gi`,
     /// quantities or percentages of capacity).
-    pub fn set_min_reclaim(&mut self, spec: &str) -> Result<(), String> {
+    pub fn set_min_reclaim(&mut self, spec: &str) -> Result<(), ParseError> {
         for (signal, amount, _) in parse_list(spec, '=')? {
             let i = usize::from(signal != "memory.available");
             self.min_reclaim[i] = amount;
@@ -550,13 +557,13 @@ mod tests {
             .set_soft("memory.available<1Gi", "", 0)
             .unwrap_err();
         assert!(
-            missing.contains("grace period must be specified"),
+            missing.0.contains("grace period must be specified"),
             "{missing}"
         );
         let stray = Thresholds::default()
             .set_soft("", "memory.available=1m", 0)
             .unwrap_err();
-        assert!(stray.contains("no soft eviction threshold"), "{stray}");
+        assert!(stray.0.contains("no soft eviction threshold"), "{stray}");
 
         let hard = (t.memory, t.memory_text.as_str());
         let gi = 1u64 << 30;

@@ -4,6 +4,7 @@
 //! Under disk pressure the eviction manager asks for every such image to go (`reclaim`)
 //! before it evicts pods.
 
+use crate::error::GcError;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,18 +55,17 @@ pub async fn run(k: Arc<Kubelet>) {
 /// Removes every unused image older than the minimum age, whatever the thresholds say
 /// (upstream's DeleteUnusedImages, the eviction manager's reclaim for disk pressure);
 /// returns how many bytes were freed.
-pub async fn reclaim(k: &Kubelet) -> Result<u64, String> {
+pub async fn reclaim(k: &Kubelet) -> Result<u64, GcError> {
     let mut seen = k.images_seen.lock().await;
     collect(k, &k.config.image_gc, &mut seen, true).await
 }
 
 /// One pass (`all`: every unused image old enough, not just down to the low threshold):
 /// returns how many bytes were freed.
-async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Result<u64, String> {
-    let msg = |e: tonic::Status| e.message().to_string();
+async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Result<u64, GcError> {
     let now = Instant::now();
-    let images = k.cri.list_images().await.map_err(msg)?;
-    let containers = k.cri.containers(None).await.map_err(msg)?;
+    let images = k.cri.list_images().await?;
+    let containers = k.cri.containers(None).await?;
     let used: HashSet<String> = containers
         .iter()
         .flat_map(|c| {
@@ -94,7 +94,7 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Re
     seen.first.retain(|id, _| present.contains(id));
     seen.last_used.retain(|id, _| present.contains(id));
 
-    let fs = k.cri.image_fs_info().await.map_err(msg)?;
+    let fs = k.cri.image_fs_info().await?;
     let mount = fs
         .image_filesystems
         .first()
@@ -104,7 +104,7 @@ async fn collect(k: &Kubelet, policy: &Policy, seen: &mut Seen, all: bool) -> Re
     let Some((used_bytes, total)) = crate::node::statvfs(std::path::Path::new(&mount))
         .map(|(total, avail)| (total - avail, total))
     else {
-        return Err(format!("cannot measure the image filesystem at {mount}"));
+        return Err(GcError::NoFilesystem(mount.to_string()));
     };
     if !all && (total == 0 || used_bytes * 100 < total * policy.high_percent as u64) {
         return Ok(0);

@@ -9,6 +9,7 @@ pub mod cri;
 #[cfg(test)]
 mod cri_fake;
 pub mod env;
+pub mod error;
 pub mod events;
 pub mod eviction;
 pub mod image_gc;
@@ -22,6 +23,7 @@ pub mod spdy;
 pub mod stats;
 pub mod volumes;
 
+use crate::error::ParseError;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -94,7 +96,7 @@ impl Config {
 
     /// Adds a `cpu=100m,memory=256Mi` reservation (the kubelet's --kube-reserved and
     /// --system-reserved syntax) to what allocatable holds back.
-    pub fn reserve(&mut self, spec: &str) -> Result<(), String> {
+    pub fn reserve(&mut self, spec: &str) -> Result<(), ParseError> {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, q) = part.split_once('=').ok_or_else(|| {
                 format!("{part:?}: expected NAME=QUANTITY (cpu=100m,memory=256Mi)")
@@ -113,7 +115,9 @@ impl Config {
                         .ok_or_else(bad)?;
                     self.reserved_memory_ki += (b as u64).div_ceil(1024);
                 }
-                other => return Err(format!("{other:?}: only cpu and memory can be reserved")),
+                other => {
+                    return Err(format!("{other:?}: only cpu and memory can be reserved").into())
+                }
             }
         }
         Ok(())
@@ -369,8 +373,8 @@ impl Kubelet {
 }
 
 /// A Go-style duration (`90s`, `2m`, `1h30m`, `500ms`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (like 30s, 2m, 1h30m)");
+pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
+    let bad = || ParseError(format!("{s:?} is not a duration (like 30s, 2m, 1h30m)"));
     if s == "0" {
         return Ok(Duration::ZERO);
     }

@@ -1,6 +1,7 @@
 //! Container logs as `kubectl logs` wants them: CRI log files (`TIME STREAM TAG text`)
 //! decoded, with timestamps, tailLines, sinceSeconds/sinceTime, limitBytes and follow.
 
+use crate::error::ParseError;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub struct Options {
 
 impl Options {
     /// From the query string (upstream's parameter names); errors name the bad parameter.
-    pub fn from_query(q: &[(String, String)]) -> Result<Options, String> {
+    pub fn from_query(q: &[(String, String)]) -> Result<Options, ParseError> {
         let mut o = Options::default();
         let truthy = |v: &str| v.is_empty() || v == "true" || v == "1";
         for (k, v) in q {

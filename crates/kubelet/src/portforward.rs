@@ -3,6 +3,7 @@
 //! requestID; its bytes go to the pod's port through the runtime's port-forward stream,
 //! so the connection lands on localhost inside the pod's network namespace.
 
+use crate::error::StreamError;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -240,25 +241,19 @@ async fn forward(
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A WebSocket client connection to the runtime's streaming URL speaking `protocol`.
-pub(crate) async fn connect(url: &str, protocol: &'static str) -> Result<Ws, String> {
+pub(crate) async fn connect(url: &str, protocol: &'static str) -> Result<Ws, StreamError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("unsupported URL {url}"))?;
+        .ok_or_else(|| StreamError::Url(url.into()))?;
     let authority = rest.split('/').next().unwrap_or(rest);
-    let tcp = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("ws://{rest}")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(authority).await?;
+    let mut req = format!("ws://{rest}").into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         http::HeaderValue::from_static(protocol),
     );
-    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
     Ok(ws)
 }
 

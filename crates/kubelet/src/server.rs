@@ -2,6 +2,7 @@
 //! port-forward relayed to the runtime's streaming server. Only clients with a certificate
 //! from the cluster CA (the apiserver) get in.
 
+use crate::error::TlsError;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,32 +30,27 @@ pub struct Tls {
     pub client_ca_pem: String,
 }
 
-fn tls_config(tls: &Tls) -> Result<rustls::ServerConfig, String> {
+fn tls_config(tls: &Tls) -> Result<rustls::ServerConfig, TlsError> {
+    let pem = |what| move |source| TlsError::Pem { what, source };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(tls.client_ca_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| format!("client CA: {e}"))?)
-            .map_err(|e| e.to_string())?;
+        roots.add(c.map_err(pem("client CA"))?)?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     )
-    .build()
-    .map_err(|e| e.to_string())?;
+    .build()?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("serving certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
-        .map_err(|e| format!("serving key: {e}"))?;
+            .map_err(pem("serving certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(pem("serving key"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(chain, key)?;
     // Upgrades (exec, attach, port-forward) need HTTP/1.1.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
@@ -180,7 +176,7 @@ async fn container_logs(
 ) -> Response<Body> {
     let opts = match logs::Options::from_query(q) {
         Ok(o) => o,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let previous = q
         .iter()

@@ -2,6 +2,7 @@
 //! or tunneled inside WebSocket binary messages): control and data frames, and header
 //! blocks compressed with zlib and the protocol's preset dictionary.
 
+use crate::error::FrameError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -163,13 +164,13 @@ impl Decoder {
     }
 
     /// The next complete frame, None if more bytes are needed; Err on a protocol error.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buf.len() < 8 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([0, self.buf[5], self.buf[6], self.buf[7]]) as usize;
         if len > MAX_FRAME {
-            return Err(format!("frame of {len} bytes is too large"));
+            return Err(format!("frame of {len} bytes is too large").into());
         }
         if self.buf.len() < 8 + len {
             return Ok(None);
@@ -188,12 +189,12 @@ impl Decoder {
         }
         let version = u16::from_be_bytes([head[0], head[1]]) & 0x7fff;
         if version != VERSION {
-            return Err(format!("unsupported SPDY version {version}"));
+            return Err(format!("unsupported SPDY version {version}").into());
         }
         let kind = u16::from_be_bytes([head[2], head[3]]);
         let need = |n: usize, body: &Bytes| {
             if body.len() < n {
-                Err(format!("control frame {kind} too short"))
+                Err(FrameError(format!("control frame {kind} too short")))
             } else {
                 Ok(())
             }
@@ -252,7 +253,7 @@ impl Decoder {
     }
 
     /// Inflates a header block and parses its name/value pairs.
-    fn headers(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, String> {
+    fn headers(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
         let mut out = Vec::with_capacity(block.len() * 4 + 64);
         let mut input = block;
         loop {
@@ -277,15 +278,15 @@ impl Decoder {
                         .set_dictionary(&self.dict)
                         .map_err(|e| format!("header dictionary: {e}"))?;
                 }
-                Err(e) => return Err(format!("header block: {e}")),
+                Err(e) => return Err(format!("header block: {e}").into()),
             }
         }
         parse_block(&out)
     }
 }
 
-fn parse_block(mut b: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let bad = || "malformed header block".to_string();
+fn parse_block(mut b: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
+    let bad = || FrameError("malformed header block".into());
     if b.len() < 4 {
         return Err(bad());
     }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::{IoError, VolumeError};
+
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
 };
@@ -50,7 +52,7 @@ pub fn host_path(pod_dir: &Path, v: &Volume) -> Option<PathBuf> {
 }
 
 /// Sets up (or refreshes) every volume of the pod; the error is the FailedMount message.
-pub async fn set_up(ctx: &env::Context<'_>, pod_dir: &Path, pod: &Pod) -> Result<(), String> {
+pub async fn set_up(ctx: &env::Context<'_>, pod_dir: &Path, pod: &Pod) -> Result<(), VolumeError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     for v in pod
         .spec
@@ -61,7 +63,10 @@ pub async fn set_up(ctx: &env::Context<'_>, pod_dir: &Path, pod: &Pod) -> Result
     {
         set_up_one(ctx, pod_dir, ns, pod, v)
             .await
-            .map_err(|e| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name))?;
+            .map_err(|e| VolumeError::SetUp {
+                volume: v.name.clone(),
+                source: Box::new(e),
+            })?;
     }
     Ok(())
 }
@@ -72,13 +77,13 @@ async fn set_up_one(
     ns: &str,
     pod: &Pod,
     v: &Volume,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     let Some(kind) = plugin(v) else {
         return Err("this volume type is not supported by rkube's kubelet yet".into());
     };
     let dir = volume_dir(pod_dir, kind, &v.name);
     if let Some(e) = &v.empty_dir {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(IoError::at("creating", &dir))?;
         if e.medium.as_deref() == Some("Memory") && !is_mount_point(&dir) {
             let size = e
                 .size_limit
@@ -111,7 +116,7 @@ async fn contents(
     ns: &str,
     pod: &Pod,
     v: &Volume,
-) -> Result<Option<(Files, u32)>, String> {
+) -> Result<Option<(Files, u32)>, VolumeError> {
     let mut files = Files::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
@@ -221,7 +226,7 @@ async fn add_source(
     items: Option<&[KeyToPath]>,
     mode: u32,
     optional: bool,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     let data = if kind == "secret" {
         get::<Secret>(ctx.client, ns, name)
             .await?
@@ -234,11 +239,11 @@ async fn add_source(
     match data {
         Some(d) => add_keys(files, d, items, mode, optional, name, kind),
         None if optional => Ok(()),
-        None => Err(format!("{kind} {name:?} not found")),
+        None => Err(format!("{kind} {name:?} not found").into()),
     }
 }
 
-async fn get<K>(client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, String>
+async fn get<K>(client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, VolumeError>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -249,7 +254,10 @@ where
     Api::<K>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(|e| format!("reading {name:?}: {e}"))
+        .map_err(|source| VolumeError::Read {
+            name: name.into(),
+            source,
+        })
 }
 
 fn cm_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
@@ -293,7 +301,7 @@ fn add_keys(
     optional: bool,
     name: &str,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     match items {
         None | Some([]) => {
             for (k, v) in data {
@@ -314,7 +322,8 @@ fn add_keys(
                         return Err(format!(
                             "configuration error: key {:?} not found in {what} {name:?}",
                             it.key
-                        ))
+                        )
+                        .into())
                     }
                 }
             }
@@ -329,7 +338,7 @@ fn add_downward(
     pod: &Pod,
     items: &[DownwardAPIVolumeFile],
     mode: u32,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     for it in items {
         let value = if let Some(f) = &it.field_ref {
             env::field(pod, &f.field_path, ctx)?
@@ -360,15 +369,15 @@ fn add_downward(
 /// Writes `files` into `dir` as upstream's atomic writer: a timestamped directory, the
 /// `..data` symlink swapped to it in one rename, and one top-level symlink per path.
 /// Nothing is rewritten when the content is unchanged.
-pub fn write_atomic(dir: &Path, files: &Files, _mode: u32) -> Result<(), String> {
-    let err = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+pub fn write_atomic(dir: &Path, files: &Files, _mode: u32) -> Result<(), VolumeError> {
+    let err = |what: &'static str, p: &Path, e: std::io::Error| IoError::at(what, p)(e);
     for path in files.keys() {
         if path.is_empty()
             || path.starts_with('/')
             || path.split('/').any(|c| c == ".." || c.is_empty())
             || path.starts_with("..")
         {
-            return Err(format!("invalid path {path:?} in the volume"));
+            return Err(format!("invalid path {path:?} in the volume").into());
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| err("creating", dir, e))?;
@@ -464,20 +473,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// hostPath `type` checks (creating for DirectoryOrCreate and FileOrCreate).
-fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
+fn host_path_check(p: &Path, kind: &str) -> Result<(), VolumeError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(p);
     let bad = |what: &str| {
         Err(format!(
             "hostPath type check failed: {} is not a {what}",
             p.display()
-        ))
+        )
+        .into())
     };
     match kind {
         "" => Ok(()),
         "DirectoryOrCreate" => {
             if meta.is_err() {
-                std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+                std::fs::create_dir_all(p).map_err(IoError::at("creating", p))?;
                 let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
                 return Ok(());
             }
@@ -496,7 +506,7 @@ fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| format!("creating {}: {e}", p.display()))?;
+                    .map_err(IoError::at("creating", p))?;
                 let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
                 return Ok(());
             }
@@ -512,7 +522,8 @@ fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
             Err(_) => Err(format!(
                 "hostPath type check failed: {} is not a directory",
                 p.display()
-            )),
+            )
+            .into()),
         },
         "File" => match meta {
             Ok(m) if m.is_file() => Ok(()),
@@ -530,7 +541,7 @@ fn host_path_check(p: &Path, kind: &str) -> Result<(), String> {
             Ok(m) if m.file_type().is_block_device() => Ok(()),
             _ => bad("block device"),
         },
-        other => Err(format!("invalid hostPath type {other:?}")),
+        other => Err(format!("invalid hostPath type {other:?}").into()),
     }
 }
 
@@ -543,7 +554,7 @@ fn is_mount_point(p: &Path) -> bool {
     }
 }
 
-fn mount_tmpfs(dir: &Path, options: &str) -> Result<(), String> {
+fn mount_tmpfs(dir: &Path, options: &str) -> Result<(), VolumeError> {
     use std::os::unix::ffi::OsStrExt;
     let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
     let opts = std::ffi::CString::new(options).map_err(|e| e.to_string())?;
@@ -562,7 +573,8 @@ fn mount_tmpfs(dir: &Path, options: &str) -> Result<(), String> {
             "mounting tmpfs on {}: {}",
             dir.display(),
             std::io::Error::last_os_error()
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -587,11 +599,11 @@ pub fn tear_down(pod_dir: &Path) {
 }
 
 /// The host path a volumeMount's `subPath` names inside the volume, refusing escapes.
-pub fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
+pub fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
     if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
-        return Err(format!(
-            "invalid subPath {sub:?}: must be a relative path without '..'"
-        ));
+        return Err(
+            format!("invalid subPath {sub:?}: must be a relative path without '..'").into(),
+        );
     }
     let p = base.join(sub);
     if std::fs::symlink_metadata(&p).is_err() {
@@ -603,7 +615,7 @@ pub fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
     let root =
         std::fs::canonicalize(base).map_err(|e| format!("volume {}: {e}", base.display()))?;
     if !real.starts_with(&root) {
-        return Err(format!("subPath {sub:?} leaves its volume"));
+        return Err(format!("subPath {sub:?} leaves its volume").into());
     }
     Ok(real)
 }
@@ -667,6 +679,7 @@ mod tests {
         assert!(f.is_file());
         assert!(host_path_check(&f, "Directory")
             .unwrap_err()
+            .to_string()
             .contains("is not a directory"));
         assert!(host_path_check(&d, "File").is_err());
         assert!(host_path_check(&tmp.path().join("none"), "Directory").is_err());

@@ -1,6 +1,7 @@
 //! CRI configurations from a pod: the sandbox (metadata, DNS, ports, namespaces, cgroup
 //! parent) and each container (command, env, mounts, resources, security).
 
+use crate::error::{ConfigError, IoError};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -240,7 +241,7 @@ pub fn container(
     pod: &Pod,
     c: &Container,
     input: &ContainerInput<'_>,
-) -> Result<cri::ContainerConfig, String> {
+) -> Result<cri::ContainerConfig, ConfigError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let mut mounts = Vec::new();
     for vm in c.volume_mounts.iter().flatten() {
@@ -295,11 +296,9 @@ pub fn container(
     let term_file = termination_file(input.pod_dir, &c.name, input.attempt);
     if !term_path.is_empty() && !mounted(&mounts, &term_path) {
         if let Some(parent) = term_file.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(IoError::at("creating", parent))?;
         }
-        std::fs::write(&term_file, b"")
-            .map_err(|e| format!("creating {}: {e}", term_file.display()))?;
+        std::fs::write(&term_file, b"").map_err(IoError::at("creating", &term_file))?;
         mounts.push(cri::Mount {
             container_path: term_path.clone(),
             host_path: term_file.display().to_string(),

@@ -2,6 +2,7 @@
 //! HTTP or HTTPS (the certificate is not verified, as upstream's prober does not), and
 //! grpc (the standard `grpc.health.v1.Health/Check`), each with upstream's messages.
 
+use crate::error::ProbeFailure;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +10,12 @@ use k8s_openapi::api::core::v1::HTTPGetAction;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Connects to `host:port`.
-pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
+pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), ProbeFailure> {
     let addr = join(host, port);
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_reason(&e))),
-        Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
+        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_reason(&e)).into()),
+        Err(_) => Err(format!("dial tcp {addr}: i/o timeout").into()),
     }
 }
 
@@ -33,7 +34,7 @@ pub async fn http_get(
     port: u16,
     h: &HTTPGetAction,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailure> {
     let host = h
         .host
         .clone()
@@ -47,9 +48,7 @@ pub async fn http_get(
     let addr = join(&host, port);
     let url = format!("{scheme}://{addr}{path}");
     if scheme != "http" && scheme != "https" {
-        return Err(format!(
-            "Get {url:?}: unsupported protocol scheme {scheme:?}"
-        ));
+        return Err(format!("Get {url:?}: unsupported protocol scheme {scheme:?}").into());
     }
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let mut has_ua = false;
@@ -84,14 +83,14 @@ pub async fn http_get(
         if (200..400).contains(&code) {
             Ok(())
         } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
+            Err(format!("HTTP probe failed with statuscode: {code}").into())
         }
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-        )),
+        ).into()),
     }
 }
 
@@ -100,7 +99,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     req: &str,
     url: &str,
-) -> Result<u16, String> {
+) -> Result<u16, ProbeFailure> {
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| format!("Get {url:?}: {e}"))?;
@@ -123,7 +122,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("Get {url:?}: malformed HTTP response"))
+        .ok_or_else(|| format!("Get {url:?}: malformed HTTP response").into())
 }
 
 /// A TLS client that accepts any server certificate: probes check that the endpoint
@@ -219,7 +218,12 @@ fn serving_status(n: i32) -> String {
 
 /// The standard health check of `service` ("" for the server as a whole) over plaintext
 /// HTTP/2; success is SERVING.
-pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+pub async fn grpc(
+    host: &str,
+    port: u16,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
     let addr = join(host, port);
     let secs = timeout.as_secs();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -252,7 +256,7 @@ pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Re
             .await
     };
     let reply = match tokio::time::timeout(timeout, call).await {
-        Err(_) => return Err(format!("timeout: health rpc did not complete within {secs}s")),
+        Err(_) => return Err(format!("timeout: health rpc did not complete within {secs}s").into()),
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
             return Err(
                 "error: this server does not implement the grpc health protocol (grpc.health.v1.Health)"
@@ -260,9 +264,9 @@ pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Re
             )
         }
         Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => {
-            return Err(format!("timeout: health rpc did not complete within {secs}s"))
+            return Err(format!("timeout: health rpc did not complete within {secs}s").into())
         }
-        Ok(Err(s)) => return Err(format!("error: health rpc probe failed: {}", s.message())),
+        Ok(Err(s)) => return Err(format!("error: health rpc probe failed: {}", s.message()).into()),
         Ok(Ok(r)) => r.into_inner(),
     };
     if reply.status == 1 {
@@ -271,7 +275,8 @@ pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Re
         Err(format!(
             "service unhealthy (responded with {:?})",
             serving_status(reply.status)
-        ))
+        )
+        .into())
     }
 }
 
@@ -367,12 +372,10 @@ mod tests {
         let err = http_get("127.0.0.1", port, &get("HTTP"), SECOND)
             .await
             .unwrap_err();
-        assert!(err.ends_with("connect: connection refused"), "{err}");
+        assert!(err.0.ends_with("connect: connection refused"), "{err}");
         assert_eq!(
             tcp("127.0.0.1", port, SECOND).await,
-            Err(format!(
-                "dial tcp 127.0.0.1:{port}: connect: connection refused"
-            ))
+            Err(format!("dial tcp 127.0.0.1:{port}: connect: connection refused").into())
         );
     }
 
@@ -460,7 +463,7 @@ mod tests {
         drop(closed);
         let err = grpc("127.0.0.1", port, "", SECOND).await.unwrap_err();
         assert!(
-            err.starts_with(&format!(
+            err.0.starts_with(&format!(
                 "timeout: failed to connect service \"127.0.0.1:{port}\" within 1s"
             )),
             "{err}"

@@ -2,6 +2,7 @@
 //! httpGet, tcpSocket and grpc against the pod's IP (`netprobe`), with upstream's result
 //! messages.
 
+use crate::error::ProbeFailure;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
@@ -92,7 +93,7 @@ pub struct Target<'a> {
 }
 
 /// Runs a probe once: Ok on success, Err(message) on failure.
-pub async fn run(t: &Target<'_>, p: &Probe) -> Result<(), String> {
+pub async fn run(t: &Target<'_>, p: &Probe) -> Result<(), ProbeFailure> {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &p.exec {
         return exec(t, e, timeout).await;
@@ -119,7 +120,7 @@ pub async fn hook(
     t: &Target<'_>,
     h: &k8s_openapi::api::core::v1::LifecycleHandler,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailure> {
     if let Some(e) = &h.exec {
         return exec(t, e, timeout).await;
     }
@@ -137,7 +138,7 @@ pub async fn hook(
     Err("the hook has no handler".into())
 }
 
-async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), String> {
+async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), ProbeFailure> {
     let cmd = e.command.clone().unwrap_or_default();
     let req = cri::ExecSyncRequest {
         container_id: t.container_id.into(),
@@ -163,14 +164,14 @@ async fn exec(t: &Target<'_>, e: &ExecAction, timeout: Duration) -> Result<(), S
             out.exit_code
         );
     }
-    Err(msg)
+    Err(msg.into())
 }
 
 /// A named or numbered port of the container.
-fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+fn port(c: &Container, p: &IntOrString) -> Result<u16, ProbeFailure> {
     match p {
         IntOrString::Int(n) if (1..=65535).contains(n) => Ok(*n as u16),
-        IntOrString::Int(n) => Err(format!("invalid port number: {n}")),
+        IntOrString::Int(n) => Err(format!("invalid port number: {n}").into()),
         IntOrString::String(name) => c
             .ports
             .iter()
@@ -178,7 +179,7 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
             .find(|cp| cp.name.as_deref() == Some(name.as_str()))
             .map(|cp| cp.container_port as u16)
             .or_else(|| name.parse().ok())
-            .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name)),
+            .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name).into()),
     }
 }
 

@@ -76,7 +76,10 @@ impl Worker {
         let ctx = self.env_context(pod_ip);
         let env = match env::resolve(&ctx, pod, c).await {
             Ok(e) => e,
-            Err(msg) => return self.failed(pod, c, "CreateContainerConfigError", msg).await,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.failed(pod, c, "CreateContainerConfigError", msg).await;
+            }
         };
         let pod_dir = k.config.pod_dir(&self.uid);
         let input = config::ContainerInput {
@@ -88,7 +91,10 @@ impl Worker {
         };
         let cfg = match config::container(pod, c, &input) {
             Ok(cfg) => cfg,
-            Err(msg) => return self.failed(pod, c, "CreateContainerConfigError", msg).await,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.failed(pod, c, "CreateContainerConfigError", msg).await;
+            }
         };
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.into(),

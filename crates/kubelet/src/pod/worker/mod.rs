@@ -2,6 +2,7 @@
 //! init containers in order, app containers with their restart policy and back-off,
 //! probes, hooks), writes the status when it changes, and tears the pod down on deletion.
 
+use crate::error::SyncError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,13 +179,8 @@ impl Worker {
     }
 
     /// The pod's containers from the runtime, by name, newest first.
-    async fn instances(&self) -> Result<HashMap<String, Vec<Instance>>, String> {
-        let list = self
-            .k
-            .cri
-            .containers(Some(&self.uid))
-            .await
-            .map_err(|e| e.message().to_string())?;
+    async fn instances(&self) -> Result<HashMap<String, Vec<Instance>>, SyncError> {
+        let list = self.k.cri.containers(Some(&self.uid)).await?;
         let mut by_name: HashMap<String, Vec<cri::Container>> = HashMap::new();
         for c in list {
             let name = c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default();

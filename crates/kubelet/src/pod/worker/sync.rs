@@ -3,20 +3,17 @@
 //! containers with their restart policy, probes, then the status.
 
 use super::*;
+use crate::error::{IoError, SyncError};
 use status_manager::Seen;
 
 impl Worker {
     /// One pass toward the spec; returns how long until the next look.
-    pub(super) async fn sync(&mut self, pod: &Pod) -> Result<Duration, String> {
+    pub(super) async fn sync(&mut self, pod: &Pod) -> Result<Duration, SyncError> {
         let k = self.k.clone();
         let spec = pod.spec.clone().unwrap_or_default();
         let pod_dir = k.config.pod_dir(&self.uid);
         let mut instances = self.instances().await?;
-        let sandboxes = k
-            .cri
-            .sandboxes(Some(&self.uid))
-            .await
-            .map_err(|e| e.message().to_string())?;
+        let sandboxes = k.cri.sandboxes(Some(&self.uid)).await?;
         let newest = sandboxes.iter().max_by_key(|s| {
             (
                 s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
@@ -54,9 +51,9 @@ impl Worker {
         {
             let ip = String::new();
             let ctx = self.env_context(&ip);
-            if let Err(msg) = volumes::set_up(&ctx, &pod_dir, pod).await {
+            if let Err(e) = volumes::set_up(&ctx, &pod_dir, pod).await {
                 k.recorder
-                    .pod(pod, None, Warning, "FailedMount", &msg)
+                    .pod(pod, None, Warning, "FailedMount", &e.to_string())
                     .await;
                 let sid = newest.map(|s| s.id.clone()).unwrap_or_default();
                 let seen = Seen {
@@ -130,8 +127,8 @@ impl Worker {
         let hosts = config::etc_hosts(pod, &pod_ip, &sandbox_cfg.hostname);
         let hosts_file = pod_dir.join("etc-hosts");
         if std::fs::read_to_string(&hosts_file).ok().as_deref() != Some(hosts.as_str()) {
-            std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
-            std::fs::write(&hosts_file, &hosts).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&pod_dir).map_err(IoError::at("creating", &pod_dir))?;
+            std::fs::write(&hosts_file, &hosts).map_err(IoError::at("writing", &hosts_file))?;
         }
         let policy = spec
             .restart_policy

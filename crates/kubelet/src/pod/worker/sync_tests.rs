@@ -45,6 +45,9 @@ async fn env() -> Env {
         dir.path().join("no-runtime.sock"),
     );
     config.manage_cgroups = false;
+    // No node pressure from the host this runs on (a full disk would reject the pods).
+    config.eviction =
+        crate::eviction::Thresholds::parse("memory.available<0,nodefs.available<0").unwrap();
     let fake = Arc::new(FakeRuntime::default());
     let k = Kubelet::with_runtime(config, client.clone(), fake.clone())
         .await
