@@ -245,6 +245,9 @@ fn a_second_node_joins_with_the_token_and_runs_pods() {
             &bridge,
             "--system-reserved",
             "cpu=500m,memory=256Mi",
+            // A full disk on the test machine must not make the node reject the pod.
+            "--eviction-hard",
+            "memory.available<0,nodefs.available<0",
         ],
         "joined",
     );

@@ -87,6 +87,17 @@ impl Cluster {
         c
     }
 
+    /// Tests that do not test eviction run without hard thresholds: with upstream's
+    /// defaults a full disk on the test machine (nodefs.available<10%) would make the
+    /// node reject their pods.
+    fn default_eviction(&self) -> Vec<&'static str> {
+        if self.extra.iter().any(|a| a.starts_with("--eviction-hard")) {
+            Vec::new()
+        } else {
+            vec!["--eviction-hard", "memory.available<0,nodefs.available<0"]
+        }
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -101,6 +112,7 @@ impl Cluster {
             .args(["--kubelet-port", &self.kubelet_port.to_string()])
             .args(["--cluster-cidr", &format!("10.{}.0.0/16", 150 + n)])
             .args(["--pod-bridge", &self.bridge])
+            .args(self.default_eviction())
             .args(&self.extra)
             .env("RKUBE_LOG", "info,kube=warn,tower=warn,hyper=warn")
             .stderr(Stdio::piped())
