@@ -38,12 +38,17 @@ const UNOWNED_META: &[&str] = &[
 /// One `managedFields` entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manager {
+    /// The field manager (`kubectl`, `kube-controller-manager`).
     pub manager: String,
     /// `Apply` or `Update`.
     pub operation: String,
+    /// The group-version the fields are in.
     pub api_version: String,
+    /// When the manager last changed them (RFC 3339).
     pub time: String,
+    /// "" or `status`: the part of the object written.
     pub subresource: String,
+    /// The fields it owns.
     pub fields: FieldSet,
 }
 
@@ -56,7 +61,9 @@ impl Manager {
 /// A conflict: a field the applier changes that another manager owns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conflict {
+    /// The field manager that owns the field.
     pub manager: String,
+    /// The group-version it applied in.
     pub api_version: String,
     /// `.spec.replicas`, as upstream prints it.
     pub field: String,
@@ -351,11 +358,15 @@ pub fn path_string(path: &[String]) -> String {
 
 /// What an apply asks for.
 pub struct ApplyRequest<'a> {
+    /// The applying field manager.
     pub manager: &'a str,
+    /// The group-version of the applied configuration.
     pub api_version: &'a str,
+    /// Take fields other managers own instead of answering with a conflict.
     pub force: bool,
     /// `status` for the status subresource, else empty.
     pub subresource: &'a str,
+    /// The time recorded in managedFields (RFC 3339).
     pub now: &'a str,
 }
 

@@ -1,8 +1,5 @@
 //! API machinery shared by the apiserver and its clients inside rkube: the registry of
 //! built-in kinds with their strategies, selectors, patches, names and `Status` errors.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod apply;
 pub mod kinds;

@@ -4,27 +4,36 @@ use serde_json::{Map, Value};
 
 /// Borrowed view of an object's metadata strings.
 pub trait ObjectMeta {
+    /// `metadata`, if the object has one.
     fn meta(&self) -> Option<&Map<String, Value>>;
+    /// `metadata`, created empty if missing.
     fn meta_mut(&mut self) -> &mut Map<String, Value>;
 
+    /// A string field of `metadata`.
     fn meta_str(&self, field: &str) -> Option<&str> {
         self.meta()?.get(field)?.as_str()
     }
+    /// `metadata.name` ("" if unset).
     fn name(&self) -> &str {
         self.meta_str("name").unwrap_or("")
     }
+    /// `metadata.namespace` ("" if unset).
     fn namespace(&self) -> &str {
         self.meta_str("namespace").unwrap_or("")
     }
+    /// `metadata.resourceVersion` ("" if unset).
     fn resource_version(&self) -> &str {
         self.meta_str("resourceVersion").unwrap_or("")
     }
+    /// `metadata.uid` ("" if unset).
     fn uid(&self) -> &str {
         self.meta_str("uid").unwrap_or("")
     }
+    /// `metadata.labels`.
     fn labels(&self) -> Option<&Map<String, Value>> {
         self.meta()?.get("labels")?.as_object()
     }
+    /// `metadata.finalizers`.
     fn finalizers(&self) -> Vec<String> {
         self.meta()
             .and_then(|m| m.get("finalizers"))
@@ -36,13 +45,16 @@ pub trait ObjectMeta {
             })
             .unwrap_or_default()
     }
+    /// Whether `metadata.deletionTimestamp` is set.
     fn is_deleting(&self) -> bool {
         self.meta()
             .is_some_and(|m| m.get("deletionTimestamp").is_some_and(|v| !v.is_null()))
     }
+    /// Sets a field of `metadata`.
     fn set_meta(&mut self, field: &str, value: impl Into<Value>) {
         self.meta_mut().insert(field.to_string(), value.into());
     }
+    /// Removes a field of `metadata`; its value.
     fn remove_meta(&mut self, field: &str) -> Option<Value> {
         self.meta_mut().remove(field)
     }

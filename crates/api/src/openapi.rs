@@ -16,12 +16,14 @@ const REF_V3: &str = "#/components/schemas/";
 /// All schemas of the registry's kinds (OpenAPI 3 form), keyed by upstream's names
 /// (`io.k8s.api.core.v1.Pod`), with the root name of each resource.
 pub struct Schemas {
+    /// Every schema, by its OpenAPI name (`io.k8s.api.core.v1.Pod`).
     pub definitions: Map<String, Value>,
     /// (group, version, plural) -> definition name.
     pub roots: BTreeMap<(String, String, String), String>,
 }
 
 impl Schemas {
+    /// The schemas of every kind in the registry.
     pub fn generate(reg: &Registry) -> Self {
         let mut g = SchemaSettings::openapi3().into_generator();
         let mut roots = BTreeMap::new();

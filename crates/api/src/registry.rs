@@ -14,18 +14,27 @@ pub type Roundtrip = fn(&Value) -> Result<Value, String>;
 
 /// One served resource.
 pub struct ResourceInfo {
+    /// The API group ("" for core).
     pub group: &'static str,
+    /// The version (`v1`).
     pub version: &'static str,
+    /// The kind (`Pod`).
     pub kind: &'static str,
+    /// The kind of its lists (`PodList`).
     pub list_kind: &'static str,
     /// The plural name in URLs (`pods`).
     pub plural: &'static str,
+    /// Whether objects live in namespaces.
     pub namespaced: bool,
+    /// Short names kubectl accepts (`po`).
     pub short_names: &'static [&'static str],
+    /// Categories it belongs to (`all`).
     pub categories: &'static [&'static str],
     /// Subresources this resource serves (`status`, `scale`, `binding`, ...).
     pub subresources: &'static [&'static str],
+    /// What is special about the kind.
     pub strategy: &'static dyn Strategy,
+    /// The typed decode and encode of its objects.
     pub roundtrip: Roundtrip,
     /// Adds the kind's OpenAPI schema (and what it references) to a generator.
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
@@ -37,7 +46,9 @@ pub struct ResourceInfo {
 
 /// Converts objects between a served version and the version they are stored in.
 pub struct Conversion {
+    /// This version to the stored one.
     pub to_storage: fn(Value) -> Value,
+    /// The stored version to this one.
     pub from_storage: fn(Value) -> Value,
 }
 
@@ -74,10 +85,12 @@ impl ResourceInfo {
         self.kind.to_ascii_lowercase()
     }
 
+    /// Whether the resource serves subresource `name`.
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources.contains(&name)
     }
 
+    /// Whether the resource has a `status` subresource.
     pub fn has_status(&self) -> bool {
         self.has_subresource("status")
     }
@@ -89,6 +102,7 @@ pub struct KindBuilder {
 }
 
 impl KindBuilder {
+    /// A resource for the k8s-openapi type `T`, with its strategy.
     pub fn new<T>(strategy: &'static dyn Strategy) -> Self
     where
         T: k8s_openapi::Resource
@@ -117,14 +131,17 @@ impl KindBuilder {
             },
         }
     }
+    /// Its short names.
     pub fn short(mut self, names: &'static [&'static str]) -> Self {
         self.info.short_names = names;
         self
     }
+    /// Its categories.
     pub fn categories(mut self, c: &'static [&'static str]) -> Self {
         self.info.categories = c;
         self
     }
+    /// Its subresources.
     pub fn subresources(mut self, s: &'static [&'static str]) -> Self {
         self.info.subresources = s;
         self
@@ -136,6 +153,7 @@ impl KindBuilder {
         self.info.conversion = Some(conversion);
         self
     }
+    /// The finished resource.
     pub fn build(mut self) -> ResourceInfo {
         if self.info.storage_prefix.is_empty() {
             let p = if self.info.group.is_empty() {
@@ -169,11 +187,14 @@ pub struct Registry {
 
 /// One API group with its versions, the preferred first.
 pub struct GroupInfo {
+    /// The group's name.
     pub name: &'static str,
+    /// Its served versions, preferred first.
     pub versions: Vec<&'static str>,
 }
 
 impl Registry {
+    /// A registry of these resources.
     pub fn new(resources: Vec<ResourceInfo>) -> Self {
         let by_path = resources
             .iter()
@@ -188,6 +209,7 @@ impl Registry {
         Self::new(crate::kinds::all())
     }
 
+    /// The resource `plural` of `group`/`version`.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
         self.by_path
             .get(&(group, version, plural))
@@ -201,6 +223,7 @@ impl Registry {
             .find(|r| r.kind == kind && r.api_version() == api_version)
     }
 
+    /// Every resource, in discovery order.
     pub fn all(&self) -> &[ResourceInfo] {
         &self.resources
     }

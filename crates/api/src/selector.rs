@@ -6,13 +6,21 @@ use serde_json::{Map, Value};
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Requirement {
+    /// `key=value` or `key==value`.
     Eq(String, String),
+    /// `key!=value`.
     NotEq(String, String),
+    /// `key in (a,b)`.
     In(String, Vec<String>),
+    /// `key notin (a,b)`.
     NotIn(String, Vec<String>),
+    /// `key`.
     Exists(String),
+    /// `!key`.
     DoesNotExist(String),
+    /// `key>n` (node affinity's Gt).
     Gt(String, i64),
+    /// `key<n` (node affinity's Lt).
     Lt(String, i64),
 }
 
@@ -94,6 +102,7 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    /// Whether it selects everything.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -282,8 +291,11 @@ impl Lexer<'_> {
 /// One term of a field selector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldTerm {
+    /// The field (`spec.nodeName`).
     pub field: String,
+    /// The value it is compared with.
     pub value: String,
+    /// `!=` rather than `=`.
     pub negate: bool,
 }
 
@@ -292,6 +304,7 @@ pub struct FieldTerm {
 pub struct FieldSelector(pub Vec<FieldTerm>);
 
 impl FieldSelector {
+    /// Parses `a=b,c!=d`; the error is upstream's message.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
         for part in split_unescaped(s) {
@@ -319,6 +332,7 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
+    /// Whether it selects everything.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

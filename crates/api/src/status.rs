@@ -7,16 +7,19 @@ use serde_json::{json, Value};
 pub struct Cause {
     /// Upstream's cause type, e.g. `FieldValueRequired`, `FieldValueInvalid`.
     pub reason: &'static str,
+    /// The human-readable message.
     pub message: String,
     /// The JSON path of the field, e.g. `spec.containers[0].name`.
     pub field: String,
 }
 
 impl Cause {
+    /// `field.Required`.
     pub fn required(field: impl Into<String>) -> Self {
         Self::new("FieldValueRequired", field, "Required value".to_string())
     }
 
+    /// `field.Invalid`.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
         let shown = match value {
             Value::String(s) => format!("{s:?}"),
@@ -29,6 +32,7 @@ impl Cause {
         )
     }
 
+    /// `field.NotSupported`.
     pub fn unsupported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         Self::new(
@@ -41,6 +45,7 @@ impl Cause {
         )
     }
 
+    /// `field.Forbidden`.
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(
             "FieldValueForbidden",
@@ -49,6 +54,7 @@ impl Cause {
         )
     }
 
+    /// `field.Duplicate`.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         Self::new(
             "FieldValueDuplicate",
@@ -66,10 +72,12 @@ impl Cause {
         )
     }
 
+    /// `field is immutable`, as upstream's ValidateImmutableField says it.
     pub fn immutable(field: impl Into<String>) -> Self {
         Self::new("FieldValueInvalid", field, "field is immutable".to_string())
     }
 
+    /// A cause with this reason, field and message.
     pub fn new(reason: &'static str, field: impl Into<String>, message: String) -> Self {
         Cause {
             reason,
@@ -92,8 +100,11 @@ impl Cause {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code} {reason}: {message}")]
 pub struct ApiError {
+    /// The HTTP status code.
     pub code: u16,
+    /// The Status reason (`NotFound`).
     pub reason: &'static str,
+    /// The Status message.
     pub message: String,
     /// `details` of the Status (name, group, kind, causes), or Null.
     pub details: Value,
@@ -109,6 +120,7 @@ pub fn qualified(group: &str, resource: &str) -> String {
 }
 
 impl ApiError {
+    /// An error with this code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -131,6 +143,7 @@ impl ApiError {
         self
     }
 
+    /// 404: `<resource> "<name>" not found`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
         Self::new(
             404,
@@ -156,6 +169,7 @@ impl ApiError {
         self
     }
 
+    /// 409: `<resource> "<name>" already exists`.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
         Self::new(
             409,
@@ -165,6 +179,7 @@ impl ApiError {
         .with_details(group, resource, name)
     }
 
+    /// 409: `Operation cannot be fulfilled on <resource> "<name>": <why>`.
     pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
         Self::new(
             409,
@@ -217,10 +232,12 @@ impl ApiError {
         self
     }
 
+    /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
 
+    /// 403: `<resource> "<name>" is forbidden: <why>`.
     pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
         let what = if name.is_empty() {
             qualified(group, resource)
@@ -236,6 +253,7 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 405 MethodNotAllowed.
     pub fn method_not_supported(resource: &str, verb: &str) -> Self {
         Self::new(
             405,
@@ -244,6 +262,7 @@ impl ApiError {
         )
     }
 
+    /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(got: &str, accepted: &[&str]) -> Self {
         Self::new(
             415,
@@ -256,6 +275,7 @@ impl ApiError {
         )
     }
 
+    /// 413 RequestEntityTooLarge.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             413,
@@ -264,18 +284,22 @@ impl ApiError {
         )
     }
 
+    /// 401 Unauthorized.
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// 504 Timeout.
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }
 
+    /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
     }
 
+    /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             500,

@@ -16,11 +16,13 @@ macro_rules! columns {
 /// One column definition of a Table.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
+    /// The column's header (`NAME`).
     pub name: &'static str,
     /// `string`, `integer`, `date`, ...
     pub kind: &'static str,
     /// `name`, or empty.
     pub format: &'static str,
+    /// What the column shows.
     pub description: &'static str,
     /// 0 = always shown; 1 = only with `-o wide`.
     pub priority: u8,
@@ -48,6 +50,7 @@ pub const fn wide(name: &'static str, kind: &'static str, description: &'static 
     }
 }
 
+/// The NAME column.
 pub const NAME: Column = Column {
     name: "Name",
     kind: "string",
@@ -56,6 +59,7 @@ pub const NAME: Column = Column {
     priority: 0,
 };
 
+/// The AGE column.
 pub const AGE: Column = col(
     "Age",
     "date",
@@ -65,6 +69,7 @@ pub const AGE: Column = col(
 /// The columns of kinds without printers upstream.
 pub const DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
 
+/// NAME and AGE of an object (the columns of kinds without their own).
 pub fn default_cells(obj: &Value) -> Vec<Value> {
     vec![name(obj), age(obj)]
 }

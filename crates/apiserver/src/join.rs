@@ -14,6 +14,7 @@ use crate::respond::{full, Resp};
 
 /// What the join endpoints need.
 pub struct Join {
+    /// The cluster CA that signs the agents' certificates.
     pub pki: Arc<Pki>,
     /// The shared secret agents present (the part of the token after `::server:`).
     pub secret: String,

@@ -1,9 +1,6 @@
 //! The Kubernetes REST API over HTTPS on an rkube-store: authentication by client
 //! certificate, the generic resource path with per-kind strategies, watch, discovery,
 //! health and metrics.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod admission;
 mod auth;
@@ -47,10 +44,13 @@ use rkube_store::Store;
 pub struct Config {
     /// `DATA_DIR/server`: certificates go to `tls/` under it.
     pub server_dir: PathBuf,
+    /// The address to listen on (`--bind-address`).
     pub bind_address: IpAddr,
     /// 0 picks a free port.
     pub port: u16,
+    /// More names and addresses for the serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// Where ClusterIPs come from (`--service-cidr`).
     pub service_cidr: Cidr,
     /// How often to compact the store's history (upstream: 5 minutes).
     pub compaction_interval: Duration,
@@ -63,6 +63,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// Upstream's defaults, with certificates under `server_dir`.
     pub fn new(server_dir: PathBuf) -> Self {
         Config {
             server_dir,
@@ -80,12 +81,17 @@ impl Config {
 
 /// Shared state of the running apiserver.
 pub struct State {
+    /// Every served resource.
     pub registry: Registry,
+    /// The datastore (metered).
     pub store: Arc<dyn Store>,
+    /// What `/metrics` reports.
     pub metrics: Arc<metrics::Metrics>,
+    /// Where ClusterIPs come from.
     pub service_cidr: Cidr,
     /// host:port clients use (discovery's serverAddressByClientCIDRs).
     pub server_address: String,
+    /// The OpenAPI documents, built on first use.
     pub openapi: openapi::OpenApi,
     /// Every resource's objects and recent changes, for LIST and WATCH.
     pub cache: Arc<cache::WatchCache>,
@@ -93,6 +99,7 @@ pub struct State {
     pub kubelet_tls: Arc<rustls::ClientConfig>,
     /// The join endpoints' state (None: joining is off).
     pub join: Option<join::Join>,
+    /// Request and connection limits.
     pub limits: Limits,
     /// The enabled admission plugins, in order.
     pub admission: admission::Chain,
@@ -156,6 +163,7 @@ impl State {
         Ok(())
     }
 
+    /// The revision the history was last compacted at.
     pub fn compacted_revision(&self) -> i64 {
         self.compacted.load(Ordering::Relaxed)
     }
@@ -171,24 +179,33 @@ impl State {
 /// Errors starting the apiserver.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The certificates could not be made or read.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    /// The TLS configuration could not be built from them.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The port is taken.
     #[error("cannot listen on {addr}: {source}; pick another port with --https-listen-port")]
     Listen {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
+    /// The admission flags name plugins that cannot run.
     #[error(transparent)]
     Admission(#[from] AdmissionConfigError),
+    /// The default objects could not be written.
     #[error("bootstrapping the cluster objects: {0}")]
     Bootstrap(String),
 }
 
 /// A running apiserver; stops when dropped.
 pub struct ApiServer {
+    /// The address it listens on (the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// Its certificates.
     pub pki: Arc<pki::Pki>,
     state: Arc<State>,
     tasks: Vec<tokio::task::JoinHandle<()>>,

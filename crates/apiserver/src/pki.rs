@@ -13,13 +13,23 @@ use rcgen::{
 /// Errors creating or loading certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A file does not hold a usable certificate or key.
     #[error("{path}: {message} (remove the file to have it recreated)")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A certificate could not be made.
     #[error("creating a certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -32,15 +42,20 @@ const RENEW_BEFORE: Duration = Duration::from_secs(90 * 86400);
 /// A PEM certificate and its PEM private key.
 #[derive(Clone, Debug)]
 pub struct CertPair {
+    /// The certificate.
     pub cert_pem: String,
+    /// Its private key.
     pub key_pem: String,
 }
 
 /// The cluster CA and the certificates issued from it, kept in `DATA_DIR/server/tls`.
 pub struct Pki {
     dir: PathBuf,
+    /// The cluster CA.
     pub ca: CertPair,
+    /// The apiserver's serving certificate.
     pub serving: CertPair,
+    /// The admin client certificate (`system:masters`) of the written kubeconfig.
     pub admin: CertPair,
     /// The apiserver's client certificate for kubelets (logs, exec, attach, port-forward).
     pub kubelet_client: CertPair,

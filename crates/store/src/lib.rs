@@ -8,9 +8,6 @@
 //! - [`EtcdStore`]: the same trait on a real etcd v3 cluster, for HA.
 //!
 //! [`open`] picks the backend from a `--datastore-endpoint` / `--data-dir` pair.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 mod error;
 mod etcd;

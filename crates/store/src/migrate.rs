@@ -13,7 +13,9 @@ use crate::{KeyValue, RangeRequest, Result, Revision, Store, StoreError};
 pub struct MigrateReport {
     /// The source revision that was copied.
     pub source_revision: Revision,
+    /// Keys copied.
     pub keys: u64,
+    /// Bytes of keys and values copied.
     pub bytes: u64,
     /// Keys whose TTL ran out during the copy and were left behind.
     pub expired: u64,

@@ -13,7 +13,9 @@ pub type Revision = i64;
 /// One key at one revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
+    /// The key (`/registry/pods/default/web`).
     pub key: Bytes,
+    /// The value (an object's JSON; empty for a deletion).
     pub value: Bytes,
     /// Revision of the write that created the key (since its last deletion).
     pub create_revision: Revision,
@@ -29,7 +31,9 @@ pub struct KeyValue {
 /// `start`, and `end == "\0"` means every key from `start` on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySpan {
+    /// The first key.
     pub start: Bytes,
+    /// The key after the last one (see above).
     pub end: Bytes,
 }
 
@@ -80,6 +84,7 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
 /// A read of a key span.
 #[derive(Clone, Debug)]
 pub struct RangeRequest {
+    /// The keys to read.
     pub span: KeySpan,
     /// At most this many keys (0: no limit).
     pub limit: usize,
@@ -138,6 +143,7 @@ impl RangeRequest {
 /// The answer to a [`RangeRequest`].
 #[derive(Clone, Debug, Default)]
 pub struct RangeResponse {
+    /// The keys read, in key order.
     pub kvs: Vec<KeyValue>,
     /// More keys follow in the span (the limit cut the answer short).
     pub more: bool,
@@ -157,7 +163,9 @@ impl RangeResponse {
 /// What happened to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
+    /// Created or updated.
     Put,
+    /// Deleted (or expired).
     Delete,
 }
 
@@ -165,7 +173,9 @@ pub enum EventType {
 /// revision and an empty value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// What happened.
     pub kind: EventType,
+    /// The key after the change.
     pub kv: KeyValue,
     /// The value before the change (`None` for a creation).
     pub prev_kv: Option<KeyValue>,

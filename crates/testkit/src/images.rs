@@ -30,17 +30,24 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// gzip, as most registries serve layers.
     Gzip,
+    /// zstd.
     Zstd,
 }
 
 /// A layer: its blob as stored in registries and layouts, and its uncompressed digest.
 #[derive(Clone, Debug)]
 pub struct Layer {
+    /// The OCI media type of the blob.
     pub media_type: &'static str,
+    /// The compressed blob.
     pub blob: Vec<u8>,
+    /// The blob's digest.
     pub digest: String,
+    /// The uncompressed tar's digest.
     pub diff_id: String,
     /// The uncompressed tar (what `docker save` stores).
     pub tar: Vec<u8>,
@@ -49,10 +56,15 @@ pub struct Layer {
 /// An image: config, layers and the OCI manifest over them.
 #[derive(Clone, Debug)]
 pub struct TestImage {
+    /// The image config JSON.
     pub config: Vec<u8>,
+    /// Its digest.
     pub config_digest: String,
+    /// The layers, bottom first.
     pub layers: Vec<Layer>,
+    /// The OCI manifest JSON.
     pub manifest: Vec<u8>,
+    /// Its digest.
     pub manifest_digest: String,
 }
 
@@ -282,6 +294,7 @@ pub fn write_docker_save(img: &TestImage, tag: &str, path: &Path) {
 /// basic auth; killed on drop.
 pub struct Registry {
     child: Child,
+    /// Its port on 127.0.0.1.
     pub port: u16,
     dir: tempfile::TempDir,
     /// `(user, password)` when auth is on.
@@ -375,10 +388,12 @@ impl Registry {
     }
 
     /// `127.0.0.1:PORT`, the host part of image references.
+    /// `127.0.0.1:PORT`, as image references name it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// What the registry logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }

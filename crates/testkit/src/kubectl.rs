@@ -70,6 +70,7 @@ impl Kubectl {
         self.ok_with(args, None)
     }
 
+    /// Runs kubectl with `stdin`, asserts it succeeded, and returns its output.
     pub fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.run(args, stdin);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

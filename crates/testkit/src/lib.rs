@@ -1,7 +1,4 @@
 //! Helpers for tests and benchmarks that need real components on loopback.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod images;
 mod kubectl;
@@ -30,7 +27,6 @@ pub fn root_or_skip(test: &str, needs: &str) -> bool {
     true
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
 /// The Python interpreter of the venv `make test` creates (`target/pyvenv`, with the
 /// `kubernetes` package from PyPI), if it is there.
 pub fn python_client() -> Option<PathBuf> {
@@ -38,6 +34,7 @@ pub fn python_client() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -18,6 +18,7 @@ pub const ISSUER: &str = "rkube-test-issuer";
 
 /// A running token service.
 pub struct TokenServer {
+    /// Its port on 127.0.0.1.
     pub port: u16,
     /// The certificate bundle (PEM) the registry verifies tokens with.
     pub root_pem: PathBuf,

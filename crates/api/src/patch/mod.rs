@@ -6,13 +6,18 @@ use serde_json::{Map, Value};
 /// The patch content types the apiserver accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
+    /// `application/json-patch+json` (RFC 6902).
     Json,
+    /// `application/merge-patch+json` (RFC 7386).
     Merge,
+    /// `application/strategic-merge-patch+json`.
     StrategicMerge,
+    /// `application/apply-patch+yaml` (server-side apply).
     Apply,
 }
 
 impl PatchType {
+    /// The content types, as a 415 lists them.
     pub const ACCEPTED: [&'static str; 4] = [
         "application/json-patch+json",
         "application/merge-patch+json",
@@ -20,6 +25,7 @@ impl PatchType {
         "application/apply-patch+yaml",
     ];
 
+    /// The patch type of a Content-Type header.
     pub fn from_content_type(ct: &str) -> Option<Self> {
         match ct.split(';').next().unwrap_or("").trim() {
             "application/json-patch+json" => Some(Self::Json),
@@ -34,8 +40,10 @@ impl PatchType {
 /// A patch that cannot be applied; the apiserver answers 422 (or 400 for a malformed patch).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PatchError {
+    /// The patch document itself is not valid (400).
     #[error("{0}")]
     Malformed(String),
+    /// The patch does not apply to the object (422).
     #[error("{0}")]
     Failed(String),
     /// A JSON Patch `test` operation did not match.

@@ -72,6 +72,7 @@ fn norm(s: &str) -> String {
 }
 
 impl ProtoCodec {
+    /// A codec for these schemas.
     pub fn new(schemas: &Schemas) -> Self {
         let mut messages = HashMap::new();
         for line in FIELDS.lines() {
