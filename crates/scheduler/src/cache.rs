@@ -12,8 +12,11 @@ use crate::resources::{allocatable, non_zero_requests, pod_requests, Resource};
 /// A host port a pod uses: protocol, host IP ("" or 0.0.0.0 for all), port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostPort {
+    /// `TCP`, `UDP` or `SCTP`.
     pub protocol: String,
+    /// The host address ("" or `0.0.0.0`: all).
     pub ip: String,
+    /// The host port.
     pub port: i32,
 }
 
@@ -30,10 +33,15 @@ impl HostPort {
 /// A pod with what the plugins need computed once.
 #[derive(Debug)]
 pub struct PodInfo {
+    /// The pod.
     pub pod: Arc<Pod>,
+    /// `namespace/name`.
     pub key: String,
+    /// What its containers request, as upstream adds them up.
     pub requests: Resource,
+    /// CPU and memory with the scoring defaults for what it does not request.
     pub non_zero: (i64, i64),
+    /// The host ports it uses.
     pub ports: Vec<HostPort>,
     /// The pod's required anti-affinity terms (other pods must respect them).
     pub required_anti: Vec<PodAffinityTerm>,
@@ -43,10 +51,12 @@ pub struct PodInfo {
     pub required_affinity: Vec<PodAffinityTerm>,
     /// The pod's preferred affinity and anti-affinity terms, with their weights.
     pub preferred_affinity: Vec<WeightedPodAffinityTerm>,
+    /// The preferred anti-affinity terms, with their weights.
     pub preferred_anti: Vec<WeightedPodAffinityTerm>,
 }
 
 impl PodInfo {
+    /// Computes what the plugins need of `pod`.
     pub fn new(pod: Arc<Pod>) -> PodInfo {
         let ports = pod
             .spec
@@ -133,10 +143,12 @@ pub const TOPOLOGY_KEYS: [&str; 3] = [
 pub enum LabelKey {
     /// One of TOPOLOGY_KEYS, by position.
     Known(usize),
+    /// Any other key.
     Other(String),
 }
 
 impl LabelKey {
+    /// The resolved form of `key`.
     pub fn new(key: &str) -> LabelKey {
         match TOPOLOGY_KEYS.iter().position(|k| *k == key) {
             Some(i) => LabelKey::Known(i),
@@ -161,12 +173,17 @@ fn domain_ids(topology: &[Option<String>; 3], domains: &mut Domains) -> [Option<
 /// A node and what is placed on it.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
+    /// The Node object.
     pub node: Arc<Node>,
+    /// Its name.
     pub name: String,
+    /// What the node offers pods.
     pub allocatable: Resource,
+    /// What the pods on it request.
     pub requested: Resource,
     /// CPU and memory with the scoring defaults for pods that ask for nothing.
     pub non_zero: (i64, i64),
+    /// Its pods by `namespace/name`.
     pub pods: HashMap<String, Arc<PodInfo>>,
     /// How many of those pods carry required anti-affinity terms.
     pub anti_affinity_pods: usize,
@@ -338,6 +355,7 @@ pub struct Cache {
 
 /// What a scheduling cycle's PreFilter sees of the cluster.
 pub struct Snapshot<'a> {
+    /// Every schedulable node.
     pub nodes: &'a [NodeInfo],
     /// A node that stands in for the one of the same name (preemption's trial node, with
     /// its victims gone).
@@ -413,6 +431,7 @@ impl Cache {
         &self.nodes
     }
 
+    /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|i| &self.nodes[*i])
     }
@@ -469,6 +488,7 @@ impl Cache {
         }
     }
 
+    /// Forgets a node and its pods.
     pub fn remove_node(&mut self, name: &str) {
         let Some(i) = self.index.remove(name) else {
             return;
@@ -495,6 +515,7 @@ impl Cache {
         }
     }
 
+    /// Forgets a pod (deleted, or its binding failed).
     pub fn remove_pod(&mut self, key: &str) {
         if let Some((node, _)) = self.placed.remove(key) {
             let mut gone = None;

@@ -12,6 +12,7 @@ use crate::plugins;
 /// A configuration the scheduler cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// What is wrong with it.
     #[error("scheduler config: {0}")]
     Invalid(String),
 }

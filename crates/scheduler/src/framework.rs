@@ -20,10 +20,12 @@ pub struct CycleState {
 }
 
 impl CycleState {
+    /// An empty state.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The entry under `key`.
     pub fn get(&self, key: &str) -> Option<&(dyn Any + Send + Sync)> {
         self.entries
             .iter()
@@ -36,6 +38,7 @@ impl CycleState {
         self.get(key).and_then(|v| v.downcast_ref::<T>())
     }
 
+    /// Whether there is an entry under `key`.
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
@@ -65,6 +68,7 @@ pub fn rejection(state: &CycleState) -> Option<&str> {
 
 /// A scheduling plugin: PreFilter, Filter and/or Score.
 pub trait Plugin: Send + Sync {
+    /// Upstream's plugin name (`NodeResourcesFit`).
     fn name(&self) -> &'static str;
 
     /// Computes what the plugin's Filter and Score need across all nodes.
@@ -144,9 +148,13 @@ pub fn default_normalize(scores: &mut [i64], reverse: bool) {
 /// A plugin in a profile: whether its Filter and Score run, and the score's weight.
 #[derive(Clone)]
 pub struct Entry {
+    /// The plugin.
     pub plugin: Arc<dyn Plugin>,
+    /// Whether its Filter runs.
     pub filter: bool,
+    /// Whether its Score runs.
     pub score: bool,
+    /// Its score's weight.
     pub weight: i64,
 }
 
@@ -165,7 +173,9 @@ impl Entry {
 /// A profile: the plugins that run and the weight of each scorer.
 #[derive(Clone)]
 pub struct Profile {
+    /// The `schedulerName` pods name to be scheduled by it.
     pub scheduler_name: String,
+    /// Its plugins, in order.
     pub plugins: Vec<Entry>,
     /// Percentage of feasible nodes to find before scoring (0: upstream's adaptive default).
     pub percentage_of_nodes_to_score: u32,
@@ -212,7 +222,9 @@ impl PreemptionArgs {
 /// Why a pod fits nowhere: node counts per reason.
 #[derive(Debug, Default, PartialEq)]
 pub struct Diagnosis {
+    /// How many nodes were looked at.
     pub nodes: usize,
+    /// How many nodes each reason rejected.
     pub reasons: BTreeMap<String, usize>,
     /// A PreFilter's rejection, which stands for every node.
     pub pre_filter: Option<String>,

@@ -4,9 +4,6 @@
 //! `pods/binding`; when no node fits, it tries preemption (evicting lower-priority pods
 //! and nominating the node), says why in the pod's `PodScheduled` condition and a
 //! `FailedScheduling` event, and retries when the cluster changes.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod cache;
 pub mod config;
@@ -88,6 +85,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler with these profiles; `run` starts it.
     pub fn new(client: Client, profiles: Vec<Profile>) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             events: events::Recorder::new(client.clone()),

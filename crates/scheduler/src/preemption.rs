@@ -15,11 +15,14 @@ use crate::framework::{CycleState, PreemptionArgs, Profile};
 /// The chosen node and the pods to evict there.
 #[derive(Debug)]
 pub struct Candidate {
+    /// The node.
     pub node: String,
+    /// The pods to evict, least important first.
     pub victims: Vec<Arc<PodInfo>>,
     /// Less important pods nominated to the node, whose nominations preemption ends
     /// (upstream clears them so they look for room elsewhere).
     pub cleared: Vec<Arc<PodInfo>>,
+    /// How many of the evictions violate a PodDisruptionBudget.
     pub pdb_violations: usize,
 }
 

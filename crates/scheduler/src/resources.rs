@@ -10,16 +10,22 @@ use crate::quantity::{parse_milli, parse_units};
 /// CPU in millicores, memory and storage in bytes, a pod count, extended resources.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resource {
+    /// CPU in millicores.
     pub milli_cpu: i64,
+    /// Memory in bytes.
     pub memory: i64,
+    /// Ephemeral storage in bytes.
     pub ephemeral_storage: i64,
+    /// Pods.
     pub pods: i64,
+    /// Extended resources by name.
     pub scalar: BTreeMap<String, i64>,
 }
 
 /// What a pod counts for when it asked for nothing (upstream's non-zero defaults, used
 /// for scoring only): 100m CPU, 200 MiB memory.
 pub const DEFAULT_MILLI_CPU: i64 = 100;
+/// Memory counted for a pod that requests none.
 pub const DEFAULT_MEMORY: i64 = 200 << 20;
 
 impl Resource {
@@ -35,6 +41,7 @@ impl Resource {
         }
     }
 
+    /// Adds `o`.
     pub fn add(&mut self, o: &Resource) {
         self.milli_cpu += o.milli_cpu;
         self.memory += o.memory;
@@ -45,6 +52,7 @@ impl Resource {
         }
     }
 
+    /// Subtracts `o`.
     pub fn sub(&mut self, o: &Resource) {
         self.milli_cpu -= o.milli_cpu;
         self.memory -= o.memory;

@@ -18,15 +18,21 @@ pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 /// has chosen for claims and not yet seen bound (claim key → volume).
 #[derive(Default, Debug, Clone)]
 pub struct Volumes {
+    /// Claims by `namespace/name`.
     pub claims: HashMap<String, PersistentVolumeClaim>,
+    /// Volumes by name.
     pub volumes: HashMap<String, PersistentVolume>,
+    /// StorageClasses by name.
     pub classes: HashMap<String, StorageClass>,
+    /// CSINodes by node name.
     pub csi_nodes: HashMap<String, CSINode>,
+    /// Volumes chosen for claims, not yet seen bound.
     pub assumed: HashMap<String, String>,
 }
 
 /// A claim a pod uses, by the name it must have.
 pub struct PodClaim {
+    /// The claim's name.
     pub name: String,
     /// Made for a generic ephemeral volume (the pod must own it).
     pub ephemeral: bool,

@@ -18,6 +18,7 @@ pub enum Strategy {
 /// over CPU and memory with weights.
 #[derive(Clone, Debug)]
 pub struct NodeResourcesFit {
+    /// How the score prefers nodes (LeastAllocated, MostAllocated, ...).
     pub strategy: Strategy,
     /// Weights of cpu and memory in the score.
     pub weights: (i64, i64),
@@ -144,6 +145,7 @@ impl Plugin for NodeResourcesFit {
     }
 }
 
+/// NodeResourcesBalancedAllocation: prefers nodes whose CPU and memory use stay even.
 pub struct BalancedAllocation;
 
 impl Plugin for BalancedAllocation {

@@ -26,6 +26,7 @@ struct State {
     containers: i64,
 }
 
+/// ImageLocality: prefers nodes that already have the pod's images.
 pub struct ImageLocality;
 
 impl Plugin for ImageLocality {

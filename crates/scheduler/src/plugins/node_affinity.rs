@@ -91,6 +91,7 @@ pub fn matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     }
 }
 
+/// NodeAffinity: `nodeSelector` and node affinity, required and preferred.
 pub struct NodeAffinity;
 
 impl Plugin for NodeAffinity {

@@ -40,6 +40,7 @@ fn taints(node: &NodeInfo) -> impl Iterator<Item = &Taint> {
         .flat_map(|s| s.taints.iter().flatten())
 }
 
+/// TaintToleration: NoSchedule taints must be tolerated; PreferNoSchedule ones score.
 pub struct TaintToleration;
 
 impl Plugin for TaintToleration {

@@ -17,9 +17,12 @@ const LIMITS: &str = "NodeVolumeLimits";
 
 /// Upstream's reasons.
 pub const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
+/// A claim that no volume can satisfy on the node.
 pub const BIND_CONFLICT: &str = "node(s) didn't find available persistent volumes to bind";
+/// A claim bound to a volume that does not exist.
 pub const PV_NOT_EXIST: &str =
     "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)";
+/// More volumes than the node's CSI driver attaches.
 pub const MAX_VOLUMES: &str = "node(s) exceed max volume count";
 
 enum BindState {
@@ -68,6 +71,7 @@ pub fn reserve(
     }
 }
 
+/// VolumeBinding: the pod's claims must be bound, or bindable, on the node.
 pub struct VolumeBinding;
 
 impl Plugin for VolumeBinding {
@@ -179,6 +183,7 @@ struct LimitState {
     new: HashMap<String, HashSet<String>>,
 }
 
+/// NodeVolumeLimits: the CSI attach limits of the node (CSINode).
 pub struct NodeVolumeLimits;
 
 impl Plugin for NodeVolumeLimits {

@@ -69,6 +69,7 @@ fn volumes(pod: &Pod) -> &[Volume] {
         .unwrap_or(&[])
 }
 
+/// VolumeRestrictions: ReadWriteOncePod claims used once, conflicting disk volumes.
 pub struct VolumeRestrictions;
 
 impl Plugin for VolumeRestrictions {

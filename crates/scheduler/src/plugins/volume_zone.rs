@@ -33,6 +33,7 @@ const KEYS: [(&str, &str); 4] = [
 /// The volumes' topology: per label, the values allowed.
 struct State(Vec<(&'static str, &'static str, HashSet<String>)>);
 
+/// VolumeZone: the node must be in the zones of the pod's bound volumes.
 pub struct VolumeZone;
 
 impl Plugin for VolumeZone {
