@@ -21,9 +21,11 @@ const PERIOD_US: i64 = 100_000;
 /// What a pod's cgroup is given.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodResources {
+    /// `cpu.shares` (cgroup v1; converted to `cpu.weight` on v2).
     pub cpu_shares: i64,
     /// Microseconds per `PERIOD_US`.
     pub cpu_quota: Option<i64>,
+    /// The memory limit in bytes.
     pub memory_limit: Option<i64>,
     /// `pids.max` (the kubelet's `--pod-max-pids`).
     pub pids_limit: Option<i64>,

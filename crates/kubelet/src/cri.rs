@@ -14,12 +14,17 @@ use tonic::Status;
 /// Labels the kubelet puts on sandboxes and containers, as upstream's, so a restarted
 /// kubelet (or `crictl`) finds what belongs to which pod.
 pub const POD_NAME: &str = "io.kubernetes.pod.name";
+/// The pod's namespace label.
 pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+/// The pod's UID label.
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
+/// The container's name label.
 pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Annotations on containers.
 pub const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+/// Where the container writes its termination message.
 pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+/// The pod's grace period, for a kubelet that stops containers after a restart.
 pub const GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
 
 /// CRI messages can be large (ListContainers on a busy node).

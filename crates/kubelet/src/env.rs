@@ -14,12 +14,14 @@ use crate::error::EnvError;
 pub struct Env(pub Vec<(String, String)>);
 
 impl Env {
+    /// Sets `k`, replacing an earlier value in place.
     pub fn set(&mut self, k: String, v: String) {
         match self.0.iter_mut().find(|(n, _)| *n == k) {
             Some(slot) => slot.1 = v,
             None => self.0.push((k, v)),
         }
     }
+    /// The value of `k`.
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
@@ -58,14 +60,19 @@ pub fn expand(s: &str, env: &Env) -> String {
 
 /// What resolving an environment needs from outside the pod object.
 pub struct Context<'a> {
+    /// For ConfigMaps and Secrets the environment refers to.
     pub client: &'a kube::Client,
     /// Every Service, kept by a watch (for the Service link variables).
     pub services: &'a kube::runtime::reflector::Store<Service>,
+    /// The pod's IP (`status.podIP`).
     pub pod_ip: &'a str,
+    /// The node's IP (`status.hostIP`).
     pub host_ip: &'a str,
+    /// The node's name (`spec.nodeName`).
     pub node_name: &'a str,
     /// Node allocatable cpu (millicores) and memory (bytes): the defaults for unset limits.
     pub node_cpu_milli: i64,
+    /// Node allocatable memory in bytes.
     pub node_memory: i64,
 }
 

@@ -21,7 +21,9 @@ pub struct Recorder {
 /// Normal or Warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Something expected happened.
     Normal,
+    /// Something went wrong.
     Warning,
 }
 

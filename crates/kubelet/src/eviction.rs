@@ -25,7 +25,9 @@ const INTERVAL: Duration = Duration::from_secs(10);
 /// A threshold: an amount, or a percentage of capacity.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Threshold {
+    /// An amount in bytes.
     Bytes(u64),
+    /// A percentage of capacity.
     Percent(f64),
 }
 
@@ -43,9 +45,11 @@ impl Threshold {
 /// A soft threshold: pods are evicted once it has been met for its grace period.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Soft {
+    /// The threshold.
     pub threshold: Threshold,
     /// As written, for eviction messages.
     pub text: String,
+    /// How long it must be met before pods are evicted.
     pub grace: Duration,
 }
 
@@ -53,13 +57,17 @@ pub struct Soft {
 /// 100Mi, nodefs 10%), and soft ones (none by default).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
+    /// `memory.available` below this evicts pods at once.
     pub memory: Threshold,
     /// As written, for eviction messages.
     pub memory_text: String,
+    /// `nodefs.available` below this evicts pods at once.
     pub nodefs: Threshold,
     /// As written.
     pub nodefs_text: String,
+    /// The soft `memory.available` threshold.
     pub soft_memory: Option<Soft>,
+    /// The soft `nodefs.available` threshold.
     pub soft_nodefs: Option<Soft>,
     /// The longest grace period a soft eviction gives a pod (`--eviction-max-pod-grace-period`).
     pub max_pod_grace: i64,
@@ -214,9 +222,13 @@ struct SignalState {
 
 /// A running pod as the ranking sees it.
 pub struct Candidate {
+    /// The pod's UID.
     pub uid: String,
+    /// What it uses of the starved resource.
     pub usage: u64,
+    /// What it requests of it.
     pub request: u64,
+    /// Its priority.
     pub priority: i32,
 }
 

@@ -16,9 +16,13 @@ use crate::Kubelet;
 /// The thresholds (upstream's defaults: 85%, 80%, 2 minutes, checked every 5 minutes).
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// Disk use (percent) above which unused images are removed.
     pub high_percent: u8,
+    /// Disk use (percent) removal brings it down to.
     pub low_percent: u8,
+    /// Images younger than this stay.
     pub min_age: Duration,
+    /// How often disk use is checked.
     pub period: Duration,
 }
 

@@ -1,8 +1,5 @@
 //! The kubelet: registers its node, keeps the node's status and Lease true, and runs the
 //! pods bound to it through CRI (pod workers), reporting their status and events.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod cgroups;
 pub mod cri;
@@ -35,6 +32,7 @@ use k8s_cri::v1 as cri_api;
 /// How a kubelet runs.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The Node's name.
     pub node_name: String,
     /// The address other nodes and the apiserver reach this node at (InternalIP).
     pub node_ip: IpAddr,
@@ -44,14 +42,17 @@ pub struct Config {
     pub cri_socket: PathBuf,
     /// The port of the kubelet's HTTPS server (reported in the node status).
     pub port: u16,
+    /// The most pods the node runs (`--max-pods`).
     pub max_pods: u32,
     /// The most processes a pod may have (`--pod-max-pids`; None: no limit).
     pub pod_pids_limit: Option<i64>,
     /// Held back from allocatable (system-reserved + kube-reserved).
     pub reserved_cpu_millis: u64,
+    /// Memory held back, in KiB.
     pub reserved_memory_ki: u64,
     /// The cluster DNS Service IPs and domain, written into pods' resolv.conf.
     pub cluster_dns: Vec<String>,
+    /// The cluster domain (`cluster.local`).
     pub cluster_domain: String,
     /// Extra labels for the Node (node roles).
     pub node_labels: BTreeMap<String, String>,
@@ -162,9 +163,13 @@ pub enum StartError {
 
 /// The running kubelet's shared state.
 pub struct Kubelet {
+    /// How it runs.
     pub config: Config,
+    /// The API client, with the node's credentials.
     pub client: kube::Client,
+    /// The container runtime.
     pub cri: Arc<dyn cri::RuntimeService>,
+    /// Writes events about pods and the node.
     pub recorder: events::Recorder,
     /// The pod CIDR last handed to the runtime.
     pod_cidr: Mutex<Option<String>>,

@@ -12,11 +12,15 @@ use tokio::sync::mpsc;
 /// The `kubectl logs` options (the PodLogOptions query).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Options {
+    /// Keep streaming as the container writes.
     pub follow: bool,
+    /// Prefix each line with its RFC 3339 time.
     pub timestamps: bool,
+    /// Only the last lines.
     pub tail_lines: Option<usize>,
     /// Only lines at or after this time (ns since the epoch).
     pub since_nanos: Option<i64>,
+    /// At most this many bytes.
     pub limit_bytes: Option<usize>,
 }
 

@@ -41,12 +41,19 @@ async fn images(k: &Kubelet) -> Value {
 /// What the machine has, in the units Node capacity uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
+    /// CPUs.
     pub cpus: u64,
+    /// Memory in KiB.
     pub memory_ki: u64,
+    /// Memory available in KiB (`memory.available`).
     pub memory_available_ki: u64,
+    /// The data directory's filesystem in KiB.
     pub storage_ki: u64,
+    /// Of which available in KiB (`nodefs.available`).
     pub storage_available_ki: u64,
+    /// The most processes the node runs.
     pub pids_max: u64,
+    /// Processes running now.
     pub pids_used: u64,
 }
 

@@ -30,7 +30,9 @@ struct Pair {
 /// What goes out on the connection: encoded frames, or a SYN_REPLY to encode (the
 /// compressor lives with the writer, so replies are encoded in order).
 pub enum Out {
+    /// Frames already encoded.
     Raw(Bytes),
+    /// A SYN_REPLY for this stream.
     Reply(u32),
 }
 

@@ -35,9 +35,13 @@ fn channel(stream_type: &str) -> Option<u8> {
 
 /// Which streams the client will open, from the request's flags.
 pub struct Expect {
+    /// The client sends stdin.
     pub stdin: bool,
+    /// The client wants stdout.
     pub stdout: bool,
+    /// The client wants stderr.
     pub stderr: bool,
+    /// A terminal (stdout and stderr merged, resize messages).
     pub tty: bool,
 }
 

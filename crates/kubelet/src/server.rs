@@ -25,8 +25,11 @@ type Body = BoxBody<Bytes, std::io::Error>;
 /// The serving certificate and the CA client certificates must chain to.
 #[derive(Clone, Debug)]
 pub struct Tls {
+    /// The kubelet's serving certificate.
     pub cert_pem: String,
+    /// Its key.
     pub key_pem: String,
+    /// The CA that client certificates must chain to.
     pub client_ca_pem: String,
 }
 

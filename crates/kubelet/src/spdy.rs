@@ -7,6 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 const VERSION: u16 = 3;
+/// The FIN flag: the sender's last frame on the stream.
 pub const FLAG_FIN: u8 = 0x01;
 
 const SYN_STREAM: u16 = 1;
@@ -24,28 +25,47 @@ const MAX_FRAME: usize = 4 << 20;
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
+    /// DATA.
     Data {
+        /// The stream.
         stream: u32,
+        /// The last frame of the stream.
         fin: bool,
+        /// The payload.
         data: Bytes,
     },
+    /// SYN_STREAM: the client opens a stream.
     SynStream {
+        /// The stream.
         stream: u32,
+        /// The last frame of the stream.
         fin: bool,
+        /// Its headers.
         headers: Vec<(String, String)>,
     },
+    /// SYN_REPLY.
     SynReply {
+        /// The stream.
         stream: u32,
+        /// The last frame of the stream.
         fin: bool,
+        /// Its headers.
         headers: Vec<(String, String)>,
     },
+    /// RST_STREAM: a stream ends abnormally.
     RstStream {
+        /// The stream.
         stream: u32,
+        /// The status code.
         status: u32,
     },
+    /// PING.
     Ping(u32),
+    /// GOAWAY: the session ends.
     GoAway {
+        /// The last stream accepted.
         last: u32,
+        /// The status code.
         status: u32,
     },
     /// SETTINGS, HEADERS, WINDOW_UPDATE and unknown types: nothing to do for us.
@@ -159,6 +179,7 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// Adds received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -334,6 +355,7 @@ fn control(kind: u16, flags: u8, body: &[u8]) -> Bytes {
 }
 
 impl Encoder {
+    /// A DATA frame.
     pub fn data(stream: u32, fin: bool, data: &[u8]) -> Bytes {
         let mut b = BytesMut::with_capacity(8 + data.len());
         b.put_u32(stream & 0x7fff_ffff);
@@ -342,6 +364,7 @@ impl Encoder {
         b.freeze()
     }
 
+    /// A SYN_REPLY frame (headers compressed with the session's state).
     pub fn syn_reply(&mut self, stream: u32, fin: bool, headers: &[(&str, &str)]) -> Bytes {
         let block = self.compress(headers);
         let mut body = BytesMut::with_capacity(4 + block.len());
@@ -361,6 +384,7 @@ impl Encoder {
         control(SYN_STREAM, 0, &body)
     }
 
+    /// A RST_STREAM frame.
     pub fn rst_stream(stream: u32, status: u32) -> Bytes {
         let mut body = BytesMut::with_capacity(8);
         body.put_u32(stream & 0x7fff_ffff);
@@ -368,6 +392,7 @@ impl Encoder {
         control(RST_STREAM, 0, &body)
     }
 
+    /// A PING frame.
     pub fn ping(id: u32) -> Bytes {
         control(PING, 0, &id.to_be_bytes())
     }

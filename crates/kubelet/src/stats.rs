@@ -12,6 +12,7 @@ use crate::Kubelet;
 /// One running container's usage in bytes (None: the runtime did not say).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerUsage {
+    /// Memory working set.
     pub working_set: Option<u64>,
     /// Writable layer plus logs.
     pub ephemeral: Option<u64>,
@@ -20,7 +21,9 @@ pub struct ContainerUsage {
 /// A pod's usage: its running containers by name, and its disk-backed emptyDirs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodUsage {
+    /// Running containers by name.
     pub containers: HashMap<String, ContainerUsage>,
+    /// Bytes of its disk-backed emptyDirs.
     pub empty_dirs: u64,
 }
 

@@ -14,7 +14,9 @@ use super::{qos, Qos};
 /// What an admitted pod takes: CPU in millicores, memory in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
+    /// CPU in millicores.
     pub cpu_milli: i64,
+    /// Memory in bytes.
     pub memory: i64,
 }
 
@@ -32,8 +34,11 @@ impl Usage {
 /// The node's allocatable: CPU in millicores, memory in bytes, and pods.
 #[derive(Clone, Copy, Debug)]
 pub struct Allocatable {
+    /// CPU in millicores.
     pub cpu_milli: i64,
+    /// Memory in bytes.
     pub memory: i64,
+    /// Pods.
     pub pods: i64,
 }
 
@@ -46,7 +51,9 @@ pub const REJECTED: &str = "Pod was rejected: ";
 /// The node's pressure conditions.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Pressure {
+    /// MemoryPressure.
     pub memory: bool,
+    /// DiskPressure.
     pub disk: bool,
 }
 

@@ -227,10 +227,13 @@ pub fn linux_resources(
 
 /// Inputs for one container's configuration beyond the pod.
 pub struct ContainerInput<'a> {
+    /// Which instance of the container this is (0 first).
     pub attempt: u32,
+    /// Its resolved environment.
     pub env: &'a env::Env,
     /// The pod's directory (volumes, etc-hosts, termination logs).
     pub pod_dir: &'a Path,
+    /// The node's memory, the limit of containers without one.
     pub memory_capacity: i64,
     /// The image as the runtime knows it.
     pub image: String,

@@ -15,7 +15,9 @@ use crate::volumes;
 /// eviction (the pod then also gets the `DisruptionTarget` condition).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kill {
+    /// The status reason (`Evicted`, `DeadlineExceeded`).
     pub reason: String,
+    /// The status message.
     pub message: String,
     /// An eviction: the pod also gets the `DisruptionTarget` condition.
     pub eviction: bool,

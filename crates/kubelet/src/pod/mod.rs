@@ -25,12 +25,16 @@ pub fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
 /// The pod's quality-of-service class, as upstream computes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Qos {
+    /// Every container's requests equal its limits.
     Guaranteed,
+    /// Some requests or limits, not Guaranteed.
     Burstable,
+    /// No requests or limits at all.
     BestEffort,
 }
 
 impl Qos {
+    /// The class as the status spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Qos::Guaranteed => "Guaranteed",

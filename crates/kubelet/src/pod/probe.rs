@@ -15,12 +15,16 @@ use crate::cri::RuntimeService;
 /// Which probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Restarts the container when it fails.
     Liveness,
+    /// Takes the pod out of Service endpoints when it fails.
     Readiness,
+    /// Holds the other probes until it succeeds once.
     Startup,
 }
 
 impl Kind {
+    /// The name events use (`Liveness`).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Liveness => "Liveness",
@@ -29,6 +33,7 @@ impl Kind {
         }
     }
 
+    /// The container's probe of this kind.
     pub fn of(self, c: &Container) -> Option<&Probe> {
         match self {
             Kind::Liveness => c.liveness_probe.as_ref(),
@@ -43,10 +48,13 @@ impl Kind {
 pub struct State {
     /// The container instance it probes (a restart starts over).
     pub container_id: String,
+    /// Successes in a row.
     pub successes: i32,
+    /// Failures in a row.
     pub failures: i32,
     /// The current verdict (None until the thresholds decide).
     pub result: Option<bool>,
+    /// When it runs next.
     pub next: Instant,
 }
 
@@ -86,9 +94,13 @@ impl State {
 
 /// Where network probes and hooks connect.
 pub struct Target<'a> {
+    /// The runtime, for exec probes.
     pub cri: &'a dyn RuntimeService,
+    /// The container probed.
     pub container_id: &'a str,
+    /// Its spec (named ports).
     pub container: &'a Container,
+    /// The pod's IP, where network probes connect.
     pub pod_ip: &'a str,
 }
 

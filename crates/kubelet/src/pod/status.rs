@@ -10,23 +10,36 @@ use serde_json::{json, Value};
 /// One container instance as the runtime reports it.
 #[derive(Clone, Debug)]
 pub struct Instance {
+    /// The container ID.
     pub id: String,
+    /// The sandbox it runs in.
     pub sandbox_id: String,
+    /// Which restart it is (0 first).
     pub attempt: u32,
+    /// The CRI ContainerState.
     pub state: i32,
+    /// When it was created (ns since the epoch).
     pub created_at: i64,
+    /// When it started (ns, 0: not yet).
     pub started_at: i64,
+    /// When it exited (ns, 0: not yet).
     pub finished_at: i64,
+    /// Its exit code.
     pub exit_code: i32,
+    /// Why it exited (`Completed`, `Error`, `OOMKilled`).
     pub reason: String,
+    /// The runtime's message, or the termination message.
     pub message: String,
+    /// The image it runs, as the runtime resolved it.
     pub image_ref: String,
 }
 
 impl Instance {
+    /// Whether it is running.
     pub fn running(&self) -> bool {
         self.state == cri::ContainerState::ContainerRunning as i32
     }
+    /// Whether it has exited.
     pub fn exited(&self) -> bool {
         self.state == cri::ContainerState::ContainerExited as i32
     }
@@ -53,10 +66,15 @@ pub fn time(nanos: i64) -> Value {
 
 /// What the status of one pod is built from.
 pub struct View<'a> {
+    /// The pod.
     pub pod: &'a Pod,
+    /// The runtime's name, for container IDs (`containerd://...`).
     pub runtime_name: &'a str,
+    /// Whether the pod's sandbox is up.
     pub sandbox_ready: bool,
+    /// The pod's IP.
     pub pod_ip: &'a str,
+    /// The node's IP.
     pub host_ip: &'a str,
     /// Container name → instances, newest first.
     pub instances: &'a HashMap<String, Vec<Instance>>,
@@ -66,8 +84,11 @@ pub struct View<'a> {
     pub waiting: &'a HashMap<String, (String, String)>,
     /// Readiness and startedness by container ID.
     pub ready: &'a HashMap<String, bool>,
+    /// Startedness by container ID.
     pub started: &'a HashMap<String, bool>,
+    /// Every init container completed.
     pub init_done: bool,
+    /// An init container failed for good.
     pub init_failed: bool,
     /// The pod is being deleted and its containers are stopped for good.
     pub terminating: bool,
