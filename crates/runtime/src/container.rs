@@ -29,16 +29,21 @@ use crate::{io_err, Error};
 /// A container's record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Container {
+    /// The container ID.
     pub id: String,
+    /// The sandbox it runs in.
     pub sandbox_id: String,
+    /// The kubelet's configuration of it.
     pub config: cri::ContainerConfig,
     /// The image ID (config digest).
     pub image_id: String,
     /// What the kubelet shows as imageID: a repo digest when known, else the ID.
     pub image_ref: String,
+    /// When it was created (ns since the epoch).
     pub created_at: i64,
     /// The CRI log file ("" for none).
     pub log_path: String,
+    /// Its cgroup path.
     pub cgroup: String,
     /// The signal `StopContainer` sends first (the image's StopSignal, else SIGTERM).
     pub stop_signal: String,
@@ -47,8 +52,11 @@ pub struct Container {
 /// A container's state as CRI names it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum State {
+    /// Created, not started.
     Created,
+    /// Its process runs.
     Running,
+    /// It has exited.
     Exited,
 }
 
@@ -61,6 +69,7 @@ pub struct Containers {
     records: crate::RecordDir<Container>,
     /// `STATE/containers`.
     state: PathBuf,
+    /// The OCI runtime binary (runc, crun, youki).
     pub runc: PathBuf,
     /// The sealed copy of runc that commands run from, when one could be made.
     image: Option<Arc<crate::runc_image::RuncImage>>,
@@ -70,6 +79,7 @@ pub struct Containers {
 }
 
 impl Containers {
+    /// Loads the container records under `root`, with their volatile state under `state`.
     pub fn open(
         root: &Path,
         state: &Path,
@@ -174,6 +184,7 @@ impl Containers {
         self.records.get(id)
     }
 
+    /// Every container.
     pub fn list(&self) -> Vec<Container> {
         let mut v: Vec<Container> = self.records.list();
         v.sort_by_key(|c| c.created_at);
@@ -657,6 +668,7 @@ impl Containers {
 /// A shim socket address and the directory handle that keeps it valid.
 pub struct ShimSocket {
     _dir: fs::File,
+    /// The socket's path, through the directory handle.
     pub path: String,
 }
 

@@ -78,14 +78,17 @@ impl Default for Hasher {
 }
 
 impl Hasher {
+    /// A SHA-256 hasher.
     pub fn new() -> Hasher {
         Hasher(ring::digest::Context::new(&ring::digest::SHA256))
     }
 
+    /// Hashes more bytes.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
 
+    /// The digest of everything hashed.
     pub fn finish(self) -> Digest {
         let d = self.0.finish();
         let mut s = String::with_capacity(71);
@@ -107,6 +110,7 @@ pub struct HashingReader<R> {
 }
 
 impl<R: Read> HashingReader<R> {
+    /// Hashes what is read from `inner`.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
@@ -134,12 +138,16 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// A writer that hashes what passes through it.
 pub struct HashingWriter<W> {
+    /// The writer written through.
     pub inner: W,
+    /// The hash so far.
     pub hasher: Hasher,
+    /// Bytes written so far.
     pub count: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
+    /// Hashes what is written to `inner`.
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,

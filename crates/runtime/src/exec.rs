@@ -17,8 +17,11 @@ pub const MAX_SYNC_OUTPUT: usize = 4 << 20;
 /// What `ExecSync` returns.
 #[derive(Debug, Default)]
 pub struct SyncOutput {
+    /// What the command wrote to stdout.
     pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
     pub stderr: Vec<u8>,
+    /// Its exit code.
     pub exit_code: i32,
 }
 

@@ -29,9 +29,13 @@ pub struct Mapping {
     pub protocol: &'static str,
     /// Only traffic to this host address (None: any local address).
     pub host_ip: Option<Ipv4Addr>,
+    /// The port on the node.
     pub host_port: u16,
+    /// The pod's address.
     pub pod_ip: Ipv4Addr,
+    /// The port in the pod.
     pub container_port: u16,
+    /// The sandbox the mapping belongs to.
     pub sandbox: String,
 }
 

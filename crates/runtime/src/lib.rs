@@ -1,9 +1,6 @@
 //! rkube's built-in container runtime, served over CRI v1: an image store (registry pulls,
 //! tarball imports, layers unpacked once into overlay snapshots) and, as they land, pod
 //! sandboxes and containers run by an OCI runtime under a per-container shim.
-// Some public fields and variants predate the workspace's `missing_docs` lint and
-// are still undocumented; remove this once they are (`cargo check` lists them).
-#![allow(missing_docs)]
 
 pub mod cni;
 pub mod container;
@@ -34,33 +31,47 @@ pub use records::RecordDir;
 /// what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Something asked for does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// An image reference that does not parse.
     #[error("invalid image reference {0}")]
     InvalidReference(String),
+    /// Content whose digest is not the one expected.
     #[error("{what}: digest mismatch: expected {expected}, got {actual} (corrupted or tampered content was refused)")]
     DigestMismatch {
+        /// What was checked.
         what: String,
+        /// The digest expected.
         expected: Digest,
+        /// The digest found.
         actual: Digest,
     },
+    /// The registry refused the credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// The registry answered with an error.
     #[error("registry: {0}")]
     Registry(String),
+    /// The registry could not be reached.
     #[error("network: {0}")]
     Network(String),
+    /// A document or archive that is not what it claims.
     #[error("{0}")]
     Format(String),
+    /// Something with this name or ID exists.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// In use (an image a container runs from).
     #[error("busy: {0}")]
     Busy(String),
+    /// Took too long.
     #[error("{0}")]
     Timeout(String),
     /// The host lacks a tool or kernel feature; the message says what to install.
     #[error("{0}")]
     HostMissing(String),
+    /// A file operation failed: what, and why.
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
 }

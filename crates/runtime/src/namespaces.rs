@@ -12,8 +12,11 @@ use crate::{cpath, io_err, Error};
 /// The namespaces a pod shares.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
+    /// The network namespace.
     Net,
+    /// The hostname namespace.
     Uts,
+    /// The IPC namespace.
     Ipc,
 }
 

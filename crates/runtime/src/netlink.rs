@@ -82,6 +82,7 @@ pub fn index(n: &str) -> io::Result<i32> {
 }
 
 impl Netlink {
+    /// A route netlink socket.
     pub fn open() -> io::Result<Netlink> {
         // SAFETY: socket returns a new fd or -1; bind gets a zeroed sockaddr_nl.
         unsafe {

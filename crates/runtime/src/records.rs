@@ -16,6 +16,7 @@ use crate::{io_err, Error};
 /// every change. One runtime owns a state directory at a time.
 #[derive(Clone, Debug)]
 pub struct RecordDir<T> {
+    /// The directory.
     pub dir: PathBuf,
     file: &'static str,
     /// What a record is, for errors ("pod sandbox", "container").

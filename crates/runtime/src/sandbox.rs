@@ -17,30 +17,39 @@ use crate::{io_err, Error};
 /// A sandbox's record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sandbox {
+    /// The sandbox ID.
     pub id: String,
+    /// The kubelet's configuration of it.
     pub config: cri::PodSandboxConfig,
     /// Nanoseconds since the epoch.
     pub created_at: i64,
+    /// Whether it is up (not stopped).
     pub ready: bool,
+    /// It uses the node's network.
     pub host_network: bool,
+    /// Its CNI attachment, while it has one.
     #[serde(default)]
     pub attachment: Option<Attachment>,
     /// Namespace files containers join.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// The UTS namespace file.
     #[serde(default)]
     pub utsns: Option<PathBuf>,
+    /// The IPC namespace file.
     #[serde(default)]
     pub ipcns: Option<PathBuf>,
 }
 
 impl Sandbox {
+    /// Its pod IP.
     pub fn ip(&self) -> Option<IpAddr> {
         self.attachment
             .as_ref()
             .and_then(|a| a.ips.first().copied())
     }
 
+    /// Its CRI metadata.
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
@@ -68,6 +77,7 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
+    /// Loads the sandbox records under `root`, with their volatile state under `state`.
     pub fn open(root: &Path, state: &Path) -> Result<Sandboxes, Error> {
         let state = state.join("sandboxes");
         fs::create_dir_all(&state).map_err(io_err(&state))?;
@@ -92,6 +102,7 @@ impl Sandboxes {
         self.records.get(id)
     }
 
+    /// Every sandbox.
     pub fn list(&self) -> Vec<Sandbox> {
         let mut v: Vec<Sandbox> = self.records.list();
         v.sort_by_key(|s| s.created_at);

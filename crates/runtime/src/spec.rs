@@ -75,10 +75,15 @@ const ALL_CAPS: &[&str] = &[
 
 /// What the spec is built from.
 pub struct Input<'a> {
+    /// The container ID.
     pub id: &'a str,
+    /// Its sandbox.
     pub sandbox: &'a Sandbox,
+    /// The sandbox's directory (hosts, resolv.conf).
     pub sandbox_dir: &'a Path,
+    /// The kubelet's configuration of the container.
     pub config: &'a cri::ContainerConfig,
+    /// The image's configuration.
     pub image: &'a ImageConfig,
     /// The mounted root filesystem.
     pub rootfs: &'a Path,

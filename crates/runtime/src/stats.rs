@@ -16,14 +16,19 @@ use crate::container::Container;
 pub struct Usage {
     /// Cumulative CPU time in nanoseconds.
     pub cpu_ns: u64,
+    /// Memory in use, page cache included, in bytes.
     pub memory_usage: u64,
     /// Usage minus inactive file cache (what the kubelet evicts by).
     pub working_set: u64,
+    /// Anonymous memory in bytes.
     pub rss: u64,
+    /// Page faults.
     pub page_faults: u64,
+    /// Major page faults.
     pub major_page_faults: u64,
     /// The memory limit, if any.
     pub limit: Option<u64>,
+    /// Processes in the cgroup.
     pub processes: u64,
 }
 

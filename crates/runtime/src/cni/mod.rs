@@ -22,14 +22,18 @@ use crate::Error;
 /// A network configuration list and the plugin directories.
 #[derive(Clone, Debug)]
 pub struct Network {
+    /// The `.conflist` document.
     pub conflist: Value,
+    /// Where the plugin binaries are looked up.
     pub plugin_dirs: Vec<PathBuf>,
 }
 
 /// What ADD gave: the pod's addresses and the raw result DEL needs.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
+    /// The pod's addresses.
     pub ips: Vec<IpAddr>,
+    /// The plugins' result, as DEL wants it back.
     pub result: Value,
 }
 

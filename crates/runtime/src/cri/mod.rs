@@ -57,10 +57,15 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
 
 /// The runtime's shared state.
 pub struct Runtime {
+    /// Where its files live.
     pub paths: Paths,
+    /// How it was configured.
     pub options: Options,
+    /// The images.
     pub images: ImageStore,
+    /// The pod sandboxes.
     pub sandboxes: crate::sandbox::Sandboxes,
+    /// The containers.
     pub containers: crate::container::Containers,
     /// The node's pod CIDR, from the kubelet's `UpdateRuntimeConfig` (kept on disk).
     pod_cidr: std::sync::Mutex<Option<String>>,

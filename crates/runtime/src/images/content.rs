@@ -16,6 +16,7 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
+    /// Opens (or creates) the store under `root`.
     pub fn open(root: &Path) -> Result<ContentStore, Error> {
         for d in ["blobs/sha256", "ingest"] {
             let p = root.join(d);
@@ -24,10 +25,12 @@ impl ContentStore {
         Ok(ContentStore { root: root.into() })
     }
 
+    /// Where the blob with digest `d` is kept.
     pub fn path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// Whether the blob is there.
     pub fn has(&self, d: &Digest) -> bool {
         self.path(d).exists()
     }
@@ -116,6 +119,7 @@ impl ContentStore {
         })
     }
 
+    /// Removes a blob.
     pub fn remove(&self, d: &Digest) {
         let _ = fs::remove_file(self.path(d));
     }

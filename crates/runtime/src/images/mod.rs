@@ -51,11 +51,13 @@ pub struct ImageRecord {
 /// An image as CRI shows it: one ID with all the names that point at it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
+    /// The image ID (its config's digest).
     pub id: Digest,
     /// `domain/path:tag`
     pub repo_tags: Vec<String>,
     /// `domain/path@manifest-digest`
     pub repo_digests: Vec<String>,
+    /// Bytes of its layers.
     pub size: u64,
 }
 
@@ -117,10 +119,12 @@ impl ImageStore {
         }
     }
 
+    /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The blobs.
     pub fn content(&self) -> &ContentStore {
         &self.content
     }

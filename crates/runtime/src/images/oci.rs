@@ -7,16 +7,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image config.
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI layer, uncompressed.
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// OCI layer, gzip.
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI layer, zstd.
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Docker manifest list.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker image config.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker layer, uncompressed.
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+/// Docker layer, gzip.
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// The annotation containerd writes with an image's full name in OCI layouts.
@@ -33,20 +44,29 @@ pub fn is_index(media_type: &str) -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the blob is.
     #[serde(default)]
     pub media_type: String,
+    /// Its digest.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
+    /// The platform an index entry is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Annotations (`org.opencontainers.image.ref.name` in layouts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// An operating system and CPU architecture.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Platform {
+    /// `amd64`, `arm64`.
     pub architecture: String,
+    /// `linux`.
     pub os: String,
+    /// `v8` of arm64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
@@ -81,9 +101,12 @@ impl Platform {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
+    /// The schema version (2).
     pub schema_version: u32,
+    /// The document's media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// One entry per platform.
     pub manifests: Vec<Descriptor>,
 }
 
@@ -103,16 +126,22 @@ impl Index {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// The schema version (2).
     pub schema_version: u32,
+    /// The document's media type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The image config.
     pub config: Descriptor,
+    /// The layers, bottom first.
     pub layers: Vec<Descriptor>,
 }
 
 /// Either document, as a registry or layout may hand out both under one reference.
 pub enum Document {
+    /// An index or manifest list.
     Index(Index),
+    /// An image manifest.
     Manifest(Manifest),
 }
 
@@ -144,19 +173,26 @@ impl Document {
 /// The image configuration: how to run it and the uncompressed digests of its layers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ImageConfig {
+    /// The CPU architecture.
     #[serde(default)]
     pub architecture: String,
+    /// The operating system.
     #[serde(default)]
     pub os: String,
+    /// How to run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<RunConfig>,
+    /// Its layers' uncompressed digests.
     pub rootfs: RootFs,
 }
 
+/// `rootfs` of the image config.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RootFs {
+    /// `layers`.
     #[serde(rename = "type", default)]
     pub kind: String,
+    /// The uncompressed layers' digests, bottom first.
     pub diff_ids: Vec<Digest>,
 }
 
@@ -164,20 +200,28 @@ pub struct RootFs {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunConfig {
+    /// The user it runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Its environment (`NAME=value`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
+    /// The entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// The default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
+    /// The working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The signal that stops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Volumes it declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
 }

@@ -17,7 +17,9 @@ pub struct Reference {
     pub domain: String,
     /// Repository path inside the registry, e.g. `library/busybox`.
     pub path: String,
+    /// The tag (`1.36`), if any.
     pub tag: Option<String>,
+    /// The manifest digest, if pinned.
     pub digest: Option<Digest>,
 }
 

@@ -25,10 +25,17 @@ const ATTEMPTS: u32 = 4;
 /// Credentials for a registry.
 #[derive(Clone, Debug, Default)]
 pub enum Auth {
+    /// No credentials.
     #[default]
     Anonymous,
     /// Sent as HTTP basic auth, or to the token service when the registry wants tokens.
-    Basic { username: String, password: String },
+    /// A username and password.
+    Basic {
+        /// The user.
+        username: String,
+        /// The password.
+        password: String,
+    },
     /// A registry token given by the caller (CRI's `registry_token`).
     Bearer(String),
 }

@@ -6,6 +6,7 @@
 pub const STDIN: u8 = 0;
 /// Shim → client: container output (a TTY container has only stdout).
 pub const STDOUT: u8 = 1;
+/// Shim → client: container stderr.
 pub const STDERR: u8 = 2;
 /// Client → shim: terminal size, width then height as big-endian u16s.
 pub const RESIZE: u8 = 4;
@@ -20,8 +21,11 @@ pub const ATTACH: u8 = 6;
 /// Client → shim: the client's input has ended (closes a `stdinOnce` container's stdin).
 pub const CLOSE_STDIN: u8 = 255;
 
+/// `ATTACH` bit: the client sends stdin.
 pub const WANT_STDIN: u8 = 1;
+/// `ATTACH` bit: the client wants stdout.
 pub const WANT_STDOUT: u8 = 2;
+/// `ATTACH` bit: the client wants stderr.
 pub const WANT_STDERR: u8 = 4;
 
 /// The largest frame either side sends or accepts.

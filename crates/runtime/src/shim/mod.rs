@@ -27,6 +27,7 @@ use hub::{Hub, REOPEN};
 /// What the shim needs to run one container.
 #[derive(Clone, Debug)]
 pub struct ShimArgs {
+    /// The container ID.
     pub id: String,
     /// The container's volatile directory (with `bundle/`): the shim's working directory,
     /// where its pid file, socket and runc's files go.
@@ -34,9 +35,11 @@ pub struct ShimArgs {
     /// The container's lasting directory: `container.json` is read from it and
     /// `exit.json` written to it.
     pub record_dir: PathBuf,
+    /// The OCI runtime binary.
     pub runc: PathBuf,
     /// The runtime's sealed copy of runc (`/proc/PID/fd/N`), run instead of `runc`.
     pub runc_image: Option<PathBuf>,
+    /// The OCI runtime's state directory (`--root`).
     pub runc_root: PathBuf,
     /// The CRI log file, if the kubelet asked for one.
     pub log: Option<PathBuf>,
@@ -47,11 +50,13 @@ pub struct ShimArgs {
 /// How a container ended, written by the shim.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Exit {
+    /// The exit code.
     pub exit_code: i32,
     /// Nanoseconds since the epoch.
     pub finished_at: i64,
     /// `Completed`, `Error` or `OOMKilled`.
     pub reason: String,
+    /// What the termination message says, if anything.
     #[serde(default)]
     pub message: String,
 }

@@ -28,8 +28,11 @@ const TOKEN_TTL: Duration = Duration::from_secs(60);
 /// What a URL was issued for.
 #[derive(Clone, Debug)]
 pub enum Request {
+    /// An exec.
     Exec(cri::ExecRequest),
+    /// An attach.
     Attach(cri::AttachRequest),
+    /// A port-forward.
     PortForward(cri::PortForwardRequest),
 }
 
